@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test` (the test suite).
+# GPU users choose their torch build, e.g.
+#   make demo TORCH_SPEC='torch==2.5.1' TORCH_INDEX='--index-url https://download.pytorch.org/whl/cu124'
+# or point VENV at an environment that already has torch (TORCH_SPEC= skips the torch step).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PIP := $(VENV)/bin/python -m pip
+BIN := $(VENV)/bin
+
+.PHONY: demo test install install-dev bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
+	@if [ -n "$(TORCH_SPEC)" ]; then $(PIP) install -q "$(TORCH_SPEC)" $(TORCH_INDEX); fi
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(BIN)/llmrec demo
+
+test: install-dev
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+bench: install-dev
+	$(BIN)/python bench/prepare.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Processed-data contract, raw loaders, protocols and candidate sampling (DESIGN.md §3)."""

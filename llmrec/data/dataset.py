@@ -1,0 +1,190 @@
+"""The processed dataset: the one contract between `llmrec prepare` and every later stage (DESIGN.md §3).
+
+A processed folder holds
+    interactions.parquet  user_id, item_id, timestamp        (sorted by user, then time; ids contiguous from 1)
+    items.parquet         item_id, title, genres, raw_id     (title unique within the catalog)
+    users.parquet         user_id, raw_id, split             (split: train/valid/test for `llara`, all for `loo`)
+    samples_{train,valid,test}.parquet
+                          user_id, position, history, target, candidates
+    meta.json             counts, protocol, seed, source and checksums (written last: its presence marks a
+                          complete folder)
+Conventions: item id 0 is padding and never a real item; `history` is oldest -> newest and already truncated
+to the protocol's max length; `position` is the target's index in the user's time-sorted sequence, so the
+whole earlier sequence (for excluding seen items from full ranking) is `user_sequence(user)[:position]`;
+`candidates` holds the target plus the sampled negatives, shuffled, identical for every model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from llmrec.atomic import atomic_directory, atomic_write_text
+from llmrec.errors import DataError
+
+FORMAT_VERSION = 1
+SPLITS: tuple[str, ...] = ("train", "valid", "test")
+Split = Literal["train", "valid", "test"]
+SAMPLE_COLUMNS: tuple[str, ...] = ("user_id", "position", "history", "target", "candidates")
+ITEM_COLUMNS: tuple[str, ...] = ("item_id", "title", "genres", "raw_id")
+INTERACTION_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "timestamp")
+USER_COLUMNS: tuple[str, ...] = ("user_id", "raw_id", "split")
+META_FILE = "meta.json"
+MARKER = "llmrec-processed-dataset"
+
+
+def _prepare_hint(path: Path) -> str:
+    return f"run `llmrec prepare --dataset ml-100k --out {path}` (or another --dataset) first"
+
+
+@dataclass
+class ProcessedDataset:
+    """In-memory processed dataset; `load` / `save` read and write the folder format above."""
+
+    meta: dict[str, Any]
+    items: pd.DataFrame
+    interactions: pd.DataFrame
+    users: pd.DataFrame
+    samples: dict[str, pd.DataFrame]
+    root: Path | None = None
+    _sequences: dict[int, np.ndarray] | None = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def n_items(self) -> int:
+        """Number of real items; valid item ids are 1..n_items."""
+        return int(self.meta["n_items"])
+
+    @property
+    def n_users(self) -> int:
+        return int(self.meta["n_users"])
+
+    @property
+    def protocol(self) -> str:
+        return str(self.meta["protocol"])
+
+    @property
+    def domain(self) -> str:
+        """What the items are (`movies`, `games`, `music` or `generic`): chooses prompt wording."""
+        return str(self.meta.get("domain", "generic"))
+
+    def titles(self) -> list[str]:
+        """Titles indexed by item id; index 0 (padding) is the empty string."""
+        out = [""] * (self.n_items + 1)
+        for i, t in zip(self.items["item_id"].to_numpy(), self.items["title"].tolist()):
+            out[int(i)] = t
+        return out
+
+    def user_sequences(self) -> dict[int, np.ndarray]:
+        """Each user's item ids in time order (cached)."""
+        if self._sequences is None:
+            inter = self.interactions
+            users = inter["user_id"].to_numpy()
+            items = inter["item_id"].to_numpy()
+            bounds = np.flatnonzero(np.diff(users)) + 1
+            starts = np.concatenate([[0], bounds])
+            self._sequences = {int(users[s]): seq for s, seq in zip(starts, np.split(items, bounds))} \
+                if len(users) else {}
+        return self._sequences
+
+    def user_sequence(self, user_id: int) -> np.ndarray:
+        return self.user_sequences()[int(user_id)]
+
+    def train_sequences(self) -> list[np.ndarray]:
+        """The sequences a model may train on, without leaking any valid/test target.
+
+        `llara`: the full sequences of train users (valid/test users are held out entirely).
+        `loo`: every user's sequence without its last two items (valid and test targets).
+        """
+        seqs = self.user_sequences()
+        if self.protocol == "loo":
+            return [s[:-2] for s in seqs.values() if len(s) > 2]
+        train_users = self.users.loc[self.users["split"] == "train", "user_id"].to_numpy()
+        return [seqs[int(u)] for u in train_users if int(u) in seqs]
+
+    def split(self, name: Split) -> pd.DataFrame:
+        if name not in self.samples:
+            raise DataError(f"unknown split {name!r}; expected one of {', '.join(SPLITS)}")
+        return self.samples[name]
+
+    # ------------------------------------------------------------------ I/O
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the folder atomically; an existing folder must be a previous prepare output."""
+        path = Path(path)
+        check_output_dir(path)
+        meta = {**self.meta, "format": MARKER, "format_version": FORMAT_VERSION}
+        with atomic_directory(path) as tmp:
+            self.items.loc[:, list(ITEM_COLUMNS)].to_parquet(tmp / "items.parquet", index=False)
+            self.interactions.loc[:, list(INTERACTION_COLUMNS)].to_parquet(tmp / "interactions.parquet", index=False)
+            self.users.loc[:, list(USER_COLUMNS)].to_parquet(tmp / "users.parquet", index=False)
+            for split in SPLITS:
+                self.samples[split].loc[:, list(SAMPLE_COLUMNS)].to_parquet(tmp / f"samples_{split}.parquet",
+                                                                             index=False)
+            atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2, sort_keys=False) + "\n")
+        self.meta, self.root = meta, path
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ProcessedDataset:
+        """Read a folder written by `llmrec prepare`; a clear error names what is missing."""
+        path = Path(path)
+        if not path.is_dir():
+            raise DataError(f"data folder {path} does not exist; {_prepare_hint(path)}")
+        meta = read_meta(path)
+        tables = {}
+        for name, columns in (("items", ITEM_COLUMNS), ("interactions", INTERACTION_COLUMNS),
+                              ("users", USER_COLUMNS)) + tuple((f"samples_{s}", SAMPLE_COLUMNS) for s in SPLITS):
+            f = path / f"{name}.parquet"
+            if not f.is_file():
+                raise DataError(f"{f} is missing: {path} is an incomplete prepare output; {_prepare_hint(path)}")
+            df = pd.read_parquet(f)
+            missing = [c for c in columns if c not in df.columns]
+            if missing:
+                raise DataError(f"{f}: missing column(s) {', '.join(missing)}; expected {', '.join(columns)}")
+            tables[name] = df
+        return cls(meta=meta, items=tables["items"], interactions=tables["interactions"], users=tables["users"],
+                   samples={s: tables[f"samples_{s}"] for s in SPLITS}, root=path)
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """`meta.json` of a processed folder, checked to be ours."""
+    f = Path(path) / META_FILE
+    if not f.is_file():
+        raise DataError(f"{path} is not a prepared dataset (no {META_FILE}); {_prepare_hint(Path(path))}")
+    try:
+        meta = json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{f}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != MARKER:
+        raise DataError(f"{f} was not written by `llmrec prepare`; {_prepare_hint(Path(path))}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{f}: format version {meta.get('format_version')} but this llmrec reads "
+                        f"{FORMAT_VERSION}; re-run `llmrec prepare`")
+    return meta
+
+
+def is_processed_dir(path: Path) -> bool:
+    try:
+        read_meta(path)
+        return True
+    except DataError:
+        return False
+
+
+def check_output_dir(path: Path) -> None:
+    """Refuse to replace a folder that is neither empty nor a previous prepare output.
+
+    Never deletes a user's folder: overwriting is allowed only where `meta.json` proves we wrote it.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"output path {path} exists and is not a folder; choose another --out")
+    if path.is_dir() and any(path.iterdir()) and not is_processed_dir(path):
+        raise DataError(f"output folder {path} exists, is not empty and is not a previous `llmrec prepare` "
+                        f"output; refusing to overwrite it. Choose another --out or empty it yourself")

@@ -1,0 +1,1 @@
+"""Ranking metrics shared by every stage (DESIGN.md §8)."""
