@@ -16,6 +16,7 @@ whole earlier sequence (for excluding seen items from full ranking) is `user_seq
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -73,6 +74,13 @@ class ProcessedDataset:
     def domain(self) -> str:
         """What the items are (`movies`, `games`, `music` or `generic`): chooses prompt wording."""
         return str(self.meta.get("domain", "generic"))
+
+    def catalog_fingerprint(self) -> str:
+        """sha256 over (item_id, title) pairs: models trained on one catalog refuse another."""
+        h = hashlib.sha256()
+        for i, t in zip(self.items["item_id"].to_numpy(), self.items["title"].tolist()):
+            h.update(f"{int(i)}\t{t}\n".encode("utf-8"))
+        return h.hexdigest()
 
     def titles(self) -> list[str]:
         """Titles indexed by item id; index 0 (padding) is the empty string."""
