@@ -129,19 +129,31 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _from_mapping(cls: type[T], values: dict[str, Any], where: str) -> T:
+def _validate_mapping(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Check every key and value of `values` against `cls`'s fields; return them under field names."""
     hints = _field_types(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    kwargs = {}
+    out = {}
     for key, value in values.items():
         name = str(key).replace("-", "_")
-        if name not in names:
-            known = ", ".join(sorted(n.replace("_", "-") for n in names))
+        if name not in hints:
+            known = ", ".join(sorted(n.replace("_", "-") for n in hints))
             raise ConfigError(f"{where}: unknown option {key!r}; known options: {known}")
-        kwargs[name] = _coerce(value, hints[name], f"{where}: option {name.replace('_', '-')!r}")
+        out[name] = _coerce(value, hints[name], f"{where}: option {name.replace('_', '-')!r}")
+    return out
+
+
+def _from_mapping(cls: type[T], values: dict[str, Any], where: str) -> T:
+    kwargs = _validate_mapping(cls, values, where)
+    missing = [f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+               if f.name not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}: missing required option(s) {', '.join(_flag(m) for m in missing)}")
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{where}: {e}") from None
+    except ValueError as e:  # a __post_init__ check of the config class
         raise ConfigError(f"{where}: {e}") from None
 
 
@@ -168,21 +180,14 @@ def load_yaml_mapping(path: Path) -> dict[str, Any]:
 def resolve_config(cls: type[T], args: argparse.Namespace | dict[str, Any] | None = None,
                    config_file: Path | None = None) -> T:
     """Build a `cls` from its defaults, then `config_file`, then the explicitly given flags in `args`."""
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        values.update({str(k).replace("-", "_"): v for k, v in load_yaml_mapping(config_file).items()})
-        merged_where = f"config file {config_file}"
-    else:
-        merged_where = "configuration"
+    file_values: dict[str, Any] = load_yaml_mapping(config_file) if config_file is not None else {}
+    where = f"config file {config_file}" if config_file is not None else "configuration"
+    values = _validate_mapping(cls, file_values, where)  # validated on its own, so errors name the file
     given = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    cli_values = {k: v for k, v in given.items() if k in names}
-    # Validate file values with the file named, then flags with "--flag" named.
-    _from_mapping(cls, values, merged_where) if values else None
-    for k, v in cli_values.items():
-        _coerce(v, _field_types(cls)[k], f"option {_flag(k)}")
+    hints = _field_types(cls)
+    cli_values = {k: _coerce(v, hints[k], f"option {_flag(k)}") for k, v in given.items() if k in hints}
     values.update(cli_values)
-    return _from_mapping(cls, values, merged_where)
+    return _from_mapping(cls, values, where)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
