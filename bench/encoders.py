@@ -1,0 +1,133 @@
+"""Benchmark the ID encoders (issue 3): MostPop, SASRec, GRU4Rec, Caser x 3 seeds on ML-100K.
+
+    .venv/bin/python bench/encoders.py            # all models, seeds 42 43 44
+    .venv/bin/python bench/encoders.py --models sasrec --seeds 42
+
+Each (model, seed) is trained twice with the shipped preset `llmrec/configs/encoder-<model>.yaml`:
+- on `loo` data (`data/processed/ml-100k-loo`): full ranking over all items, the user's earlier items
+  excluded; early stopping / checkpoint choice on valid `full/ndcg@10`;
+- on `llara` data with `--eval-positions all` (`data/processed/ml-100k-llara-all`): the stored 20 candidates;
+  early stopping / checkpoint choice on valid `candidates/hr@1` (the `all` valid set).
+Every figure written is a TEST figure of the epoch chosen on VALID. `bench/results/encoders.json` holds, per
+model, `{"mean", "std", "seeds"}` (std: sample standard deviation over seeds) for `full/ndcg@10`,
+`full/hr@10` (loo), `candidates/hr@1`, `candidates/hr@1_last` (llara all / its last-position subset),
+`train_seconds` (loo run: whole fit incl. per-epoch validation), `seconds_to_best_epoch`, `full_eval_seconds`
+(full ranking of all 943 test users), and the same for the llara run with a `llara/` prefix.
+Prepare the data first: `llmrec prepare --dataset ml-100k --protocol loo` and
+`llmrec prepare --dataset ml-100k --protocol llara --eval-positions all`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from llmrec.config import resolve_config  # noqa: E402
+from llmrec.encoders.train import TrainEncoderConfig, run_train_encoder  # noqa: E402
+
+MODELS = ("mostpop", "sasrec", "gru4rec", "caser")
+LOO_KEYS = {"full/ndcg@10": "full/ndcg@10", "full/hr@10": "full/hr@10", "full/ndcg@20": "full/ndcg@20",
+            "full/hr@20": "full/hr@20", "full_eval_seconds": "eval_seconds"}
+LLARA_KEYS = {"candidates/hr@1": "candidates/hr@1", "candidates/hr@1_last": "candidates/hr@1_last",
+              "candidates/ndcg@5": "candidates/ndcg@5"}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def summary(values: list[float], seeds: list[int]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "seeds": dict(zip(map(str, seeds), values))}
+
+
+def run_one(model: str, data: Path, out: Path, seed: int, extra: dict) -> dict:
+    preset = Path(str(resources.files("llmrec") / "configs" / f"encoder-{model}.yaml"))
+    config = resolve_config(TrainEncoderConfig, {"data": data, "out": out, "seed": seed,
+                                                 "progress_bar": False, **extra}, preset)
+    run_train_encoder(config)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
+    p.add_argument("--loo", type=Path, default=ROOT / "data/processed/ml-100k-loo")
+    p.add_argument("--llara", type=Path, default=ROOT / "data/processed/ml-100k-llara-all")
+    p.add_argument("--work", type=Path, default=ROOT / "bench/runs/encoders", help="checkpoints go here")
+    p.add_argument("--out", type=Path, default=ROOT / "bench/results/encoders.json")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args()
+
+    import numpy
+    import pytorch_lightning
+    import torch
+
+    try:
+        import faiss
+        faiss_version = faiss.__version__
+    except ImportError:
+        faiss_version = None
+    results: dict = {}
+    if args.out.is_file():  # keep other models' figures when re-running a subset
+        results = json.loads(args.out.read_text()).get("models", {})
+    for model in args.models:
+        rows: dict[str, list[float]] = {}
+        for seed in args.seeds:
+            for proto, data, keys in (("loo", args.loo, LOO_KEYS), ("llara", args.llara, LLARA_KEYS)):
+                t0 = time.perf_counter()
+                m = run_one(model, data, args.work / f"{model}-{proto}-seed{seed}", seed, {"device": args.device})
+                print(f"[bench] {model} {proto} seed {seed}: {time.perf_counter() - t0:.0f}s "
+                      f"best epoch {m['best_epoch']}", flush=True)
+                for name, key in keys.items():
+                    rows.setdefault(name, []).append(m["test"][key])
+                prefix = "" if proto == "loo" else "llara/"
+                for name in ("train_seconds", "seconds_to_best_epoch", "best_epoch"):
+                    rows.setdefault(prefix + name, []).append(float(m[name]))
+                rows.setdefault(prefix + "valid/" + m["monitor"].removeprefix("valid/"), []).append(
+                    m["valid"][m["monitor"].removeprefix("valid/")])
+        results[model] = {k: summary(v, args.seeds) for k, v in rows.items()}
+        results[model]["preset"] = f"llmrec/configs/encoder-{model}.yaml"
+    doc = {
+        "models": results,
+        "machine": {"platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(),
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/encoders.py", *sys.argv[1:]]),
+        "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
+                     "pytorch_lightning": pytorch_lightning.__version__, "numpy": numpy.__version__,
+                     "faiss": faiss_version},
+        "data": {"loo": str(args.loo), "llara": str(args.llara)},
+        "notes": "test-split figures of the epoch chosen on VALID (loo: full/ndcg@10, llara: candidates/hr@1 on "
+                 "the `all` valid set); std = sample std over seeds; full ranking excludes the user's earlier "
+                 "items; candidates/hr@1 on the `all` test set, candidates/hr@1_last on each test user's final "
+                 "position (= the `last` set); train_seconds include per-epoch validation.",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps({m: {k: round(v["mean"], 4) for k, v in r.items() if isinstance(v, dict)}
+                      for m, r in results.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

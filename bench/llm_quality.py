@@ -1,0 +1,146 @@
+"""Quality of the LLM recommender on ML-100K `llara`: hybrid vs text-only prompts vs SASRec vs MostPop.
+
+    .venv/bin/python bench/llm_quality.py --scale full  --seeds 0 1 2 --write   # GPU: the issue's protocol
+    .venv/bin/python bench/llm_quality.py --scale small --seeds 0 --write       # CPU: a documented small scale
+
+Every model ranks the SAME stored 20 candidates. Per seed:
+  1. MostPop and SASRec are trained with `llmrec train-encoder` on the `all` dataset (train users only);
+  2. the tiny LLM is trained twice with `llmrec train-llm` on the same data, `--prompt hybrid` (encoder = that
+     SASRec, frozen) and `--prompt text`, checkpoint chosen on valid hr@1 (score mode);
+  3. every model is evaluated in `score` mode (encoders: inner-product scores) on the `all` test set (`hr@1`,
+     thousands of samples) and on the `last` test set (`hr@1_last`, one sample per test user).
+Scales:
+  full  -- llmrec/configs/llm-tiny.yaml (4 layers x 256 hidden, 4 epochs over all ~79k training samples),
+           SASRec with the encoder defaults; meant for a GPU (minutes per model on an H100).
+  small -- llmrec/configs/llm-tiny-cpu-small.yaml (2 x 128, a seeded 4k-sample training subset, one epoch),
+           SASRec for at most 15 epochs, the `all` test set cut to a seeded 600-sample subset. Meant for a CPU;
+           its numbers are smoke-level and are written with "scale": "small", never as the full result.
+With `--write` the means/stds over seeds go to bench/results/llm.json under `quality` (or `quality_small`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from llmrec.config import resolve_config
+from llmrec.data.dataset import ProcessedDataset
+from llmrec.llm.train import TrainLLMConfig, run_train_llm
+
+RESULTS = ROOT / "bench" / "results" / "llm.json"
+SCALES = {
+    "full": {"llm_config": "llm-tiny.yaml", "encoder_epochs": 200, "max_test_samples": None},
+    "small": {"llm_config": "llm-tiny-cpu-small.yaml", "encoder_epochs": 15, "max_test_samples": 600},
+}
+
+
+def train_encoder(model: str, data_dir: Path, out: Path, seed: int, epochs: int, device: str) -> Path:
+    from llmrec.encoders.train import TrainEncoderConfig, run_train_encoder
+
+    if not (out / "config.yaml").is_file():
+        run_train_encoder(TrainEncoderConfig(data=data_dir, out=out, model=model, seed=seed, max_epochs=epochs,
+                                             device=device, progress_bar=False, hidden_size=64 if model != "mostpop"
+                                             else None, max_length=10 if model != "mostpop" else None))
+    return out
+
+
+def encoder_hr1(encoder_dir: Path, data: ProcessedDataset, max_samples: int | None, seed: int) -> float:
+    """Candidate hr@1 of an encoder on (a seeded subset of) the test split, via the encoder stage's evaluator."""
+    from llmrec.encoders.checkpoint import load_encoder
+    from llmrec.encoders.evaluate import build_eval_set, evaluate
+    from llmrec.llm.train import subset
+
+    encoder = load_encoder(encoder_dir, data)
+    sub = ProcessedDataset(meta=data.meta, items=data.items, interactions=data.interactions, users=data.users,
+                           samples={**data.samples, "test": subset(data.split("test"), max_samples, seed)},
+                           root=data.root)
+    return float(evaluate(encoder, build_eval_set(sub, "test", encoder.max_length))["candidates/hr@1"])
+
+
+def llm_hr1(ckpt: Path, data: ProcessedDataset, encoder_dir: Path | None, max_samples: int | None, seed: int,
+            device: str) -> float:
+    from llmrec.llm.checkpoint import load_recommender, read_facts
+    from llmrec.llm.evaluate import evaluate_split
+    from llmrec.llm.train import load_encoder_for
+
+    facts = read_facts(ckpt)
+    encoder = load_encoder_for(encoder_dir, data) if facts["prompt"] != "text" else None
+    lm = load_recommender(ckpt, data, encoder, device=device)
+    return float(evaluate_split(lm, data, "test", "score", 16, max_samples, seed)["hr@1"])
+
+
+def summary(values: list[float], seeds: list[int]) -> dict:
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "seeds": dict(zip(map(str, seeds), values))}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--scale", choices=list(SCALES), default="full")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--data-all", type=Path, default=ROOT / "data/processed/ml-100k-llara-all")
+    p.add_argument("--data-last", type=Path, default=ROOT / "data/processed/ml-100k-llara")
+    p.add_argument("--work", type=Path, default=ROOT / "checkpoints/bench-llm")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    p.add_argument("--write", action="store_true")
+    args = p.parse_args()
+    scale = SCALES[args.scale]
+    device = args.device if args.device != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
+    torch_device = "cuda" if device == "gpu" else "cpu"
+    data_all, data_last = ProcessedDataset.load(args.data_all), ProcessedDataset.load(args.data_last)
+    if data_all.catalog_fingerprint() != data_last.catalog_fingerprint():
+        raise SystemExit("the `all` and `last` datasets have different catalogs; prepare both from the same source")
+    rows: dict[str, dict[str, list[float]]] = {m: {"hr@1": [], "hr@1_last": []}
+                                               for m in ("mostpop", "sasrec", "text", "hybrid")}
+    seconds: dict[str, float] = {}
+    for seed in args.seeds:
+        work = args.work / args.scale / f"seed{seed}"
+        started = time.time()
+        enc = {m: train_encoder(m, args.data_all, work / m, seed, scale["encoder_epochs"], device)
+               for m in ("mostpop", "sasrec")}
+        seconds[f"encoders_seed{seed}"] = time.time() - started
+        for m in ("mostpop", "sasrec"):
+            rows[m]["hr@1"].append(encoder_hr1(enc[m], data_all, scale["max_test_samples"], seed))
+            rows[m]["hr@1_last"].append(encoder_hr1(enc[m], data_last, None, seed))
+        for prompt in ("hybrid", "text"):
+            out = work / f"llm-{prompt}"
+            started = time.time()
+            if not (out / "checkpoint.json").is_file():
+                config = resolve_config(TrainLLMConfig, {
+                    "data": args.data_all, "encoder": enc["sasrec"] if prompt == "hybrid" else None,
+                    "prompt": prompt, "out": out, "seed": seed, "device": device,
+                    "max_test_samples": scale["max_test_samples"]},
+                    ROOT / "llmrec" / "configs" / scale["llm_config"])
+                run_train_llm(config)
+            seconds[f"llm_{prompt}_seed{seed}"] = time.time() - started
+            encoder_dir = enc["sasrec"] if prompt == "hybrid" else None
+            # the `all` test metric was computed by train-llm on the same seeded subset (seed = run seed)
+            rows[prompt]["hr@1"].append(json.loads((out / "metrics.json").read_text())["test/hr@1"])
+            rows[prompt]["hr@1_last"].append(llm_hr1(out, data_last, encoder_dir, None, seed, torch_device))
+        print(json.dumps({m: {k: v[-1] for k, v in r.items()} for m, r in rows.items()}, indent=2))
+    quality = {m: {k: summary(v, args.seeds) for k, v in r.items()} for m, r in rows.items()}
+    quality.update({
+        "device": torch.cuda.get_device_name() if device == "gpu" else "cpu (see bench/llm_speed.py for the model)",
+        "scale": args.scale, "llm_config": scale["llm_config"],
+        "n_test_all": min(len(data_all.split("test")), scale["max_test_samples"] or 10**9),
+        "n_test_last": len(data_last.split("test")), "seconds": seconds,
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    print(json.dumps(quality, indent=2))
+    if args.write:
+        current = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+        current["quality" if args.scale == "full" else f"quality_{args.scale}"] = quality
+        RESULTS.write_text(json.dumps(current, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

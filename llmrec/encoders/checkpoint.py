@@ -1,0 +1,172 @@
+"""Encoder checkpoints: a folder holding `encoder.safetensors`, `config.yaml` and (with faiss) `items.faiss`.
+
+`config.yaml` holds the resolved training config (top-level keys, when the encoder was trained by
+`llmrec train-encoder`) and an `encoder:` section with everything needed to rebuild the model without
+unpickling anything: format marker, model name, hyperparameters, n_items, the dataset's name / protocol /
+seed and its `catalog_fingerprint`. `load_encoder(path, data)` refuses a folder that is not an encoder
+checkpoint, and a `data` whose item count or catalog differs from the one the encoder was trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from llmrec.atomic import atomic_directory, atomic_write
+from llmrec.config import config_to_dict, save_config
+from llmrec.data.dataset import ProcessedDataset
+from llmrec.encoders.base import SequentialEncoder
+from llmrec.encoders.index import INDEX_FILE, ItemIndex, faiss_available
+from llmrec.encoders.registry import build_encoder
+from llmrec.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "llmrec-encoder"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "encoder.safetensors"
+CONFIG_FILE = "config.yaml"
+
+
+def encoder_facts(encoder: SequentialEncoder, data: ProcessedDataset | None = None) -> dict[str, Any]:
+    """The `encoder:` section of `config.yaml`."""
+    facts: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                             "model": getattr(encoder, "model_name", None),
+                             "hparams": dict(getattr(encoder, "hparams", {})),
+                             "n_items": int(encoder.n_items), "hidden_size": int(encoder.hidden_size),
+                             "max_length": int(encoder.max_length)}
+    if facts["model"] is None:
+        raise CheckpointError("this encoder was not made by `build_encoder`, so it cannot be rebuilt from a "
+                              "checkpoint; create it with `llmrec.encoders.build_encoder(name, n_items, ...)`")
+    if data is not None:
+        if data.n_items != encoder.n_items:
+            raise CheckpointError(f"encoder has {encoder.n_items} items but the data have {data.n_items}")
+        meta = data.meta
+        facts["dataset"] = {"name": meta.get("dataset", meta.get("name", data.root.name if data.root else None)),
+                            "protocol": data.protocol, "seed": meta.get("seed"),
+                            "eval_positions": meta.get("eval_positions"),
+                            "path": str(data.root) if data.root else None}
+        facts["catalog_fingerprint"] = data.catalog_fingerprint()
+    return facts
+
+
+def write_encoder_files(encoder: SequentialEncoder, folder: Path, data: ProcessedDataset | None = None,
+                        config: Any = None, index: bool = True) -> None:
+    """Write weights, config.yaml and (if faiss is installed and `index`) items.faiss into `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    facts = encoder_facts(encoder, data)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={
+        "format": FORMAT, "model": str(facts["model"])}))
+    extra = {"encoder": facts, "versions": {"torch": str(torch.__version__)}}
+    if config is not None:
+        save_config(config, folder, CONFIG_FILE, extra=extra)
+    else:
+        atomic_write(folder / CONFIG_FILE, lambda tmp: tmp.write_text(
+            yaml.safe_dump(config_to_dict(extra), sort_keys=False, allow_unicode=True), encoding="utf-8"))
+    if index:
+        if faiss_available():
+            with torch.no_grad():
+                ItemIndex.build(encoder.item_embeddings()).save(folder / INDEX_FILE)
+        else:
+            log.warning("faiss is not installed: %s has no %s (build it later with ItemIndex.build)",
+                        folder, INDEX_FILE)
+
+
+def is_encoder_checkpoint(path: str | os.PathLike) -> bool:
+    try:
+        read_encoder_facts(Path(path))
+        return True
+    except CheckpointError:
+        return False
+
+
+def check_output_dir(path: Path) -> None:
+    """Refuse an output path that exists and is neither empty nor an encoder checkpoint (never deletes it)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"output path {path} exists and is not a folder; choose another --out")
+    if path.is_dir() and any(path.iterdir()) and not is_encoder_checkpoint(path):
+        raise CheckpointError(f"output folder {path} exists, is not empty and is not an encoder checkpoint; "
+                              f"refusing to overwrite it. Choose another --out or empty it yourself")
+
+
+def save_encoder(encoder: SequentialEncoder, folder: str | os.PathLike, data: ProcessedDataset | None = None,
+                 config: Any = None, index: bool = True) -> Path:
+    """Write an encoder checkpoint folder atomically (replacing only a previous encoder checkpoint)."""
+    folder = Path(folder)
+    check_output_dir(folder)
+    with atomic_directory(folder) as tmp:
+        write_encoder_files(encoder, tmp, data, config, index)
+    return folder
+
+
+def read_encoder_facts(path: Path) -> dict[str, Any]:
+    """The `encoder:` section of `path/config.yaml`; CheckpointError if `path` is not an encoder checkpoint."""
+    path = Path(path)
+    hint = "expected a folder written by `llmrec train-encoder` (config.yaml with an `encoder:` section)"
+    if not path.is_dir():
+        raise CheckpointError(f"encoder checkpoint {path} does not exist or is not a folder; {hint}")
+    cfg = path / CONFIG_FILE
+    if not cfg.is_file():
+        raise CheckpointError(f"{path} is not an encoder checkpoint: no {CONFIG_FILE}; {hint}")
+    try:
+        data = yaml.safe_load(cfg.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg}: not valid YAML ({e})") from None
+    facts = data.get("encoder") if isinstance(data, dict) else None
+    if not isinstance(facts, dict) or facts.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an encoder checkpoint: {cfg} has no `encoder:` section with "
+                              f"format {FORMAT!r}; {hint}")
+    if facts.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{cfg}: encoder format version {facts.get('format_version')} but this llmrec "
+                              f"reads {FORMAT_VERSION}; retrain with `llmrec train-encoder`")
+    for key in ("model", "hparams", "n_items"):
+        if key not in facts:
+            raise CheckpointError(f"{cfg}: `encoder.{key}` is missing")
+    return facts
+
+
+def load_encoder(path: str | os.PathLike, data: ProcessedDataset | None = None,
+                 map_location: str | torch.device = "cpu") -> SequentialEncoder:
+    """Rebuild the encoder saved in `path` (in eval mode) and check it fits `data`.
+
+    Raises CheckpointError when `path` is not an encoder checkpoint, its weights do not match its config, or
+    `data` has a different item count or catalog (item ids/titles) than the data it was trained on.
+    """
+    path = Path(path)
+    facts = read_encoder_facts(path)
+    if data is not None:
+        if int(facts["n_items"]) != data.n_items:
+            raise CheckpointError(f"encoder checkpoint {path} was trained on {facts['n_items']} items but the "
+                                  f"data {data.root or ''} have {data.n_items}; use the same prepared dataset")
+        fp = facts.get("catalog_fingerprint")
+        if fp is not None and fp != data.catalog_fingerprint():
+            raise CheckpointError(f"encoder checkpoint {path} was trained on another catalog (item ids/titles "
+                                  f"differ from {data.root or 'the data'}: catalog fingerprint mismatch); "
+                                  f"use the dataset it was trained on or retrain it")
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{path}: {WEIGHTS_FILE} is missing")
+    try:
+        encoder = build_encoder(str(facts["model"]), int(facts["n_items"]), **dict(facts["hparams"]))
+    except ConfigError as e:
+        raise CheckpointError(f"{path / CONFIG_FILE}: {e}") from None
+    try:
+        state = load_file(str(weights), device=str(map_location))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({e})") from None
+    try:
+        encoder.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{weights} does not match the {facts['model']} described in {CONFIG_FILE}: "
+                              f"{' '.join(str(e).split())[:400]}") from None
+    return encoder.to(map_location).eval()

@@ -1,0 +1,93 @@
+"""`EncoderModule`: wires any trainable `SequentialEncoder` to Adam, a loss and validation metrics.
+
+The encoder itself stays a pure `nn.Module`; this module only optimises it, logs `train/loss` and the
+`valid/...` metrics, and keeps an in-memory copy of the weights of the best validation epoch (chosen on the
+VALID metric only; no pickled Lightning checkpoint is written).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from llmrec.encoders.base import SequentialEncoder
+from llmrec.encoders.evaluate import EvalSet, gather_ranks, metrics_from_ranks, rank_rows
+from llmrec.encoders.losses import full_softmax_loss, sample_negatives, sampled_bce_loss
+
+log = logging.getLogger(__name__)
+
+
+class EncoderModule(pl.LightningModule):
+    def __init__(self, encoder: SequentialEncoder, valid_set: EvalSet | None = None, monitor: str = "full/ndcg@10",
+                 lr: float = 1e-3, weight_decay: float = 0.0, loss: Literal["ce", "bce"] = "ce",
+                 num_negatives: int = 1):
+        super().__init__()
+        self.encoder, self.valid_set, self.monitor = encoder, valid_set, monitor
+        self.lr, self.weight_decay, self.loss_name, self.num_negatives = lr, weight_decay, loss, num_negatives
+        self.best_score = float("-inf")
+        self.best_epoch = -1
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_valid: dict[str, float] = {}
+        self.seconds_to_best = 0.0
+        self.history: list[dict[str, float]] = []
+        self._fit_start = time.perf_counter()
+        self._ranks: list[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]] = []
+
+    # ------------------------------------------------------------------ training
+    def on_fit_start(self) -> None:
+        self._fit_start = time.perf_counter()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        inputs, targets = batch  # [B, L], [B, L]
+        out = self.encoder.forward_all(inputs)  # [B, L, H]
+        real = targets > 0
+        seq_out, tgt = out[real], targets[real]  # [N, H], [N]
+        item_emb = self.encoder.item_embeddings()
+        if self.loss_name == "ce":
+            loss = full_softmax_loss(seq_out, item_emb, tgt)
+        else:
+            neg = sample_negatives(tgt, self.encoder.n_items, self.num_negatives)
+            loss = sampled_bce_loss(seq_out, item_emb, tgt, neg)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=int(tgt.numel()))
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.weight_decay:
+            return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        self._ranks = []
+
+    def validation_step(self, rows: torch.Tensor, batch_idx: int) -> None:
+        assert self.valid_set is not None
+        rows = rows.cpu().numpy()
+        self._ranks.append((rows, *rank_rows(self.encoder, self.valid_set, rows)))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.valid_set is None or not self._ranks or self.trainer.sanity_checking:
+            return
+        metrics = metrics_from_ranks(self.valid_set, *gather_ranks(self.valid_set, self._ranks))
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("n_samples")}
+        score = metrics[self.monitor]
+        for k, v in metrics.items():
+            self.log(f"valid/{k}", v, prog_bar=k == self.monitor)
+        self.history.append({"epoch": self.current_epoch, **metrics})
+        if np.isfinite(score) and score > self.best_score:
+            self.best_score, self.best_epoch, self.best_valid = score, self.current_epoch, metrics
+            self.best_state = {k: v.detach().clone() for k, v in self.encoder.state_dict().items()}
+            self.seconds_to_best = time.perf_counter() - self._fit_start
+        log.info("epoch %d: valid %s = %.4f (best %.4f at epoch %d), %.1fs since start", self.current_epoch,
+                 self.monitor, score, self.best_score, self.best_epoch, time.perf_counter() - self._fit_start)
+        self._ranks = []
+
+    def restore_best(self) -> None:
+        """Load the best validation epoch's weights into the encoder (no-op if never validated)."""
+        if self.best_state is not None:
+            self.encoder.load_state_dict(self.best_state)

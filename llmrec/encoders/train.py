@@ -1,0 +1,211 @@
+"""`llmrec train-encoder`: train (or count, for MostPop) an encoder, evaluate it and save a checkpoint.
+
+The output folder gets `encoder.safetensors`, `config.yaml` (this resolved config plus the `encoder:`
+section `load_encoder` reads), `metrics.json` (valid and test), `items.faiss` (when faiss is installed) and
+`logs/` (Lightning CSV and TensorBoard logs). It is written atomically: a failed run leaves no half-written
+folder, and an existing `--out` is replaced only if it is itself an encoder checkpoint.
+
+The epoch kept is the one with the best VALID metric (`full/ndcg@10` on `loo` data, `candidates/hr@1` on
+`llara` data); test metrics are computed once, on that epoch's weights, and never used for any choice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from llmrec.atomic import atomic_directory, atomic_write_text
+from llmrec.config import option
+from llmrec.data.dataset import ProcessedDataset
+from llmrec.encoders.base import SequentialEncoder
+from llmrec.encoders.checkpoint import check_output_dir, write_encoder_files
+from llmrec.encoders.evaluate import HistorySource, build_eval_set, evaluate, monitor_metric
+from llmrec.encoders.mostpop import MostPop
+from llmrec.encoders.registry import build_encoder, encoder_hparam_names
+from llmrec.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class TrainEncoderConfig:
+    data: Path | None = option(None, "processed dataset folder written by `llmrec prepare`")
+    out: Path | None = option(None, "output folder for the encoder checkpoint (created; must be empty or a "
+                                    "previous encoder checkpoint)")
+    model: Literal["sasrec", "gru4rec", "caser", "mostpop"] = option("sasrec", "which encoder to train")
+    seed: int = option(42, "random seed (weights, shuffling, dropout)")
+    # --- model hyperparameters (None = the model's own default; see each model's class)
+    hidden_size: int | None = option(None, "embedding / hidden size H")
+    num_layers: int | None = option(None, "Transformer blocks (sasrec) or GRU layers (gru4rec)")
+    num_heads: int | None = option(None, "attention heads (sasrec)")
+    ffn_size: int | None = option(None, "feed-forward width (sasrec; default 4 * hidden)")
+    gru_size: int | None = option(None, "GRU state size (gru4rec; default 2 * hidden)")
+    num_horizontal: int | None = option(None, "horizontal filters per height (caser)")
+    num_vertical: int | None = option(None, "vertical filters (caser)")
+    dropout: float | None = option(None, "dropout rate")
+    attn_dropout: float | None = option(None, "dropout on attention probabilities (sasrec)")
+    max_length: int | None = option(None, "history length the encoder reads (most recent items; caser: its "
+                                          "window L). Longer histories are truncated to the most recent items")
+    # --- optimisation
+    train_length: int | None = option(None, "training window length (default: max_length; caser: 50)")
+    loss: Literal["ce", "bce"] = option("ce", "full-softmax cross-entropy, or BCE with sampled negatives")
+    num_negatives: int = option(1, "negatives per target for --loss bce")
+    lr: float = option(1e-3, "Adam learning rate")
+    weight_decay: float = option(0.0, "decoupled weight decay (AdamW) when > 0")
+    batch_size: int = option(64, "training windows per batch")
+    max_epochs: int = option(200, "upper bound on training epochs")
+    patience: int = option(10, "stop after this many validations without a better VALID metric")
+    min_epochs: int = option(1, "train at least this many epochs")
+    # --- evaluation
+    eval_history: HistorySource = option("auto", "history the encoder reads at evaluation: the user's whole "
+                                                 "earlier `sequence`, the stored `sample` history, or `auto` "
+                                                 "(sequence for loo, sample for llara)")
+    exclude_seen: bool = option(True, "exclude the user's earlier items from full ranking")
+    eval_batch_size: int = option(1024, "samples per evaluation batch")
+    # --- machinery
+    device: Literal["auto", "cpu", "gpu", "cuda"] = option("auto", "where to train (auto: a GPU if present)")
+    progress_bar: bool = option(True, "show Lightning's progress bar")
+
+
+def _validate(config: TrainEncoderConfig) -> None:
+    if config.data is None:
+        raise ConfigError("--data is required: a folder written by `llmrec prepare`")
+    if config.out is None:
+        raise ConfigError("--out is required: the folder to write the encoder checkpoint to")
+    for name in ("batch_size", "max_epochs", "eval_batch_size", "num_negatives", "min_epochs"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if config.patience < 0:
+        raise ConfigError(f"--patience must be >= 0, got {config.patience}")
+    if config.lr <= 0:
+        raise ConfigError(f"--lr must be positive, got {config.lr}")
+    if config.weight_decay < 0:
+        raise ConfigError(f"--weight-decay must be >= 0, got {config.weight_decay}")
+    if config.train_length is not None and config.train_length < 1:
+        raise ConfigError(f"--train-length must be at least 1, got {config.train_length}")
+
+
+def model_hparams(config: TrainEncoderConfig) -> dict[str, Any]:
+    """The hyperparameters given in `config` that `config.model` accepts (unset ones keep model defaults)."""
+    names = encoder_hparam_names(config.model)
+    given = {n: getattr(config, n) for n in names if hasattr(config, n) and getattr(config, n) is not None}
+    ignored = [f"--{f.replace('_', '-')}" for f in ("hidden_size", "num_layers", "num_heads", "ffn_size", "gru_size",
+                                                    "num_horizontal", "num_vertical", "dropout", "attn_dropout")
+               if getattr(config, f) is not None and f not in names]
+    if ignored:
+        log.warning("%s ignores %s", config.model, ", ".join(ignored))
+    return given
+
+
+def _accelerator(device: str) -> str:
+    if device == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return "gpu" if device in ("gpu", "cuda") else "cpu"
+
+
+def _loggers(folder: Path) -> list[Any]:
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    loggers: list[Any] = [CSVLogger(save_dir=str(folder), name="logs", version="csv")]
+    try:
+        import tensorboard  # noqa: F401
+
+        loggers.append(TensorBoardLogger(save_dir=str(folder), name="logs", version="tensorboard",
+                                         default_hp_metric=False))
+    except ImportError:
+        pass
+    return loggers
+
+
+def fit_encoder(encoder: SequentialEncoder, data: ProcessedDataset, config: TrainEncoderConfig,
+                log_dir: Path | None = None) -> dict[str, Any]:
+    """Train `encoder` in place, restoring the best-VALID epoch's weights. Returns training facts."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    from llmrec.encoders.datamodule import EncoderDataModule
+    from llmrec.encoders.module import EncoderModule
+
+    train_length = config.train_length or (50 if config.model == "caser" else encoder.max_length)
+    if config.model == "sasrec" and train_length > encoder.max_length:
+        raise ConfigError(f"--train-length {train_length} exceeds sasrec's --max-length {encoder.max_length} "
+                          f"(it has no position embedding beyond that)")
+    dm = EncoderDataModule(data, encoder.max_length, train_length, config.batch_size, config.eval_batch_size,
+                           config.seed, config.eval_history, config.exclude_seen)
+    monitor = monitor_metric(data.protocol)
+    module = EncoderModule(encoder, dm.valid_set, monitor, config.lr, config.weight_decay, config.loss,
+                           config.num_negatives)
+    n_batches = -(-len(dm.windows) // config.batch_size)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*is smaller than the logging interval.*")
+    trainer = pl.Trainer(
+        accelerator=_accelerator(config.device), devices=1, max_epochs=config.max_epochs,
+        min_epochs=config.min_epochs, deterministic=True, enable_checkpointing=False,
+        enable_model_summary=False, enable_progress_bar=config.progress_bar, num_sanity_val_steps=0,
+        logger=_loggers(log_dir) if log_dir is not None else False, log_every_n_steps=max(1, min(50, n_batches)),
+        callbacks=[EarlyStopping(monitor=f"valid/{monitor}", mode="max", patience=config.patience)],
+        default_root_dir=str(log_dir) if log_dir is not None else None)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    seconds = time.perf_counter() - start
+    module.restore_best()
+    encoder.cpu()
+    return {"best_epoch": module.best_epoch, "epochs": trainer.current_epoch, "train_seconds": seconds,
+            "seconds_to_best_epoch": module.seconds_to_best, "monitor": f"valid/{monitor}",
+            "n_train_targets": dm.n_train_targets, "n_train_windows": len(dm.windows),
+            "train_length": train_length, "valid_history": module.history}
+
+
+def run_train_encoder(config: TrainEncoderConfig) -> int:
+    _validate(config)
+    assert config.data is not None and config.out is not None
+    data = ProcessedDataset.load(config.data)
+    out = Path(config.out)
+    check_output_dir(out)
+    import pytorch_lightning as pl
+
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    encoder = build_encoder(config.model, data.n_items, **model_hparams(config))
+    with atomic_directory(out) as tmp:
+        if isinstance(encoder, MostPop):
+            start = time.perf_counter()
+            sequences = data.train_sequences()
+            encoder.fit(sequences)
+            facts: dict[str, Any] = {"best_epoch": 0, "epochs": 0, "train_seconds": time.perf_counter() - start,
+                                     "seconds_to_best_epoch": 0.0, "monitor": f"valid/{monitor_metric(data.protocol)}",
+                                     "n_train_targets": int(sum(len(s) for s in sequences))}
+        else:
+            facts = fit_encoder(encoder, data, config, log_dir=tmp)
+        encoder.eval()
+        results = {}
+        for split in ("valid", "test"):
+            eval_set = build_eval_set(data, split, encoder.max_length, config.eval_history, config.exclude_seen)
+            results[split] = evaluate(encoder, eval_set, config.eval_batch_size)
+        history = facts.pop("valid_history", None)
+        metrics = {**results, **facts, "seed": config.seed, "protocol": data.protocol,
+                   "eval_positions": data.meta.get("eval_positions"), "model": config.model,
+                   "mode": "full" if data.protocol == "loo" else "candidates",
+                   "n_samples": results["test"]["n_samples"], "torch_threads": torch.get_num_threads(),
+                   "machine": platform.platform()}
+        write_encoder_files(encoder, tmp, data, config)
+        atomic_write_text(tmp / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+        if history:
+            atomic_write_text(tmp / "logs" / "valid_history.json", json.dumps(history, indent=1) + "\n")
+    monitor = facts["monitor"].removeprefix("valid/")
+    keys = [k for k in ("full/hr@10", "full/ndcg@10", "candidates/hr@1", "candidates/ndcg@5",
+                        "candidates/hr@1_last") if k in results["test"]]
+    print(f"{config.model} on {data.root} ({data.protocol}); best epoch {facts['best_epoch']} by valid "
+          f"{monitor}, trained {facts['train_seconds']:.1f}s; checkpoint: {out}")
+    for split in ("valid", "test"):
+        print(f"  {split:5s} " + "  ".join(f"{k}={results[split][k]:.4f}" for k in keys))
+    return 0

@@ -1,0 +1,74 @@
+"""Prompt datasets and the Lightning data module of the LLM stage.
+
+Training samples carry the answer (target title + terminator) with labels on it only; valid/test samples carry
+the prompt alone, plus candidates and target for ranking. Prompts are assembled once per sample (token ids are
+cheap to keep: ~300 ints per sample) so every epoch sees the same template for the same sample.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pandas as pd
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset
+
+from llmrec.llm.hybrid import PromptBatch, collate_prompts
+from llmrec.llm.prompts import Prompt, PromptBuilder
+
+
+class PromptDataset(Dataset):
+    """Samples of one split rendered as prompts by `builder` (answers attached when `with_answer`)."""
+
+    def __init__(self, samples: pd.DataFrame, builder: PromptBuilder, with_answer: bool):
+        self.builder, self.with_answer = builder, with_answer
+        self.rows = list(zip(samples["user_id"].tolist(), samples["position"].tolist(),
+                             samples["history"].tolist(), samples["target"].tolist(), samples["candidates"].tolist()))
+        self._prompts: dict[int, Prompt] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        user, position, history, target, candidates = self.rows[i]
+        if i not in self._prompts:
+            self._prompts[i] = self.builder.build(list(history), list(candidates), user, position)
+        return self._prompts[i], list(map(int, history)), int(target), list(map(int, candidates)), user, position
+
+
+def collate(items, builder: PromptBuilder, with_answer: bool, summary_max_length: int = 50) -> PromptBatch:
+    prompts, histories, targets, candidates, users, positions = map(list, zip(*items))
+    answers = [builder.answer_ids[t] for t in targets] if with_answer else None
+    return collate_prompts(prompts, int(builder.tokenizer.pad_token_id), targets, candidates, users, positions,
+                           answers=answers, summary_histories=histories if builder.summary else None,
+                           summary_max_length=summary_max_length)
+
+
+def prompt_loader(samples: pd.DataFrame, builder: PromptBuilder, batch_size: int, with_answer: bool,
+                  shuffle: bool = False, summary_max_length: int = 50, seed: int = 0) -> DataLoader:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(PromptDataset(samples, builder, with_answer), batch_size=batch_size, shuffle=shuffle,
+                      generator=generator, num_workers=0,
+                      collate_fn=partial(collate, builder=builder, with_answer=with_answer,
+                                         summary_max_length=summary_max_length))
+
+
+class LLMDataModule(pl.LightningDataModule):
+    """Train loader (with answers, shuffled, seeded) and valid loader (prompts only)."""
+
+    def __init__(self, train: pd.DataFrame, valid: pd.DataFrame, builder: PromptBuilder, batch_size: int,
+                 eval_batch_size: int, summary_max_length: int = 50, seed: int = 0):
+        super().__init__()
+        self.train_samples, self.valid_samples, self.builder = train, valid, builder
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.summary_max_length, self.seed = summary_max_length, seed
+
+    def train_dataloader(self) -> DataLoader:
+        return prompt_loader(self.train_samples, self.builder, self.batch_size, True, shuffle=True,
+                             summary_max_length=self.summary_max_length, seed=self.seed)
+
+    def val_dataloader(self) -> DataLoader:
+        return prompt_loader(self.valid_samples, self.builder, self.eval_batch_size, False,
+                             summary_max_length=self.summary_max_length)

@@ -1,0 +1,178 @@
+"""Hybrid prompts: the causal LM whose slot-token embeddings are replaced by projected behavioural vectors.
+
+LLaRA (Liao et al., SIGIR 2024) represents an item in the prompt by its title tokens followed by one token
+whose embedding is `projector(encoder item embedding)`. `HybridLM` composes a Hugging Face causal LM (plain
+or LoRA-wrapped), the `Projector` and a frozen `SequentialEncoder`:
+
+    ids [B, T] --embed--> [B, T, H] --fill history/candidate/summary slots in order--> inputs_embeds --LM-->
+
+A text-only batch swaps every behavioural slot for the `<|text|>` token and never calls the projector, so the
+projector receives no gradient from it. Padding is on the LEFT (prompts end where the answer starts) with
+explicit position ids, so the same code serves training, scoring and decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmrec.encoders.base import SequentialEncoder, pad_left
+from llmrec.llm.projector import Projector
+from llmrec.llm.prompts import Prompt, PromptBuilder
+
+PromptKind = Literal["hybrid", "text", "hybrid+summary"]
+PROMPT_KINDS: tuple[str, ...] = ("hybrid", "text", "hybrid+summary")
+IGNORE = -100
+
+
+@dataclass
+class PromptBatch:
+    """A collated batch of prompts (and answers, when training). Items are listed in slot order."""
+
+    input_ids: torch.Tensor                 # [B, T] long, left-padded
+    attention_mask: torch.Tensor            # [B, T] long, 0 on padding
+    history_items: torch.Tensor             # [N_hist] long: the item behind each history slot, row-major
+    candidate_items: torch.Tensor           # [N_cand] long: the item behind each candidate slot, row-major
+    targets: torch.Tensor                   # [B] long target item ids
+    candidates: torch.Tensor                # [B, C] long candidate ids in stored order
+    user_id: torch.Tensor                   # [B] long
+    position: torch.Tensor                  # [B] long
+    labels: torch.Tensor | None = None      # [B, T] long, IGNORE everywhere but the answer tokens
+    summary_seq: torch.Tensor | None = None     # [B, L] left-padded histories for the summary slot
+    summary_lengths: torch.Tensor | None = None  # [B]
+
+    def to(self, device: torch.device | str) -> PromptBatch:
+        return PromptBatch(**{f.name: (v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
+                              for f in fields(self)})
+
+    @property
+    def target_index(self) -> torch.Tensor:
+        """[B] column of each target in `candidates`."""
+        return (self.candidates == self.targets.view(-1, 1)).long().argmax(dim=1)
+
+
+def collate_prompts(prompts: list[Prompt], pad_id: int, targets: list[int], candidates: list[list[int]],
+                    user_ids: list[int], positions: list[int], answers: list[list[int]] | None = None,
+                    summary_histories: list[list[int]] | None = None, summary_max_length: int = 50) -> PromptBatch:
+    """Left-pad prompts (+ answers when given, with labels on the answer tokens only) into a `PromptBatch`."""
+    seqs = [p.ids + (answers[i] if answers is not None else []) for i, p in enumerate(prompts)]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long) if answers is not None else None
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+        if labels is not None:
+            n = len(answers[i])
+            labels[i, width - n:] = torch.tensor(answers[i], dtype=torch.long)
+    summary_seq = summary_lengths = None
+    if summary_histories is not None:
+        summary_seq, summary_lengths = pad_left(summary_histories, summary_max_length)
+    return PromptBatch(
+        input_ids=ids, attention_mask=mask, labels=labels,
+        history_items=torch.tensor([i for p in prompts for i in p.history], dtype=torch.long),
+        candidate_items=torch.tensor([i for p in prompts for i in p.candidates], dtype=torch.long),
+        targets=torch.tensor(targets, dtype=torch.long), candidates=torch.tensor(candidates, dtype=torch.long),
+        user_id=torch.tensor(user_ids, dtype=torch.long), position=torch.tensor(positions, dtype=torch.long),
+        summary_seq=summary_seq, summary_lengths=summary_lengths)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] positions counted over real tokens only (left padding gets position 0, masked anyway)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def fill_slots(embeds: torch.Tensor, input_ids: torch.Tensor, slot_id: int, vectors: torch.Tensor) -> torch.Tensor:
+    """Replace the embedding at every `slot_id` position by the next row of `vectors`, in row-major order.
+
+    Args:
+        embeds: [B, T, H] token embeddings.
+        input_ids: [B, T] token ids (locates the slots).
+        vectors: [N, H], N = number of `slot_id` tokens in `input_ids`; row n goes to the n-th slot.
+    Returns:
+        [B, T, H] new tensor (differentiable with respect to `vectors`).
+    """
+    mask = input_ids == slot_id  # [B, T]
+    n = int(mask.sum())
+    if n != vectors.shape[0]:
+        raise ValueError(f"{n} slot tokens (id {slot_id}) but {vectors.shape[0]} vectors to place")
+    if n == 0:
+        return embeds
+    return embeds.masked_scatter(mask.unsqueeze(-1), vectors.to(embeds.dtype))
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the answer tokens only ([B, T, V] logits, [B, T] labels)."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+
+
+class HybridLM(nn.Module):
+    """Causal LM + projector + frozen encoder; builds `inputs_embeds` for hybrid or text-only prompts.
+
+    Args:
+        model: a Hugging Face causal LM (possibly a peft model) whose vocabulary holds the slot tokens.
+        builder: the `PromptBuilder` (slot ids, answer ids) used for this model's prompts.
+        prompt: `hybrid`, `text` (never uses encoder or projector) or `hybrid+summary`.
+        projector: maps encoder vectors to the LM's hidden size (None for `text`).
+        encoder: the frozen behavioural encoder (None for `text`); it is not part of this module's state.
+    """
+
+    def __init__(self, model: nn.Module, builder: PromptBuilder, prompt: PromptKind = "hybrid",
+                 projector: Projector | None = None, encoder: SequentialEncoder | None = None):
+        super().__init__()
+        if prompt not in PROMPT_KINDS:
+            raise ValueError(f"prompt {prompt!r}: expected one of {PROMPT_KINDS}")
+        if prompt != "text" and (projector is None or encoder is None):
+            raise ValueError(f"{prompt} prompts need a projector and an encoder")
+        self.model, self.builder, self.prompt, self.projector = model, builder, prompt, projector
+        # Kept outside the module tree: the encoder is frozen and saved in its own folder, never with the LLM.
+        self._encoder = [encoder] if encoder is not None else []
+        if encoder is not None:
+            encoder.requires_grad_(False).eval()
+            self.register_buffer("item_table", encoder.item_embeddings().detach().float(), persistent=False)
+        else:
+            self.item_table = None
+
+    @property
+    def encoder(self) -> SequentialEncoder | None:
+        return self._encoder[0] if self._encoder else None
+
+    @property
+    def uses_slots(self) -> bool:
+        return self.prompt != "text"
+
+    def _apply(self, fn, *args, **kwargs):  # keep the frozen encoder on the same device as the module
+        if self._encoder:
+            self._encoder[0]._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
+    def inputs_embeds(self, batch: PromptBatch, hybrid: bool = True) -> torch.Tensor:
+        """[B, T, H] input embeddings; hybrid fills the behavioural slots, text-only swaps them for `<|text|>`."""
+        embed = self.model.get_input_embeddings()
+        if not (hybrid and self.uses_slots):
+            return embed(self.builder.to_text_only(batch.input_ids))
+        slots = self.builder.slots
+        embeds = embed(batch.input_ids)  # [B, T, H]
+        embeds = fill_slots(embeds, batch.input_ids, slots.history, self.projector(self.item_table[batch.history_items]))
+        embeds = fill_slots(embeds, batch.input_ids, slots.candidate,
+                            self.projector(self.item_table[batch.candidate_items]))
+        if self.prompt == "hybrid+summary":
+            with torch.no_grad():
+                seq_repr = self.encoder(batch.summary_seq, batch.summary_lengths)  # [B, H_enc]
+            seq_repr = seq_repr.to(self.item_table.dtype)
+            embeds = fill_slots(embeds, batch.input_ids, slots.summary, self.projector(seq_repr))
+        return embeds
+
+    def forward(self, batch: PromptBatch, hybrid: bool = True, **kwargs):
+        """Run the LM on the batch; returns the Hugging Face output (logits, past_key_values)."""
+        return self.model(inputs_embeds=self.inputs_embeds(batch, hybrid), attention_mask=batch.attention_mask,
+                          position_ids=position_ids(batch.attention_mask), **kwargs)
+
+    def loss(self, batch: PromptBatch, hybrid: bool = True) -> torch.Tensor:
+        """Cross-entropy on the answer (target title + terminator) tokens only."""
+        return answer_loss(self(batch, hybrid, use_cache=False).logits, batch.labels)

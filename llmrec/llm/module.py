@@ -1,0 +1,96 @@
+"""The LightningModule of the LLM stage: wires `HybridLM` to optimisation, the curriculum and validation.
+
+Per training batch a seeded coin with probability `hybrid_probability` (set by `CurriculumCallback`) picks a
+hybrid or a text-only prompt; a text-only batch never calls the projector, so its gradients stay None and
+AdamW skips it (no weight decay either). Validation ranks the valid candidates in `score` mode with hybrid
+prompts and logs `valid/hr@1`; the best trainable weights by that metric are kept in memory and restored at
+the end of training (checkpoint choice on VALID, never on test).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+
+from llmrec.evaluation.metrics import hit_ratio_at_k, ndcg_at_k, target_ranks
+from llmrec.llm.hybrid import HybridLM, PromptBatch
+from llmrec.llm.ranking import score_candidates
+
+
+def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
+    """LR multiplier: linear warmup over `warmup` steps, then cosine decay to `floor` at `total`."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    t = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+class LLMRecModule(pl.LightningModule):
+    def __init__(self, lm: HybridLM, lr: float = 5e-4, projector_lr: float | None = None,
+                 weight_decay: float = 0.01, warmup_ratio: float = 0.05, seed: int = 0):
+        super().__init__()
+        self.lm = lm
+        self.lr, self.projector_lr, self.weight_decay, self.warmup_ratio = lr, projector_lr, weight_decay, warmup_ratio
+        self.hybrid_probability = 1.0
+        self._coin = torch.Generator().manual_seed(seed)
+        self._val_ranks: list[torch.Tensor] = []
+        self.best_hr1 = -1.0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[dict[str, float]] = []
+
+    def trainable_named_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.lm.named_parameters() if p.requires_grad}
+
+    # ------------------------------------------------------------------ train
+    def training_step(self, batch: PromptBatch, batch_idx: int) -> torch.Tensor:
+        hybrid = self.lm.uses_slots and float(torch.rand(1, generator=self._coin)) < self.hybrid_probability
+        loss = self.lm.loss(batch, hybrid=hybrid)
+        bs = batch.input_ids.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/hybrid", float(hybrid), batch_size=bs)
+        return loss
+
+    # ------------------------------------------------------------------ valid
+    def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
+        scores = score_candidates(self.lm, batch, hybrid=True)
+        self._val_ranks.append(target_ranks(scores, batch.target_index).cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_ranks:
+            return
+        ranks = torch.cat(self._val_ranks)
+        self._val_ranks = []
+        hr1, ndcg5 = hit_ratio_at_k(ranks, 1), ndcg_at_k(ranks, 5)
+        self.log("valid/hr@1", hr1, prog_bar=True)
+        self.log("valid/ndcg@5", ndcg5)
+        if self.trainer.sanity_checking:
+            return
+        self.history.append({"step": int(self.global_step), "valid/hr@1": hr1, "valid/ndcg@5": ndcg5})
+        if hr1 > self.best_hr1:
+            self.best_hr1 = hr1
+            self.best_state = {n: p.detach().cpu().clone() for n, p in self.trainable_named_parameters().items()}
+
+    def restore_best(self) -> None:
+        """Load the trainable weights of the best validation round back into the model."""
+        if self.best_state is None:
+            return
+        params = self.trainable_named_parameters()
+        with torch.no_grad():
+            for n, v in self.best_state.items():
+                params[n].copy_(v.to(params[n].device))
+
+    # ------------------------------------------------------------------ optim
+    def configure_optimizers(self):
+        params = self.trainable_named_parameters()
+        proj = [p for n, p in params.items() if n.startswith("projector.")]
+        rest = [p for n, p in params.items() if not n.startswith("projector.")]
+        groups = [{"params": rest, "lr": self.lr}]
+        if proj:
+            groups.append({"params": proj, "lr": self.projector_lr or self.lr})
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(self.warmup_ratio * total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup, 0.05))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

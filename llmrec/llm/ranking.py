@@ -1,0 +1,172 @@
+"""Ranking candidates with a trained LLM recommender: one interface, three modes (DESIGN.md §5).
+
+- `score`: each candidate's score is the sum of log-probs of its answer tokens (title + terminator) given the
+  prompt. The prompt runs ONCE; its KV cache is repeated for the C candidates and all B*C answers go through
+  the model in one right-padded batch. Gives a full ordering; always valid.
+- `generate`: greedy decoding of up to 64 tokens, first line, lowercase substring match against each
+  candidate's answer text; valid iff exactly one candidate matches (LLaRA's rule).
+- `constrained`: greedy decoding restricted to a trie over the candidates' answer tokens; always ends on a
+  candidate.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from llmrec.llm.hybrid import HybridLM, PromptBatch, position_ids
+
+Mode = Literal["score", "generate", "constrained"]
+MODES: tuple[str, ...] = ("score", "generate", "constrained")
+MAX_NEW_TOKENS = 64
+
+
+@dataclass
+class Ranking:
+    """Per batch: `scores` [B, C] (score mode; -inf-free) or `chosen` item ids (None = invalid output)."""
+
+    scores: torch.Tensor | None
+    chosen: list[int | None]
+    texts: list[str] | None = None
+    generated: list[list[int]] | None = None  # decoded token ids per row (generate / constrained)
+
+
+def _last_logits_only(lm: HybridLM) -> dict:
+    """`logits_to_keep=1` where the model supports it: the prompt pass needs only its last position's logits."""
+    model = lm.model.get_base_model() if hasattr(lm.model, "get_base_model") else lm.model
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+def _answer_matrix(lm: HybridLM, candidates: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B*C, La] right-padded answer ids of every candidate (row b*C + c) and their [B*C] lengths."""
+    answers = [lm.builder.answer_ids[int(i)] for i in candidates.flatten().tolist()]
+    width = max(len(a) for a in answers)
+    ids = torch.full((len(answers), width), pad_id, dtype=torch.long)
+    for r, a in enumerate(answers):
+        ids[r, :len(a)] = torch.tensor(a, dtype=torch.long)
+    return ids.to(candidates.device), torch.tensor([len(a) for a in answers], device=candidates.device)
+
+
+@torch.no_grad()
+def score_candidates(lm: HybridLM, batch: PromptBatch, hybrid: bool = True) -> torch.Tensor:
+    """[B, C] sum of answer-token log-probs per candidate, with the prompt's KV cache shared by its candidates."""
+    B, C = batch.candidates.shape
+    pad_id = int(lm.builder.tokenizer.pad_token_id)
+    out = lm(batch, hybrid, use_cache=True, **_last_logits_only(lm))
+    first = out.logits[:, -1].float().log_softmax(-1).repeat_interleave(C, dim=0)  # [B*C, V]: first answer token
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(C)  # [B, ...] -> [B*C, ...], row b*C + c serves candidate c of prompt b
+    ans, lengths = _answer_matrix(lm, batch.candidates, pad_id)  # [B*C, La]
+    La = ans.shape[1]
+    logp = first.gather(1, ans[:, :1])  # [B*C, 1]
+    if La > 1:
+        prompt_mask = batch.attention_mask.repeat_interleave(C, dim=0)  # [B*C, T]
+        mask = torch.cat([prompt_mask, torch.ones_like(ans[:, :-1])], dim=1)
+        start = position_ids(batch.attention_mask)[:, -1:].repeat_interleave(C, dim=0) + 1  # [B*C, 1]
+        pos = start + torch.arange(La - 1, device=ans.device)
+        rest = lm.model(input_ids=ans[:, :-1], attention_mask=mask, position_ids=pos, past_key_values=cache,
+                        use_cache=True).logits.float()  # [B*C, La-1, V]
+        rest_logp = rest.gather(2, ans[:, 1:, None]).squeeze(2) - rest.logsumexp(-1)  # [B*C, La-1]
+        logp = torch.cat([logp, rest_logp], dim=1)
+    valid = torch.arange(La, device=ans.device) < lengths[:, None]  # right padding ignored
+    return (logp * valid).sum(1).view(B, C)
+
+
+class CandidateTrie:
+    """Prefix tree over the candidates' answer ids; a path ends (at the terminator) on one candidate."""
+
+    def __init__(self, answers: dict[int, list[int]]):
+        self.root: dict = {}
+        for item, ids in answers.items():
+            node = self.root
+            for t in ids:
+                node = node.setdefault(t, {})
+            node.setdefault(None, item)  # first of identical answers wins
+
+    @staticmethod
+    def allowed(node: dict) -> list[int]:
+        return [t for t in node if t is not None]
+
+
+@torch.no_grad()
+def greedy_decode(lm: HybridLM, batch: PromptBatch, max_new_tokens: int = MAX_NEW_TOKENS,
+                  constrained: bool = False, hybrid: bool = True) -> tuple[list[list[int]], list[int | None]]:
+    """Greedy decoding with a KV cache; stops a row at the terminator (EOS).
+
+    Returns the generated ids per row and, when `constrained`, the candidate each row's path ended on.
+    """
+    B = batch.input_ids.shape[0]
+    eos = lm.builder.eos
+    mask = batch.attention_mask
+    out = lm(batch, hybrid, use_cache=True, **_last_logits_only(lm))
+    logits, cache = out.logits[:, -1].float(), out.past_key_values
+    pos = position_ids(mask)[:, -1:]
+    tries = nodes = None
+    if constrained:
+        tries = [CandidateTrie({int(c): lm.builder.answer_ids[int(c)] for c in row})
+                 for row in batch.candidates.tolist()]
+        nodes = [t.root for t in tries]
+    generated: list[list[int]] = [[] for _ in range(B)]
+    chosen: list[int | None] = [None] * B
+    done = [False] * B
+    for _ in range(max_new_tokens):
+        if constrained:
+            allowed = torch.full_like(logits, float("-inf"))
+            for b in range(B):
+                if not done[b]:
+                    allowed[b, CandidateTrie.allowed(nodes[b])] = 0.0
+            logits = logits + allowed
+        next_ids = logits.argmax(-1)  # [B]
+        for b in range(B):
+            if done[b]:
+                continue
+            t = int(next_ids[b])
+            generated[b].append(t)
+            if constrained:
+                nodes[b] = nodes[b][t]
+                if None in nodes[b]:
+                    chosen[b], done[b] = nodes[b][None], True
+            elif t == eos:
+                done[b] = True
+        if all(done):
+            break
+        next_ids = torch.where(torch.tensor(done, device=next_ids.device), eos, next_ids)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        pos = pos + 1
+        out = lm.model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
+                       use_cache=True)
+        logits, cache = out.logits[:, -1].float(), out.past_key_values
+    return generated, chosen
+
+
+def parse_generation(text: str, candidate_texts: list[str]) -> int | None:
+    """LLaRA's rule: the first line of the output, lowercased; the index of the ONE candidate whose (lowercased)
+    answer text is a substring of it, or None when no candidate or several candidates match (invalid)."""
+    line = text.strip().split("\n", 1)[0].strip().lower()
+    hits = [i for i, c in enumerate(candidate_texts) if c.strip() and c.strip().lower() in line]
+    return hits[0] if len(hits) == 1 else None
+
+
+def rank(lm: HybridLM, batch: PromptBatch, mode: Mode = "score", max_new_tokens: int = MAX_NEW_TOKENS,
+         hybrid: bool = True) -> Ranking:
+    """Rank one batch of prompts in `mode`."""
+    if mode == "score":
+        scores = score_candidates(lm, batch, hybrid)
+        best = scores.argmax(1)
+        return Ranking(scores, [int(batch.candidates[b, best[b]]) for b in range(len(best))])
+    if mode == "constrained":
+        generated, chosen = greedy_decode(lm, batch, max_new_tokens, constrained=True, hybrid=hybrid)
+        return Ranking(None, chosen, generated=generated)
+    if mode == "generate":
+        generated, _ = greedy_decode(lm, batch, max_new_tokens, constrained=False, hybrid=hybrid)
+        tok = lm.builder.tokenizer
+        texts = tok.batch_decode(generated, skip_special_tokens=True)
+        chosen = []
+        for text, row in zip(texts, batch.candidates.tolist()):
+            k = parse_generation(text, [lm.builder.answer_text(c) for c in row])
+            chosen.append(None if k is None else int(row[k]))
+        return Ranking(None, chosen, texts, generated)
+    raise ValueError(f"unknown ranking mode {mode!r}; expected one of {', '.join(MODES)}")

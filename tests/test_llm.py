@@ -1,0 +1,308 @@
+"""LLM stage, units: backbones, prompts, slot filling, curriculum, ranking modes, bad input (tiny, CPU, offline)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from test_llm_support import MeanEncoder, save_hf_folder, tiny_config, tiny_dataset
+
+from llmrec.errors import CheckpointError, ConfigError, DataError
+from llmrec.llm import backbone
+from llmrec.llm.curriculum import SCHEDULES, hybrid_probability
+from llmrec.llm.datamodule import prompt_loader
+from llmrec.llm.hybrid import IGNORE, fill_slots, position_ids
+from llmrec.llm.prompts import TEMPLATES, PromptBuilder, choose_template
+from llmrec.llm.ranking import (
+    CandidateTrie,
+    greedy_decode,
+    parse_generation,
+    rank,
+    score_candidates,
+)
+from llmrec.llm.train import build_recommender
+
+
+@pytest.fixture(scope="module")
+def data():
+    return tiny_dataset(n_users=18, n_items=24, seq_len=7, n_candidates=6)
+
+
+@pytest.fixture(scope="module")
+def encoder(data):
+    return MeanEncoder(data.n_items)
+
+
+@pytest.fixture(scope="module")
+def hybrid_lm(data, encoder, tmp_path_factory):
+    lm, _ = build_recommender(tiny_config(tmp_path_factory.mktemp("hyb")), data, encoder)
+    return lm.eval()
+
+
+def first_batch(lm, data, split="test", with_answer=False, n=4):
+    return next(iter(prompt_loader(data.split(split), lm.builder, n, with_answer)))
+
+
+# ---------------------------------------------------------------------- backbones
+def test_tiny_backbone_is_built_once_and_loads_like_any_hf_folder(data, tmp_path):
+    spec = backbone.TinySpec(layers=2, hidden=32, heads=2, max_length=128)
+    folder = backbone.build_tiny_llm(data.titles(), data.catalog_fingerprint(), tmp_path, spec)
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert backbone.build_tiny_llm(data.titles(), data.catalog_fingerprint(), tmp_path, spec) == folder
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp  # cached, not rebuilt
+    model, tok = backbone.load_causal_lm(folder), backbone.load_tokenizer(folder)
+    assert model.config.model_type == "llama" and model.config.num_hidden_layers == 2
+    # word-level: every title word is one token, nothing unknown in the catalog
+    ids = tok(" " + data.titles()[1], add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids and len(ids) == len(data.titles()[1].replace("(", " ( ").replace(")", " ) ").split())
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_any_local_hf_causal_lm_loads_through_the_path_code(arch, data, encoder, tmp_path):
+    folder = save_hf_folder(tmp_path / arch, arch, data)
+    lm, facts = build_recommender(tiny_config(tmp_path, llm=str(folder)), data, encoder)
+    assert facts["finetune"] == "lora" and facts["base_vocab_size"] + 4 == facts["vocab_size"]
+    lm.eval()
+    scores = score_candidates(lm, first_batch(lm, data))
+    assert scores.shape == (4, 6) and torch.isfinite(scores).all()
+
+
+def test_missing_or_non_model_llm_path_is_a_clear_error(data, encoder, tmp_path):
+    with pytest.raises(ConfigError, match="no such folder"):
+        build_recommender(tiny_config(tmp_path, llm=str(tmp_path / "nope")), data, encoder)
+    (tmp_path / "notamodel").mkdir()
+    (tmp_path / "notamodel" / "readme.txt").write_text("hi")
+    with pytest.raises(CheckpointError, match="no config.json"):
+        build_recommender(tiny_config(tmp_path, llm=str(tmp_path / "notamodel")), data, encoder)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(CheckpointError, match="could not load"):
+        backbone.load_causal_lm(broken)
+
+
+def test_four_bit_without_bitsandbytes_says_what_to_install():
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed here")
+    with pytest.raises(ConfigError, match="bitsandbytes"):
+        backbone.four_bit_config(torch.bfloat16)
+
+
+# ---------------------------------------------------------------------- prompts
+def test_templates_per_domain_and_seeded_choice():
+    for domain in ("movies", "games", "music", "generic"):
+        assert len(TEMPLATES[domain]) >= 3
+        assert all("{history}" in t and "{candidates}" in t and "{summary}" in t for t in TEMPLATES[domain])
+    picks = [choose_template(3, 0, u, 5) for u in range(40)]
+    assert picks == [choose_template(3, 0, u, 5) for u in range(40)] and len(set(picks)) == 3
+    assert picks != [choose_template(3, 1, u, 5) for u in range(40)]
+
+
+def test_prompt_lists_history_and_candidates_with_one_slot_each(hybrid_lm, data):
+    b = hybrid_lm.builder
+    row = data.split("test").iloc[0]
+    p = b.build(row["history"], row["candidates"], row["user_id"], row["position"])
+    ids = torch.tensor(p.ids)
+    assert int((ids == b.slots.history).sum()) == len(row["history"]) == len(p.history)
+    assert int((ids == b.slots.candidate).sum()) == len(row["candidates"])
+    text = b.tokenizer.decode(p.ids)
+    for item in list(row["history"]) + list(row["candidates"]):
+        assert b.answer_text(item) in text
+    # answers are the title ids + EOS, built once per item and reused
+    assert b.answer_ids[row["target"]] == b.title_ids[row["target"]] + [b.eos]
+    assert b.to_text_only(p.ids).count(b.slots.text) == len(p.history) + len(p.candidates)
+
+
+def test_too_long_prompts_drop_the_oldest_history_items_with_a_warning(hybrid_lm, data, caplog):
+    b0 = hybrid_lm.builder
+    full = b0.build([1, 2, 3, 4, 5, 6], [7, 8], 1, 1)
+    limit = len(full.ids) + b0.max_answer_length - 1  # one token too short
+    b = PromptBuilder(b0.tokenizer, data.titles(), "movies", b0.slots, limit)
+    with caplog.at_level(logging.WARNING):
+        p = b.build([1, 2, 3, 4, 5, 6], [7, 8], 1, 1)
+    assert p.dropped >= 1 and p.history == [1, 2, 3, 4, 5, 6][p.dropped:]
+    assert len(p.ids) + b.max_answer_length <= limit and "dropped" in caplog.text
+    with pytest.raises(DataError, match="exceeds max length"):
+        PromptBuilder(b0.tokenizer, data.titles(), "movies", b0.slots, 20).build([1, 2], [7, 8], 1, 1)
+
+
+def test_a_title_that_tokenizes_to_nothing_is_refused(hybrid_lm, data):
+    titles = data.titles()
+    titles[5] = "   "
+    with pytest.raises(DataError, match="item 5: title .* tokenizes to nothing"):
+        PromptBuilder(hybrid_lm.builder.tokenizer, titles, "movies", hybrid_lm.builder.slots, 256)
+
+
+def test_labels_mask_everything_but_the_target_title_and_terminator(hybrid_lm, data):
+    batch = first_batch(hybrid_lm, data, "train", with_answer=True)
+    for i in range(batch.input_ids.shape[0]):
+        answer = hybrid_lm.builder.answer_ids[int(batch.targets[i])]
+        kept = batch.labels[i][batch.labels[i] != IGNORE].tolist()
+        assert kept == answer and answer[-1] == hybrid_lm.builder.eos
+        assert batch.labels[i, -len(answer):].tolist() == batch.input_ids[i, -len(answer):].tolist()
+
+
+# ---------------------------------------------------------------------- hybrid slots
+def test_fill_slots_puts_each_vector_exactly_at_its_slot_in_order():
+    ids = torch.tensor([[0, 9, 5, 9, 1], [9, 2, 3, 4, 9]])
+    embeds = torch.zeros(2, 5, 3)
+    vectors = torch.arange(12, dtype=torch.float).view(4, 3)
+    out = fill_slots(embeds, ids, 9, vectors)
+    for n, (b, t) in enumerate([(0, 1), (0, 3), (1, 0), (1, 4)]):
+        assert torch.equal(out[b, t], vectors[n])
+    assert out[ids != 9].abs().sum() == 0
+    with pytest.raises(ValueError, match="4 slot tokens"):
+        fill_slots(embeds, ids, 9, vectors[:3])
+
+
+def test_hybrid_embeds_hold_projected_encoder_vectors_at_history_and_candidate_slots(hybrid_lm, data):
+    batch = first_batch(hybrid_lm, data)
+    with torch.no_grad():
+        embeds = hybrid_lm.inputs_embeds(batch, hybrid=True)
+        proj = hybrid_lm.projector(hybrid_lm.item_table)
+    slots = hybrid_lm.builder.slots
+    for slot, items in ((slots.history, batch.history_items), (slots.candidate, batch.candidate_items)):
+        where = (batch.input_ids == slot).nonzero().tolist()
+        assert len(where) == len(items)
+        for (b, t), item in zip(where, items.tolist()):
+            torch.testing.assert_close(embeds[b, t], proj[item])
+    text = hybrid_lm.inputs_embeds(batch, hybrid=False)
+    text_row = hybrid_lm.model.get_input_embeddings().weight[slots.text]
+    b, t = (batch.input_ids == slots.history).nonzero()[0].tolist()
+    torch.testing.assert_close(text[b, t], text_row)
+
+
+def test_summary_slot_holds_the_projected_sequence_representation(data, encoder, tmp_path):
+    lm, _ = build_recommender(tiny_config(tmp_path, prompt="hybrid+summary"), data, encoder)
+    batch = first_batch(lm, data)
+    with torch.no_grad():
+        embeds = lm.inputs_embeds(batch)
+        expected = lm.projector(encoder(batch.summary_seq, batch.summary_lengths))
+    where = (batch.input_ids == lm.builder.slots.summary).nonzero().tolist()
+    assert [b for b, _ in where] == list(range(batch.input_ids.shape[0]))
+    for (b, t) in where:
+        torch.testing.assert_close(embeds[b, t], expected[b])
+
+
+def test_text_only_batches_leave_the_projector_gradients_empty(data, encoder, tmp_path):
+    lm, _ = build_recommender(tiny_config(tmp_path), data, encoder)
+    lm.train()
+    batch = first_batch(lm, data, "train", with_answer=True)
+    lm.loss(batch, hybrid=False).backward()
+    assert all(p.grad is None for p in lm.projector.parameters())
+    assert any(p.grad is not None for p in lm.model.parameters())
+    lm.loss(batch, hybrid=True).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lm.projector.parameters())
+    assert all(p.grad is None for p in encoder.parameters())
+
+
+# ---------------------------------------------------------------------- curriculum
+@pytest.mark.parametrize("schedule", ["linear", "step", "cosine"])
+def test_schedules_go_from_text_to_hybrid_monotonically(schedule):
+    ts = [i / 100 for i in range(101)]
+    ps = [hybrid_probability(schedule, t) for t in ts]
+    assert ps[0] == 0.0 and ps[-1] == 1.0
+    assert all(b >= a for a, b in zip(ps, ps[1:])) and all(0.0 <= p <= 1.0 for p in ps)
+    assert hybrid_probability(schedule, -1.0) == 0.0 and hybrid_probability(schedule, 2.0) == 1.0
+
+
+def test_linear_is_t_over_T_and_constant_is_constant():
+    assert hybrid_probability("linear", 0.3) == pytest.approx(0.3)
+    assert hybrid_probability("cosine", 0.5) == pytest.approx(0.5)
+    assert hybrid_probability("step", 0.49) == 0.0 and hybrid_probability("step", 0.5) == 1.0
+    assert {hybrid_probability("constant", t, constant=0.7) for t in (0.0, 0.5, 1.0)} == {0.7}
+    assert set(SCHEDULES) == {"linear", "step", "cosine", "constant"}
+    with pytest.raises(ValueError, match="unknown curriculum"):
+        hybrid_probability("exponential", 0.5)
+
+
+# ---------------------------------------------------------------------- ranking
+def full_sequence_scores(lm, batch):
+    """Reference: score each candidate by running the whole prompt + answer, no cache, one row at a time."""
+    out = torch.zeros(batch.candidates.shape)
+    embeds = lm.inputs_embeds(batch)
+    emb = lm.model.get_input_embeddings()
+    for b in range(batch.candidates.shape[0]):
+        keep = batch.attention_mask[b].bool()
+        prompt = embeds[b, keep]  # [P, H]
+        for c, item in enumerate(batch.candidates[b].tolist()):
+            ans = torch.tensor(lm.builder.answer_ids[item])
+            x = torch.cat([prompt, emb(ans)])[None]
+            logits = lm.model(inputs_embeds=x).logits[0].log_softmax(-1)  # [P+A, V]
+            P = prompt.shape[0]
+            out[b, c] = logits[P - 1:P - 1 + len(ans)].gather(1, ans[:, None]).sum()
+    return out
+
+
+def test_score_with_shared_kv_cache_equals_scoring_each_full_sequence(hybrid_lm, data):
+    batch = first_batch(hybrid_lm, data, n=3)
+    assert len(set(batch.attention_mask.sum(1).tolist())) > 1  # prompts of different lengths: left padding used
+    with torch.no_grad():
+        shared = score_candidates(hybrid_lm, batch)
+        ref = full_sequence_scores(hybrid_lm, batch)
+    torch.testing.assert_close(shared, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_position_ids_skip_left_padding():
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert position_ids(mask).tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
+
+
+def test_generation_parsing_follows_llaras_rule():
+    cands = ["Heat ( 1995 )", "Toy Story ( 1995 )", "Casino ( 1995 )"]
+    assert parse_generation(" toy story ( 1995 )", cands) == 1
+    assert parse_generation("TOY STORY ( 1995 ) is my guess", cands) == 1      # substring, case-insensitive
+    assert parse_generation("Heat ( 1995 )\nCasino ( 1995 )", cands) == 0      # first line only
+    assert parse_generation("Heat ( 1995 ) or Casino ( 1995 )", cands) is None  # two matches: invalid
+    assert parse_generation("Jumanji ( 1995 )", cands) is None                 # none: invalid
+    assert parse_generation("", cands) is None
+
+
+def test_candidate_trie_paths_end_on_candidates():
+    trie = CandidateTrie({7: [1, 2, 9], 8: [1, 3, 9], 5: [4, 9]})
+    assert sorted(CandidateTrie.allowed(trie.root)) == [1, 4]
+    assert trie.root[1][3][9][None] == 8 and trie.root[4][9][None] == 5
+
+
+def test_constrained_decoding_always_returns_one_of_the_candidates(hybrid_lm, data):
+    batch = first_batch(hybrid_lm, data, n=4)
+    generated, chosen = greedy_decode(hybrid_lm, batch, constrained=True)
+    for b, item in enumerate(chosen):
+        assert item in batch.candidates[b].tolist()
+        assert generated[b] == hybrid_lm.builder.answer_ids[item]
+
+
+def test_the_three_modes_share_one_interface(hybrid_lm, data):
+    batch = first_batch(hybrid_lm, data, n=2)
+    scored = rank(hybrid_lm, batch, "score")
+    assert scored.scores.shape == (2, 6) and all(c in batch.candidates[i].tolist() for i, c in enumerate(scored.chosen))
+    generated = rank(hybrid_lm, batch, "generate", max_new_tokens=5)
+    assert len(generated.texts) == 2 and all(c is None or c in batch.candidates[i].tolist()
+                                             for i, c in enumerate(generated.chosen))
+    with pytest.raises(ValueError, match="unknown ranking mode"):
+        rank(hybrid_lm, batch, "beam")
+
+
+def test_hybrid_prompts_need_an_encoder(data, tmp_path):
+    from llmrec.llm.train import load_encoder_for
+
+    with pytest.raises(ConfigError, match="--encoder is required"):
+        load_encoder_for(None, data)
+    assert Path(tmp_path).exists()
+
+
+def test_every_shipped_llm_config_parses():
+    from importlib.resources import files
+
+    from llmrec.config import resolve_config
+    from llmrec.llm.train import TrainLLMConfig
+
+    shipped = sorted(p for p in files("llmrec").joinpath("configs").iterdir() if p.name.startswith("llm-"))
+    assert len(shipped) >= 3
+    for path in shipped:
+        config = resolve_config(TrainLLMConfig, {}, Path(str(path)))
+        assert config.finetune in ("full", "lora")

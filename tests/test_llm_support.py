@@ -1,0 +1,116 @@
+"""Shared helpers of the LLM-stage tests (tiny catalog, tiny encoder, tiny backbones); no network, no GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from llmrec.data.dataset import ProcessedDataset
+from llmrec.encoders.base import SequentialEncoder
+
+WORDS = ["Red", "Blue", "Night", "River", "Storm", "Garden", "City", "Moon", "Fire", "Glass", "Stone", "Wolf"]
+
+
+def tiny_dataset(n_users: int = 24, n_items: int = 30, seq_len: int = 9, n_candidates: int = 20, seed: int = 0,
+                 titles: list[str] | None = None, eval_positions: str = "all") -> ProcessedDataset:
+    """A `llara`-protocol dataset where each user walks the catalog with stride 1 (learnable), movie titles."""
+    rng = np.random.default_rng(seed)
+    titles = titles or [f"{WORDS[i % len(WORDS)]} {WORDS[(i * 5 + 3) % len(WORDS)]} ({1980 + i})"
+                        for i in range(n_items)]
+    seqs = {u: (int(rng.integers(n_items)) + np.arange(seq_len)) % n_items + 1 for u in range(1, n_users + 1)}
+    split = {u: ("valid" if u % 6 == 0 else "test" if u % 6 == 1 else "train") for u in seqs}
+    rows: dict[str, list] = {"train": [], "valid": [], "test": []}
+    for u, s in seqs.items():
+        positions = range(3, seq_len) if split[u] == "train" or eval_positions == "all" else [seq_len - 1]
+        for p in positions:
+            target = int(s[p])
+            pool = np.array([i for i in range(1, n_items + 1) if i not in set(s[:p + 1].tolist())])
+            cands = np.concatenate([[target], rng.choice(pool, n_candidates - 1, replace=False)]).astype(np.int64)
+            rng.shuffle(cands)
+            rows[split[u]].append({"user_id": u, "position": p, "history": s[max(0, p - 10):p].astype(np.int64),
+                                   "target": target, "candidates": cands})
+    items = pd.DataFrame({"item_id": np.arange(1, n_items + 1), "title": titles,
+                          "genres": [["g"]] * n_items, "raw_id": [str(i) for i in range(n_items)]})
+    inter = pd.DataFrame({"user_id": np.repeat(list(seqs), seq_len), "item_id": np.concatenate(list(seqs.values())),
+                          "timestamp": np.tile(np.arange(seq_len), n_users)})
+    users = pd.DataFrame({"user_id": list(seqs), "raw_id": [str(u) for u in seqs], "split": list(split.values())})
+    cols = ["user_id", "position", "history", "target", "candidates"]
+    meta = {"dataset": "tiny", "protocol": "llara", "seed": seed, "n_users": n_users, "n_items": n_items,
+            "domain": "movies", "eval_positions": eval_positions}
+    return ProcessedDataset(meta=meta, items=items, interactions=inter, users=users,
+                            samples={k: pd.DataFrame(v, columns=cols) for k, v in rows.items()})
+
+
+class MeanEncoder(SequentialEncoder):
+    """A real (tiny) encoder: the mean of the history's item embeddings."""
+
+    def __init__(self, n_items: int, hidden_size: int = 16, max_length: int = 10, seed: int = 0):
+        super().__init__()
+        self.n_items, self.hidden_size, self.max_length = n_items, hidden_size, max_length
+        g = torch.Generator().manual_seed(seed)
+        self.emb = nn.Embedding(n_items + 1, hidden_size, padding_idx=0)
+        with torch.no_grad():
+            self.emb.weight.copy_(torch.randn(n_items + 1, hidden_size, generator=g))
+            self.emb.weight[0].zero_()
+
+    def forward(self, item_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.emb(item_seq).sum(1) / lengths.clamp(min=1).unsqueeze(1).to(self.emb.weight.dtype)
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.emb.weight
+
+
+def tiny_config(tmp: Path, **overrides):
+    """A `TrainLLMConfig` for a 2-layer, 32-hidden Llama trained for a handful of steps."""
+    from llmrec.llm.train import TrainLLMConfig
+
+    values = dict(llm="tiny", tiny_layers=2, tiny_hidden=32, tiny_heads=2, max_length=256,
+                  cache_dir=Path(tmp) / "cache", epochs=1, batch_size=8, eval_batch_size=4, lr=3e-3,
+                  max_valid_samples=8, device="cpu", seed=0)
+    values.update(overrides)
+    return TrainLLMConfig(**values)
+
+
+def save_hf_folder(folder: Path, arch: str, data: ProcessedDataset, hidden: int = 32) -> Path:
+    """A tiny random Llama / Qwen2 / GPT-2 folder with a word-level tokenizer, as `save_pretrained` writes."""
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    from llmrec.llm.prompts import template_corpus
+    from llmrec.llm.tokenizer import train_word_level_tokenizer
+
+    tok = train_word_level_tokenizer(data.titles()[1:] + template_corpus(), 256)
+    common = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                  eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                                             num_attention_heads=2, num_key_value_heads=1,
+                                             max_position_embeddings=256, **common))
+    elif arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                                             num_attention_heads=2, num_key_value_heads=1,
+                                             max_position_embeddings=256, tie_word_embeddings=False, **common))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(n_embd=hidden, n_layer=2, n_head=2, n_positions=256, **common))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_tiny_dataset_is_a_valid_llara_set():
+    data = tiny_dataset()
+    assert data.protocol == "llara" and data.n_items == 30
+    for split in ("train", "valid", "test"):
+        df = data.split(split)
+        assert len(df) and all(t in c for t, c in zip(df["target"], df["candidates"]))
