@@ -118,7 +118,8 @@ def main() -> int:
                 config = resolve_config(TrainLLMConfig, {
                     "data": args.data_all, "encoder": enc["sasrec"] if prompt == "hybrid" else None,
                     "prompt": prompt, "out": out, "seed": seed, "device": device,
-                    "max_test_samples": scale["max_test_samples"]},
+                    "max_test_samples": scale["max_test_samples"],
+                    "precision": "bf16-mixed" if device == "gpu" else "32-true"},
                     ROOT / "llmrec" / "configs" / scale["llm_config"])
                 run_train_llm(config)
             seconds[f"llm_{prompt}_seed{seed}"] = time.time() - started

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,18 +63,22 @@ def main() -> None:
 
     from llmrec import __version__
 
+    load_before = os.getloadavg()
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="llmrec-bench-") as tmp:
         for name, args in RUNS.items():
-            times, meta = [], {}
+            times, inside, meta = [], [], {}
             for i in range(a.repeats):
                 seconds, meta = _run(args, Path(tmp) / f"{name}-{i}")
                 times.append(seconds)
+                inside.append(meta["seconds"])
                 print(f"{name}: run {i + 1}/{a.repeats}: {seconds:.2f} s", flush=True)
             results[name] = {
                 "n_users": meta["n_users"], "n_items": meta["n_items"], "n_interactions": meta["n_interactions"],
                 "n_samples": meta["n_samples"], "seconds": round(statistics.median(times), 2),
-                "seconds_runs": [round(t, 2) for t in times], "max_history": meta["max_history"],
+                "seconds_runs": [round(t, 2) for t in times],
+                "seconds_in_process": round(statistics.median(inside), 2),  # prepare() itself, without start-up
+                "max_history": meta["max_history"],
                 "eval_positions": meta["eval_positions"], "source": meta["source"]["kind"],
                 "seed": meta["seed"], "n_candidates": meta["n_candidates"]}
         if a.cold:
@@ -87,7 +91,8 @@ def main() -> None:
         "ml-100k": results,
         "machine": f"{platform.system()} {platform.machine()}, {_cpu()}, {os.cpu_count()} CPU cores (shared with "
                    f"other jobs)",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load_average_1min": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
         "versions": {"llmrec": __version__, "python": platform.python_version(), "pandas": pandas.__version__,
                      "pyarrow": pyarrow.__version__, "numpy": numpy.__version__},
         "seed": results["llara"]["seed"],

@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from llmrec.config import add_options, resolve_config
 from llmrec.errors import LlmrecError
@@ -42,10 +43,16 @@ COMMANDS: dict[str, Command] = {
 
 
 def _available() -> dict[str, Command]:
-    """Commands whose module is importable (stages land issue by issue)."""
+    """Commands whose module exists (stages land issue by issue).
+
+    Looks for the module's file instead of calling `find_spec`, which would import the parent packages
+    (and torch with them) just to print the command list.
+    """
+    root = Path(__file__).parent
     out = {}
     for name, cmd in COMMANDS.items():
-        if importlib.util.find_spec(cmd.module) is not None:
+        rel = Path(*cmd.module.split(".")[1:])
+        if (root / rel).with_suffix(".py").is_file() or (root / rel / "__init__.py").is_file():
             out[name] = cmd
     return out
 

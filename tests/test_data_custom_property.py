@@ -95,9 +95,9 @@ def test_malformed_tables_give_data_error(case, fmt, target):
         elif kind == "bad_time" and target == "interactions":
             df["ts"] = df["ts"].astype(str)  # numbers or date text, one replaced by junk
             df.loc[df.index[where % len(df)], "ts"] = "not a time"
-        elif kind == "nan_time" and target == "interactions":
-            df["ts"] = df["ts"].astype(float)
-            df.loc[df.index[where % len(df)], "ts"] = float("nan")
+        elif kind == "nan_time" and target == "interactions":  # a missing time (NaN/null/empty field)
+            df["ts"] = df["ts"].astype(object)
+            df.loc[df.index[where % len(df)], "ts"] = None
         elif kind == "empty_id":
             col = "user" if target == "interactions" else "item"
             df[col] = df[col].astype(str)

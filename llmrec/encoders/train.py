@@ -148,6 +148,7 @@ def fit_encoder(encoder: SequentialEncoder, data: ProcessedDataset, config: Trai
     n_batches = -(-len(dm.windows) // config.batch_size)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*is smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")  # raised inside Lightning itself with recent torch
     trainer = pl.Trainer(
         accelerator=_accelerator(config.device), devices=1, max_epochs=config.max_epochs,
         min_epochs=config.min_epochs, deterministic=True, enable_checkpointing=False,

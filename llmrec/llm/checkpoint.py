@@ -59,7 +59,7 @@ def save_checkpoint(folder: Path, lm: HybridLM, facts: dict[str, Any]) -> Path:
         base_vocab = facts["base_vocab_size"]
         rows = {"input": embedding_weight(lm.model.get_input_embeddings())[base_vocab:],
                 "output": embedding_weight(lm.model.get_output_embeddings())[base_vocab:]}
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in rows.items()},
+        save_file({k: v.detach().float().cpu().clone() for k, v in rows.items()},
                   str(folder / NEW_ROWS))
     else:
         lm.model.save_pretrained(folder / "model")
