@@ -25,17 +25,15 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from llmrec.config import resolve_config  # noqa: E402
-from llmrec.encoders.train import TrainEncoderConfig, run_train_encoder  # noqa: E402
 
 MODELS = ("mostpop", "sasrec", "gru4rec", "caser")
 LOO_KEYS = {"full/ndcg@10": "full/ndcg@10", "full/hr@10": "full/hr@10", "full/ndcg@20": "full/ndcg@20",
@@ -59,12 +57,22 @@ def summary(values: list[float], seeds: list[int]) -> dict:
             "seeds": dict(zip(map(str, seeds), values))}
 
 
-def run_one(model: str, data: Path, out: Path, seed: int, extra: dict) -> dict:
+def run_one(model: str, proto: str, data: Path, out: Path, seed: int, device: str, threads: int | None) -> dict:
+    """One `llmrec train-encoder` run in its own process (so runs can go side by side with --jobs)."""
     preset = Path(str(resources.files("llmrec") / "configs" / f"encoder-{model}.yaml"))
-    config = resolve_config(TrainEncoderConfig, {"data": data, "out": out, "seed": seed,
-                                                 "progress_bar": False, **extra}, preset)
-    run_train_encoder(config)
-    return json.loads((out / "metrics.json").read_text())
+    cmd = [sys.executable, "-m", "llmrec", "train-encoder", "--config", str(preset), "--data", str(data),
+           "--out", str(out), "--seed", str(seed), "--device", device, "--no-progress-bar"]
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"[bench] failed: {shlex.join(cmd)}\n{done.stderr[-3000:]}")
+    m = json.loads((out / "metrics.json").read_text())
+    print(f"[bench] {model} {proto} seed {seed}: {time.perf_counter() - t0:.0f}s, best epoch {m['best_epoch']}, "
+          f"valid {m['monitor']} = {m['valid'][m['monitor'].removeprefix('valid/')]:.4f}", flush=True)
+    return m
 
 
 def main() -> None:
@@ -73,9 +81,11 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     p.add_argument("--loo", type=Path, default=ROOT / "data/processed/ml-100k-loo")
     p.add_argument("--llara", type=Path, default=ROOT / "data/processed/ml-100k-llara-all")
-    p.add_argument("--work", type=Path, default=ROOT / "bench/runs/encoders", help="checkpoints go here")
+    p.add_argument("--work", type=Path, default=ROOT / "runs/bench-encoders", help="checkpoints go here")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/encoders.json")
     p.add_argument("--device", default="auto")
+    p.add_argument("--jobs", type=int, default=1, help="runs side by side (each gets cpu_count // jobs threads); "
+                                                      "timings are only comparable with --jobs 1 on a quiet machine")
     args = p.parse_args()
 
     import numpy
@@ -89,30 +99,35 @@ def main() -> None:
         faiss_version = None
     results: dict = {}
     if args.out.is_file():  # keep other models' figures when re-running a subset
-        results = json.loads(args.out.read_text()).get("models", {})
+        old = json.loads(args.out.read_text())
+        results = {m: old[m] for m in MODELS if m in old}
+    jobs = [(model, seed, proto, data, keys) for model in args.models for seed in args.seeds
+            for proto, data, keys in (("loo", args.loo, LOO_KEYS), ("llara", args.llara, LLARA_KEYS))]
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(run_one, model, proto, data, args.work / f"{model}-{proto}-seed{seed}", seed,
+                               args.device, threads) for model, seed, proto, data, _ in jobs]
+        metrics = [f.result() for f in futures]
     for model in args.models:
         rows: dict[str, list[float]] = {}
-        for seed in args.seeds:
-            for proto, data, keys in (("loo", args.loo, LOO_KEYS), ("llara", args.llara, LLARA_KEYS)):
-                t0 = time.perf_counter()
-                m = run_one(model, data, args.work / f"{model}-{proto}-seed{seed}", seed, {"device": args.device})
-                print(f"[bench] {model} {proto} seed {seed}: {time.perf_counter() - t0:.0f}s "
-                      f"best epoch {m['best_epoch']}", flush=True)
-                for name, key in keys.items():
-                    rows.setdefault(name, []).append(m["test"][key])
-                prefix = "" if proto == "loo" else "llara/"
-                for name in ("train_seconds", "seconds_to_best_epoch", "best_epoch"):
-                    rows.setdefault(prefix + name, []).append(float(m[name]))
-                rows.setdefault(prefix + "valid/" + m["monitor"].removeprefix("valid/"), []).append(
-                    m["valid"][m["monitor"].removeprefix("valid/")])
+        for (m_name, seed, proto, _, keys), m in zip(jobs, metrics):
+            if m_name != model:
+                continue
+            for name, key in keys.items():
+                rows.setdefault(name, []).append(m["test"][key])
+            prefix = "" if proto == "loo" else "llara/"
+            for name in ("train_seconds", "seconds_to_best_epoch", "best_epoch"):
+                rows.setdefault(prefix + name, []).append(float(m[name]))
+            monitor = m["monitor"].removeprefix("valid/")
+            rows.setdefault(prefix + "valid/" + monitor, []).append(m["valid"][monitor])
         results[model] = {k: summary(v, args.seeds) for k, v in rows.items()}
         results[model]["preset"] = f"llmrec/configs/encoder-{model}.yaml"
     doc = {
-        "models": results,
+        **{m: results[m] for m in MODELS if m in results},
         "machine": {"platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(),
+                    "torch_threads_per_run": threads or torch.get_num_threads(), "jobs": args.jobs,
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/encoders.py", *sys.argv[1:]]),
         "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
                      "pytorch_lightning": pytorch_lightning.__version__, "numpy": numpy.__version__,
@@ -125,8 +140,9 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(json.dumps({m: {k: round(v["mean"], 4) for k, v in r.items() if isinstance(v, dict)}
-                      for m, r in results.items()}, indent=1))
+    for m, r in results.items():
+        print(m, "  ".join(f"{k}={v['mean']:.4f}±{v['std']:.4f}" for k, v in r.items()
+                           if isinstance(v, dict) and not k.startswith("llara/")))
 
 
 if __name__ == "__main__":

@@ -28,15 +28,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmrec.encoders.registry import build_encoder  # noqa: E402
-from llmrec.llm.backbone import add_slot_tokens  # noqa: E402
-from llmrec.llm.datamodule import prompt_loader  # noqa: E402
-from llmrec.llm.hybrid import HybridLM  # noqa: E402
-from llmrec.llm.lora import apply_lora  # noqa: E402
-from llmrec.llm.projector import Projector  # noqa: E402
-from llmrec.llm.prompts import PromptBuilder, template_corpus  # noqa: E402
-from llmrec.llm.ranking import greedy_decode, score_candidates  # noqa: E402
-from llmrec.llm.tokenizer import train_word_level_tokenizer  # noqa: E402
+from llmrec.encoders.registry import build_encoder
+from llmrec.llm.backbone import add_slot_tokens, enable_checkpointing
+from llmrec.llm.datamodule import prompt_loader
+from llmrec.llm.hybrid import HybridLM
+from llmrec.llm.lora import apply_lora
+from llmrec.llm.projector import Projector
+from llmrec.llm.prompts import PromptBuilder, template_corpus
+from llmrec.llm.ranking import greedy_decode, score_candidates
+from llmrec.llm.tokenizer import train_word_level_tokenizer
 
 RESULTS = ROOT / "bench" / "results" / "llm.json"
 SHAPES = {
@@ -97,7 +97,9 @@ def time_training(lm: HybridLM, samples: pd.DataFrame, batch_size: int, device: 
     """(tokens/s, peak GiB) of LoRA training steps at `batch_size`."""
     model = lm.model.get_base_model() if hasattr(lm.model, "get_base_model") else lm.model
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
+    elif hasattr(model, "activation_checkpointing_disable"):
+        model.activation_checkpointing_disable()
     else:
         model.gradient_checkpointing_disable()
     lm.train()

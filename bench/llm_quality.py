@@ -12,7 +12,7 @@ Every model ranks the SAME stored 20 candidates. Per seed:
 Scales:
   full  -- llmrec/configs/llm-tiny.yaml (4 layers x 256 hidden, 4 epochs over all ~79k training samples),
            SASRec with the encoder defaults; meant for a GPU (minutes per model on an H100).
-  small -- llmrec/configs/llm-tiny-cpu-small.yaml (2 x 128, a seeded 4k-sample training subset, one epoch),
+  small -- llmrec/configs/llm-tiny-cpu-small.yaml (2 x 128, a seeded 3k-sample training subset, one epoch),
            SASRec for at most 15 epochs, the `all` test set cut to a seeded 600-sample subset. Meant for a CPU;
            its numbers are smoke-level and are written with "scale": "small", never as the full result.
 With `--write` the means/stds over seeds go to bench/results/llm.json under `quality` (or `quality_small`).

@@ -150,3 +150,15 @@ def test_windows_predict_every_training_position_once():
     # left padding: the most recent input is in the last column, its target the window's last item
     assert inputs[0, -1] == 10 and tgts[0, -1] == 11 and tgts[0, 0] == 8
     assert (tgts[inputs == 0] == 0).all()
+
+
+def test_length_buckets_cover_every_window_once_per_epoch_and_are_seeded():
+    from llmrec.encoders.datamodule import LengthBucketSampler
+
+    lengths = np.random.default_rng(0).integers(2, 50, size=101)
+    a, b = LengthBucketSampler(lengths, 8, seed=5, bucket_batches=3), LengthBucketSampler(lengths, 8, seed=5,
+                                                                                           bucket_batches=3)
+    epoch1, epoch2 = list(a), list(a)
+    assert sorted(i for batch in epoch1 for i in batch) == list(range(101)) and len(epoch1) == len(a) == 13
+    assert epoch1 != epoch2  # a new order every epoch
+    assert list(b) == epoch1  # ... the same one for the same seed

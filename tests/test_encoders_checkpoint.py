@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from llmrec.encoders import build_encoder, is_encoder_checkpoint, load_encoder, save_encoder
+from llmrec.encoders import (
+    build_encoder,
+    is_encoder_checkpoint,
+    load_encoder,
+    save_encoder,
+)
 from llmrec.encoders.index import ItemIndex
 from llmrec.encoders.synthetic import synthetic_dataset
 from llmrec.errors import CheckpointError

@@ -12,8 +12,8 @@ import torch
 from llmrec.cli import main
 from llmrec.config import load_yaml_mapping, resolve_config
 from llmrec.encoders import load_encoder
-from llmrec.encoders.train import TrainEncoderConfig, run_train_encoder
 from llmrec.encoders.synthetic import synthetic_dataset
+from llmrec.encoders.train import TrainEncoderConfig, run_train_encoder
 from llmrec.errors import CheckpointError, ConfigError, DataError
 
 TINY = dict(hidden_size=16, max_length=8, batch_size=16, progress_bar=False, patience=5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -206,7 +207,7 @@ def test_schedules_go_from_text_to_hybrid_monotonically(schedule):
     ts = [i / 100 for i in range(101)]
     ps = [hybrid_probability(schedule, t) for t in ts]
     assert ps[0] == 0.0 and ps[-1] == 1.0
-    assert all(b >= a for a, b in zip(ps, ps[1:])) and all(0.0 <= p <= 1.0 for p in ps)
+    assert all(b >= a for a, b in itertools.pairwise(ps)) and all(0.0 <= p <= 1.0 for p in ps)
     assert hybrid_probability(schedule, -1.0) == 0.0 and hybrid_probability(schedule, 2.0) == 1.0
 
 
@@ -306,3 +307,16 @@ def test_every_shipped_llm_config_parses():
     for path in shipped:
         config = resolve_config(TrainLLMConfig, {}, Path(str(path)))
         assert config.finetune in ("full", "lora")
+
+
+def test_gradient_checkpointing_still_trains_lora_weights(data, tmp_path):
+    from llmrec.llm.lora import apply_lora
+
+    folder = backbone.build_tiny_llm(data.titles(), data.catalog_fingerprint(), tmp_path,
+                                     backbone.TinySpec(layers=2, hidden=32, heads=2, max_length=128))
+    model = apply_lora(backbone.load_causal_lm(folder, gradient_checkpointing=True))
+    model.train()
+    ids = torch.randint(4, 50, (2, 12))
+    model(input_ids=ids, labels=ids).loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
+    assert grads and all(g is not None for g in grads)

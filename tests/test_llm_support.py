@@ -68,9 +68,9 @@ def tiny_config(tmp: Path, **overrides):
     """A `TrainLLMConfig` for a 2-layer, 32-hidden Llama trained for a handful of steps."""
     from llmrec.llm.train import TrainLLMConfig
 
-    values = dict(llm="tiny", tiny_layers=2, tiny_hidden=32, tiny_heads=2, max_length=256,
-                  cache_dir=Path(tmp) / "cache", epochs=1, batch_size=8, eval_batch_size=4, lr=3e-3,
-                  max_valid_samples=8, device="cpu", seed=0)
+    values = {"llm": "tiny", "tiny_layers": 2, "tiny_hidden": 32, "tiny_heads": 2, "max_length": 256,
+                  "cache_dir": Path(tmp) / "cache", "epochs": 1, "batch_size": 8, "eval_batch_size": 4, "lr": 3e-3,
+                  "max_valid_samples": 8, "device": "cpu", "seed": 0}
     values.update(overrides)
     return TrainLLMConfig(**values)
 
@@ -90,8 +90,8 @@ def save_hf_folder(folder: Path, arch: str, data: ProcessedDataset, hidden: int 
     from llmrec.llm.tokenizer import train_word_level_tokenizer
 
     tok = train_word_level_tokenizer(data.titles()[1:] + template_corpus(), 256)
-    common = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                  eos_token_id=tok.eos_token_id)
+    common = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
+                  "eos_token_id": tok.eos_token_id}
     torch.manual_seed(0)
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,

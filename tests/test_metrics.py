@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from llmrec.evaluation.metrics import candidate_metrics, hit_ratio_at_k, mask_seen_items, ndcg_at_k, target_ranks
+from llmrec.evaluation.metrics import (
+    candidate_metrics,
+    hit_ratio_at_k,
+    mask_seen_items,
+    ndcg_at_k,
+    target_ranks,
+)
 
 
 def test_ndcg_on_a_five_item_ranking():

@@ -8,6 +8,7 @@ position of every training sequence is predicted exactly once per epoch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,7 +17,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from llmrec.data.dataset import ProcessedDataset
-from llmrec.encoders.evaluate import EvalSet, HistorySource, build_eval_set, length_order
+from llmrec.encoders.evaluate import (
+    EvalSet,
+    HistorySource,
+    build_eval_set,
+    length_order,
+)
 from llmrec.errors import DataError
 
 
@@ -58,7 +64,7 @@ class LengthBucketSampler(Sampler[list[int]]):
         self.epoch = 0
 
     def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
+        return math.ceil(len(self.lengths) / self.batch_size)
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])

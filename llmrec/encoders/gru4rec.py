@@ -24,14 +24,14 @@ from llmrec.encoders.base import SequentialEncoder, keep_most_recent
 
 def _left_to_right(item_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Roll each left-padded row so its items start at column 0 (and back again with `-lengths`)."""
-    B, L = item_seq.shape[:2]
+    L = item_seq.size(1)
     cols = (torch.arange(L, device=item_seq.device)[None, :] + (L - lengths)[:, None]) % L  # [B, L]
     index = cols if item_seq.dim() == 2 else cols[..., None].expand_as(item_seq)
     return item_seq.gather(1, index)
 
 
 def _right_to_left(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    B, L = x.shape[:2]
+    L = x.size(1)
     cols = (torch.arange(L, device=x.device)[None, :] - (L - lengths)[:, None]) % L  # [B, L]
     index = cols if x.dim() == 2 else cols[..., None].expand_as(x)
     return x.gather(1, index)

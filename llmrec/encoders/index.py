@@ -27,7 +27,7 @@ INDEX_FILE = "items.faiss"
 def _faiss() -> Any:
     try:
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines are noise
-        import faiss  # noqa: PLC0415 (lazy on purpose)
+        import faiss
     except ImportError:
         raise ImportError("the item index needs faiss: `pip install faiss-cpu` (or faiss-gpu)") from None
     return faiss
@@ -94,7 +94,7 @@ class ItemIndex:
         out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
         out_i = np.zeros((len(q), k), dtype=np.int64)
         for b in range(len(q)):
-            banned = set(int(i) for i in exclude[b])
+            banned = {int(i) for i in exclude[b]}
             keep = [j for j in range(search_k) if ids[b, j] > 0 and int(ids[b, j]) not in banned][:k]
             out_s[b, : len(keep)] = scores[b, keep]
             out_i[b, : len(keep)] = ids[b, keep]

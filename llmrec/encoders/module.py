@@ -16,7 +16,12 @@ import pytorch_lightning as pl
 import torch
 
 from llmrec.encoders.base import SequentialEncoder
-from llmrec.encoders.evaluate import EvalSet, gather_ranks, metrics_from_ranks, rank_rows
+from llmrec.encoders.evaluate import (
+    EvalSet,
+    gather_ranks,
+    metrics_from_ranks,
+    rank_rows,
+)
 from llmrec.encoders.losses import full_softmax_loss, sample_negatives, sampled_bce_loss
 
 log = logging.getLogger(__name__)

@@ -38,13 +38,18 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(hidden_size, hidden_size)
         self.dropout = attn_dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: [B, L, H]; mask: [B, 1, L, L] bool, True where attention is allowed."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """x: [B, L, H]; mask: [B, 1, L, L] bool, True where attention is allowed.
+
+        Returns [B, L, H], or [B, 1, H] for the last position only when `last_only` (inference).
+        """
         B, L, H = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.num_heads, H // self.num_heads).permute(2, 0, 3, 1, 4)
+        if last_only:
+            q, mask = q[:, :, -1:], mask[:, :, -1:]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout if self.training else 0.0)  # [B, nh, L, hd]
-        return self.out(y.transpose(1, 2).reshape(B, L, H))
+                                           dropout_p=self.dropout if self.training else 0.0)  # [B, nh, Lq, hd]
+        return self.out(y.transpose(1, 2).reshape(B, q.size(2), H))
 
 
 class Block(nn.Module):
@@ -57,8 +62,9 @@ class Block(nn.Module):
                                  nn.Linear(ffn_size, hidden_size))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), mask))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """[B, L, H] -> [B, L, H] (or [B, 1, H], the last position, when `last_only`)."""
+        x = (x[:, -1:] if last_only else x) + self.drop(self.attn(self.ln1(x), mask, last_only))
         return x + self.drop(self.ffn(self.ln2(x)))
 
 
@@ -89,9 +95,12 @@ class SASRec(SequentialEncoder):
             with torch.no_grad():
                 module.weight[module.padding_idx].zero_()
 
-    def forward_all(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """[B, L] left-padded (L <= max_length) -> [B, L, H] state after each position."""
-        B, L = item_seq.shape
+    def forward_all(self, item_seq: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """[B, L] left-padded (L <= max_length) -> [B, L, H] state after each position.
+
+        `last_only`: the last block computes the most recent position only ([B, 1, H]); same values, less work.
+        """
+        L = item_seq.size(1)
         if L > self.max_length:
             raise ValueError(f"sequence width {L} exceeds max_length {self.max_length}")
         positions = torch.arange(self.max_length - L, self.max_length, device=item_seq.device)  # [L]
@@ -102,13 +111,14 @@ class SASRec(SequentialEncoder):
         # are never fully masked (their outputs are ignored, and real rows never attend to them).
         eye = torch.eye(L, dtype=torch.bool, device=item_seq.device)
         mask = ((causal & real[:, None, :]) | eye)[:, None]  # [B, 1, L, L]
-        for block in self.blocks:
-            x = block(x, mask)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, last_only=last_only and i == len(self.blocks) - 1)
         return self.final_ln(x)
 
     def forward(self, item_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         item_seq, lengths = keep_most_recent(item_seq, lengths, self.max_length)
-        return self.forward_all(item_seq)[:, -1]  # left padding: the last column is the most recent item
+        # left padding: the last column is the most recent item
+        return self.forward_all(item_seq, last_only=True)[:, -1]
 
     def item_embeddings(self) -> torch.Tensor:
         return self.item_emb.weight

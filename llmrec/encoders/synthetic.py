@@ -64,7 +64,7 @@ def synthetic_dataset(n_users: int = 60, n_items: int = 40, min_len: int = 8, ma
     samples = {k: pd.DataFrame(v, columns=["user_id", "position", "history", "target", "candidates"])
                for k, v in rows.items()}
     meta = {"dataset": "synthetic", "protocol": protocol, "seed": seed, "n_users": n_users, "n_items": n_items,
-            "n_interactions": int(len(inter)), "domain": "generic"}
+            "n_interactions": len(inter), "domain": "generic"}
     if protocol == "llara":
         meta["eval_positions"] = eval_positions
     return ProcessedDataset(meta=meta, items=items, interactions=inter, users=users, samples=samples)

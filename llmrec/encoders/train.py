@@ -27,7 +27,12 @@ from llmrec.config import option
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.encoders.base import SequentialEncoder
 from llmrec.encoders.checkpoint import check_output_dir, write_encoder_files
-from llmrec.encoders.evaluate import HistorySource, build_eval_set, evaluate, monitor_metric
+from llmrec.encoders.evaluate import (
+    HistorySource,
+    build_eval_set,
+    evaluate,
+    monitor_metric,
+)
 from llmrec.encoders.mostpop import MostPop
 from llmrec.encoders.registry import build_encoder, encoder_hparam_names
 from llmrec.errors import ConfigError
@@ -71,7 +76,8 @@ class TrainEncoderConfig:
                                                  "earlier `sequence`, the stored `sample` history, or `auto` "
                                                  "(sequence for loo, sample for llara)")
     exclude_seen: bool = option(True, "exclude the user's earlier items from full ranking")
-    eval_batch_size: int = option(1024, "samples per evaluation batch")
+    eval_batch_size: int = option(128, "samples per evaluation batch (sorted by history length: small "
+                                           "batches carry little padding)")
     # --- machinery
     device: Literal["auto", "cpu", "gpu", "cuda"] = option("auto", "where to train (auto: a GPU if present)")
     progress_bar: bool = option(True, "show Lightning's progress bar")

@@ -117,10 +117,18 @@ def load_causal_lm(path: Path, dtype: str = "float32", gradient_checkpointing: b
         raise CheckpointError(f"--llm {path}: could not load a causal LM ({str(e).splitlines()[0]}); expected "
                               f"a folder written by `save_pretrained` (config.json + *.safetensors)") from None
     if gradient_checkpointing:
-        # non-reentrant: gradients reach LoRA weights even though the (frozen) embeddings do not require grad
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
         model.config.use_cache = False
     return model
+
+
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """Activation (gradient) checkpointing, non-reentrant so gradients reach LoRA weights although the frozen
+    embeddings do not require grad. transformers 5 renamed the method; older releases only have the old name."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def four_bit_config(compute_dtype: torch.dtype):

@@ -33,36 +33,36 @@ SLOT_TOKENS: tuple[str, ...] = (HISTORY_SLOT, CANDIDATE_SLOT, TEXT_SLOT, SUMMARY
 # history (empty unless the prompt kind is `hybrid+summary`); the answer follows the template's last word.
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "movies": (
-        "A viewer watched these films in order: {history}.{summary} Which one of these films will they "
-        "watch next: {candidates}? Answer with one title. Next film:",
-        "Movie log, oldest first: {history}.{summary} Candidates for the next movie: {candidates}. Pick "
-        "exactly one of the candidates. Pick:",
-        "This person has seen {history}.{summary} From the list {candidates}, the movie they will see "
-        "next is:",
+        ("A viewer watched these films in order: {history}.{summary} Which one of these films will they "
+         "watch next: {candidates}? Answer with one title. Next film:"),
+        ("Movie log, oldest first: {history}.{summary} Candidates for the next movie: {candidates}. Pick "
+         "exactly one of the candidates. Pick:"),
+        ("This person has seen {history}.{summary} From the list {candidates}, the movie they will see "
+         "next is:"),
     ),
     "games": (
-        "A player played these games in order: {history}.{summary} Which one of these games will they "
-        "play next: {candidates}? Answer with one title. Next game:",
-        "Game library history, oldest first: {history}.{summary} Candidates for the next game: "
-        "{candidates}. Pick exactly one of the candidates. Pick:",
-        "This gamer has played {history}.{summary} From the list {candidates}, the game they will play "
-        "next is:",
+        ("A player played these games in order: {history}.{summary} Which one of these games will they "
+         "play next: {candidates}? Answer with one title. Next game:"),
+        ("Game library history, oldest first: {history}.{summary} Candidates for the next game: "
+         "{candidates}. Pick exactly one of the candidates. Pick:"),
+        ("This gamer has played {history}.{summary} From the list {candidates}, the game they will play "
+         "next is:"),
     ),
     "music": (
-        "A listener played these artists in order: {history}.{summary} Which one of these artists will "
-        "they listen to next: {candidates}? Answer with one name. Next artist:",
-        "Listening history, oldest first: {history}.{summary} Candidates for the next artist: "
-        "{candidates}. Pick exactly one of the candidates. Pick:",
-        "This person listened to {history}.{summary} From the list {candidates}, the artist they will "
-        "play next is:",
+        ("A listener played these artists in order: {history}.{summary} Which one of these artists will "
+         "they listen to next: {candidates}? Answer with one name. Next artist:"),
+        ("Listening history, oldest first: {history}.{summary} Candidates for the next artist: "
+         "{candidates}. Pick exactly one of the candidates. Pick:"),
+        ("This person listened to {history}.{summary} From the list {candidates}, the artist they will "
+         "play next is:"),
     ),
     "generic": (
-        "A user interacted with these items in order: {history}.{summary} Which one of these items will "
-        "they choose next: {candidates}? Answer with one title. Next item:",
-        "Interaction history, oldest first: {history}.{summary} Candidates for the next item: "
-        "{candidates}. Pick exactly one of the candidates. Pick:",
-        "This user chose {history}.{summary} From the list {candidates}, the item they will choose next "
-        "is:",
+        ("A user interacted with these items in order: {history}.{summary} Which one of these items will "
+         "they choose next: {candidates}? Answer with one title. Next item:"),
+        ("Interaction history, oldest first: {history}.{summary} Candidates for the next item: "
+         "{candidates}. Pick exactly one of the candidates. Pick:"),
+        ("This user chose {history}.{summary} From the list {candidates}, the item they will choose next "
+         "is:"),
     ),
 }
 SUMMARY_TEXT = " Their taste in one token:"  # followed by the summary slot and "."
