@@ -30,7 +30,6 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +58,7 @@ def summary(values: list[float], seeds: list[int]) -> dict:
 
 def run_one(model: str, proto: str, data: Path, out: Path, seed: int, device: str, threads: int | None) -> dict:
     """One `llmrec train-encoder` run in its own process (so runs can go side by side with --jobs)."""
-    preset = Path(str(resources.files("llmrec") / "configs" / f"encoder-{model}.yaml"))
+    preset = ROOT / "llmrec" / "configs" / f"encoder-{model}.yaml"
     cmd = [sys.executable, "-m", "llmrec", "train-encoder", "--config", str(preset), "--data", str(data),
            "--out", str(out), "--seed", str(seed), "--device", device, "--no-progress-bar"]
     env = dict(os.environ)
@@ -71,7 +70,7 @@ def run_one(model: str, proto: str, data: Path, out: Path, seed: int, device: st
         raise SystemExit(f"[bench] failed: {shlex.join(cmd)}\n{done.stderr[-3000:]}")
     m = json.loads((out / "metrics.json").read_text())
     print(f"[bench] {model} {proto} seed {seed}: {time.perf_counter() - t0:.0f}s, best epoch {m['best_epoch']}, "
-          f"valid {m['monitor']} = {m['valid'][m['monitor'].removeprefix('valid/')]:.4f}", flush=True)
+          f"{m['monitor']} = {m['valid'][m['monitor'].removeprefix('valid/')]:.4f}", flush=True)
     return m
 
 
@@ -88,8 +87,6 @@ def main() -> None:
                                                       "timings are only comparable with --jobs 1 on a quiet machine")
     args = p.parse_args()
 
-    import numpy
-    import pytorch_lightning
     import torch
 
     try:
@@ -104,29 +101,41 @@ def main() -> None:
     jobs = [(model, seed, proto, data, keys) for model in args.models for seed in args.seeds
             for proto, data, keys in (("loo", args.loo, LOO_KEYS), ("llara", args.llara, LLARA_KEYS))]
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+    machine = {"platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+               "torch_threads_per_run": threads or torch.get_num_threads(), "jobs": args.jobs,
+               "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_one, model, proto, data, args.work / f"{model}-{proto}-seed{seed}", seed,
                                args.device, threads) for model, seed, proto, data, _ in jobs]
-        metrics = [f.result() for f in futures]
-    for model in args.models:
-        rows: dict[str, list[float]] = {}
-        for (m_name, seed, proto, _, keys), m in zip(jobs, metrics):
-            if m_name != model:
-                continue
-            for name, key in keys.items():
-                rows.setdefault(name, []).append(m["test"][key])
-            prefix = "" if proto == "loo" else "llara/"
-            for name in ("train_seconds", "seconds_to_best_epoch", "best_epoch"):
-                rows.setdefault(prefix + name, []).append(float(m[name]))
-            monitor = m["monitor"].removeprefix("valid/")
-            rows.setdefault(prefix + "valid/" + monitor, []).append(m["valid"][monitor])
-        results[model] = {k: summary(v, args.seeds) for k, v in rows.items()}
-        results[model]["preset"] = f"llmrec/configs/encoder-{model}.yaml"
+        for model in args.models:  # results are written as soon as each model's runs are done
+            rows: dict[str, list[float]] = {}
+            for (m_name, _seed, proto, _, keys), future in zip(jobs, futures):
+                if m_name != model:
+                    continue
+                m = future.result()
+                for name, key in keys.items():
+                    rows.setdefault(name, []).append(m["test"][key])
+                prefix = "" if proto == "loo" else "llara/"
+                for name in ("train_seconds", "seconds_to_best_epoch", "best_epoch"):
+                    rows.setdefault(prefix + name, []).append(float(m[name]))
+                monitor = m["monitor"].removeprefix("valid/")
+                rows.setdefault(prefix + "valid/" + monitor, []).append(m["valid"][monitor])
+            results[model] = {k: summary(v, args.seeds) for k, v in rows.items()}
+            results[model]["preset"] = f"llmrec/configs/encoder-{model}.yaml"
+            write(args, results, machine, faiss_version)
+    for m, r in results.items():
+        print(m, "  ".join(f"{k}={v['mean']:.4f}±{v['std']:.4f}" for k, v in r.items()
+                           if isinstance(v, dict) and not k.startswith("llara/")))
+
+
+def write(args: argparse.Namespace, results: dict, machine: dict, faiss_version: str | None) -> None:
+    import numpy
+    import pytorch_lightning
+    import torch
+
     doc = {
         **{m: results[m] for m in MODELS if m in results},
-        "machine": {"platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-                    "torch_threads_per_run": threads or torch.get_num_threads(), "jobs": args.jobs,
-                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "machine": machine,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/encoders.py", *sys.argv[1:]]),
         "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
@@ -136,13 +145,13 @@ def main() -> None:
         "notes": "test-split figures of the epoch chosen on VALID (loo: full/ndcg@10, llara: candidates/hr@1 on "
                  "the `all` valid set); std = sample std over seeds; full ranking excludes the user's earlier "
                  "items; candidates/hr@1 on the `all` test set, candidates/hr@1_last on each test user's final "
-                 "position (= the `last` set); train_seconds include per-epoch validation.",
+                 "position (= the `last` set); train_seconds include per-epoch validation; full_eval_seconds = "
+                 "scoring all 943 loo test users (full ranking + candidates).",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    for m, r in results.items():
-        print(m, "  ".join(f"{k}={v['mean']:.4f}±{v['std']:.4f}" for k, v in r.items()
-                           if isinstance(v, dict) and not k.startswith("llara/")))
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(args.out)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -117,6 +118,7 @@ def main() -> int:
         "mean_generated_tokens": statistics.mean(gen_tokens) if gen_tokens else None,
         "n_samples": n, "batch_size": args.batch_size, "repeats": args.repeats, "model": desc,
         "prompt_tokens_mean": float(sum(int(b.attention_mask.sum()) for b in batches) / n),
+        "load_avg_1m": os.getloadavg()[0],  # the machine may be shared: other jobs slow every mode alike
         "device": (cpu_name() + f", {torch.get_num_threads()} torch threads") if args.device == "cpu"
         else torch.cuda.get_device_name(), "data": str(args.data),
         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

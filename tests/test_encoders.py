@@ -12,9 +12,9 @@ from llmrec.errors import ConfigError
 
 N_ITEMS = 30
 TINY = {
-    "sasrec": dict(hidden_size=16, num_layers=2, num_heads=2, max_length=12, dropout=0.1),
-    "gru4rec": dict(hidden_size=16, num_layers=2, max_length=12, dropout=0.1),
-    "caser": dict(hidden_size=16, max_length=4, num_horizontal=3, num_vertical=2, dropout=0.1),
+    "sasrec": {"hidden_size": 16, "num_layers": 2, "num_heads": 2, "max_length": 12, "dropout": 0.1},
+    "gru4rec": {"hidden_size": 16, "num_layers": 2, "max_length": 12, "dropout": 0.1},
+    "caser": {"hidden_size": 16, "max_length": 4, "num_horizontal": 3, "num_vertical": 2, "dropout": 0.1},
 }
 TRAINABLE = list(TINY)
 

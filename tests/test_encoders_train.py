@@ -16,7 +16,7 @@ from llmrec.encoders.synthetic import synthetic_dataset
 from llmrec.encoders.train import TrainEncoderConfig, run_train_encoder
 from llmrec.errors import CheckpointError, ConfigError, DataError
 
-TINY = dict(hidden_size=16, max_length=8, batch_size=16, progress_bar=False, patience=5)
+TINY = {"hidden_size": 16, "max_length": 8, "batch_size": 16, "progress_bar": False, "patience": 5}
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ INDEX_FILE = "items.faiss"
 def _faiss() -> Any:
     try:
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines are noise
-        import faiss
+        import faiss  # lazily: optional when only training (a GPU box may lack it)
     except ImportError:
         raise ImportError("the item index needs faiss: `pip install faiss-cpu` (or faiss-gpu)") from None
     return faiss

@@ -123,6 +123,8 @@ def resolve_llm_path(config: TrainLLMConfig, data: ProcessedDataset) -> tuple[Pa
 def build_recommender(config: TrainLLMConfig, data: ProcessedDataset, encoder: SequentialEncoder | None
                       ) -> tuple[HybridLM, dict[str, Any]]:
     """The trainable `HybridLM` for `config` and the facts its checkpoint will record."""
+    if config.prompt != "text" and encoder is None:
+        raise ConfigError(f"--prompt {config.prompt} needs an encoder (--encoder DIR); use --prompt text without one")
     path, tiny = resolve_llm_path(config, data)
     finetune = config.finetune if config.finetune != "auto" else ("full" if tiny else "lora")
     if config.load_in_4bit and finetune == "full":
