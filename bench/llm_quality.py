@@ -43,6 +43,13 @@ SCALES = {
 }
 
 
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def train_encoder(model: str, data_dir: Path, out: Path, seed: int, epochs: int, device: str) -> Path:
     from llmrec.encoders.train import TrainEncoderConfig, run_train_encoder
 
@@ -130,7 +137,8 @@ def main() -> int:
         print(json.dumps({m: {k: v[-1] for k, v in r.items()} for m, r in rows.items()}, indent=2))
     quality = {m: {k: summary(v, args.seeds) for k, v in r.items()} for m, r in rows.items()}
     quality.update({
-        "device": torch.cuda.get_device_name() if device == "gpu" else "cpu (see bench/llm_speed.py for the model)",
+        "device": torch.cuda.get_device_name() if device == "gpu" else f"cpu ({cpu_name()}, {torch.get_num_threads()} "
+                                                                       f"torch threads)",
         "scale": args.scale, "llm_config": scale["llm_config"],
         "n_test_all": min(len(data_all.split("test")), scale["max_test_samples"] or 10**9),
         "n_test_last": len(data_last.split("test")), "seconds": seconds,
