@@ -63,12 +63,26 @@ def build_model(args, data):
                             max_valid_samples=16, eval_batch_size=8, device="cpu" if args.device == "cpu" else "gpu",
                             curriculum="constant", seed=0)
     lm, _ = build_recommender(config, data, encoder)
-    started = time.time()
-    if args.train_steps > 0:
-        fit(lm, data, config)
-    desc = (f"tiny Llama {args.layers}x{args.hidden}, full fine-tune for {args.train_steps} steps of 16 "
-            f"({time.time() - started:.0f} s), untrained SASRec encoder")
-    return lm.to(args.device).eval(), desc
+    desc = f"tiny Llama {args.layers}x{args.hidden}, full fine-tune for {args.train_steps} steps of 16"
+    cache = Path(args.model_cache) if args.model_cache else None
+    if cache is not None and cache.is_file():  # the same trained weights as an earlier run: skip the training
+        saved = torch.load(cache, map_location="cpu", weights_only=False)
+        if saved["key"] != [args.layers, args.hidden, args.train_steps]:
+            raise SystemExit(f"{cache} holds a model for {saved['key']}, not {[args.layers, args.hidden, args.train_steps]}")
+        lm.load_state_dict(saved["lm"])
+        encoder.load_state_dict(saved["encoder"])
+        lm.item_table.copy_(encoder.item_embeddings().detach().float())
+        desc += f" (weights reloaded from {cache.name}, trained in {saved['train_s']:.0f} s)"
+    else:
+        started = time.time()
+        if args.train_steps > 0:
+            fit(lm, data, config)
+        train_s = time.time() - started
+        desc += f" ({train_s:.0f} s)"
+        if cache is not None:
+            torch.save({"key": [args.layers, args.hidden, args.train_steps], "lm": lm.state_dict(),
+                        "encoder": encoder.state_dict(), "train_s": train_s}, cache)
+    return lm.to(args.device).eval(), desc + ", untrained SASRec encoder"
 
 
 def main() -> int:
@@ -85,6 +99,8 @@ def main() -> int:
     p.add_argument("--modes", nargs="+", default=["score", "generate", "constrained"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "llmrec-bench-cache"))
+    p.add_argument("--model-cache", default=None,
+                   help="file to save the trained tiny model to, or reload it from when it exists")
     p.add_argument("--write", action="store_true", help="merge the figures into bench/results/llm.json")
     args = p.parse_args()
 

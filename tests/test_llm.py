@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 from pathlib import Path
@@ -246,6 +247,26 @@ def test_score_with_shared_kv_cache_equals_scoring_each_full_sequence(hybrid_lm,
         shared = score_candidates(hybrid_lm, batch)
         ref = full_sequence_scores(hybrid_lm, batch)
     torch.testing.assert_close(shared, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_batched_scores_equal_scoring_each_prompt_alone(hybrid_lm, data):
+    """Packing B prompts (left padding) and their B*C answers (one row per prompt, right padding) changes nothing,
+    also when the candidates' answers differ in length (here made so by cutting 0-2 leading title tokens)."""
+    lm = copy.copy(hybrid_lm)  # shares the model; only the answers differ
+    lm.builder = copy.copy(hybrid_lm.builder)
+    lm.builder.answer_ids = [a[i % 3:] if a else a for i, a in enumerate(hybrid_lm.builder.answer_ids)]
+    lm.builder.max_answer_length = max(len(a) for a in lm.builder.answer_ids)
+    lm.builder._answer_tables = {}
+    batch = first_batch(lm, data, n=4)
+    singles = list(prompt_loader(data.split("test").head(4), lm.builder, 1, False))
+    assert torch.equal(torch.cat([one.candidates for one in singles]), batch.candidates)
+    assert len(set(lm.builder.answer_table()[1][batch.candidates].flatten().tolist())) == 3
+    for hybrid in (True, False):
+        together = score_candidates(lm, batch, hybrid)
+        alone = torch.cat([score_candidates(lm, one, hybrid) for one in singles])
+        torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(score_candidates(lm, batch), full_sequence_scores(lm, batch), rtol=1e-4, atol=1e-4)
 
 
 def test_position_ids_skip_left_padding():

@@ -143,6 +143,8 @@ class PromptBuilder:
                                 f"one title token (fix the title in items.parquet)")
         self.answer_ids: list[list[int]] = [[]] + [ids + [self.eos] for ids in self.title_ids[1:]]
         self.max_answer_length = max((len(a) for a in self.answer_ids), default=1)
+        self._answer_tables: dict[str, tuple] = {}
+        self._answer_texts: dict[int, str] = {}
         self.templates = [self._parse(t) for t in templates_for(domain)]
         self.n_truncated = 0
 
@@ -215,4 +217,21 @@ class PromptBuilder:
 
     def answer_text(self, item: int) -> str:
         """The item's title as the tokenizer decodes its answer ids: what generated text is matched against."""
-        return self.tokenizer.decode(self.title_ids[int(item)], skip_special_tokens=True).strip()
+        item = int(item)
+        if item not in self._answer_texts:  # decoded once per item, not at every ranking call
+            self._answer_texts[item] = self.tokenizer.decode(self.title_ids[item], skip_special_tokens=True).strip()
+        return self._answer_texts[item]
+
+    def answer_table(self, device=None):
+        """`answer_ids` as tensors, built once per device: [n_items + 1, A] ids right-padded with the terminator
+        (A = the longest answer) and [n_items + 1] lengths (0 for the padding item 0)."""
+        import torch
+
+        key = str(device or "cpu")
+        if key not in self._answer_tables:
+            ids = torch.full((len(self.answer_ids), self.max_answer_length), self.eos, dtype=torch.long)
+            for item, a in enumerate(self.answer_ids):
+                ids[item, :len(a)] = torch.tensor(a, dtype=torch.long)
+            lengths = torch.tensor([len(a) for a in self.answer_ids], dtype=torch.long)
+            self._answer_tables[key] = (ids.to(device or "cpu"), lengths.to(device or "cpu"))
+        return self._answer_tables[key]

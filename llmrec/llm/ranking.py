@@ -1,8 +1,9 @@
 """Ranking candidates with a trained LLM recommender: one interface, three modes (DESIGN.md §5).
 
 - `score`: each candidate's score is the sum of log-probs of its answer tokens (title + terminator) given the
-  prompt. The prompt runs ONCE; its KV cache is repeated for the C candidates and all B*C answers go through
-  the model in one right-padded batch. Gives a full ordering; always valid.
+  prompt. The prompt runs ONCE; its KV cache is shared (not copied) by the C candidates, whose answers are
+  packed into one row per prompt behind a block-diagonal causal mask, so all B*C answers go through the model
+  in one pass. Gives a full ordering; always valid.
 - `generate`: greedy decoding of up to 64 tokens, first line, lowercase substring match against each
   candidate's answer text; valid iff exactly one candidate matches (LLaRA's rule).
 - `constrained`: greedy decoding restricted to a trie over the candidates' answer tokens; always ends on a
@@ -40,39 +41,74 @@ def _last_logits_only(lm: HybridLM) -> dict:
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
-def _answer_matrix(lm: HybridLM, candidates: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B*C, La] right-padded answer ids of every candidate (row b*C + c) and their [B*C] lengths."""
-    answers = [lm.builder.answer_ids[int(i)] for i in candidates.flatten().tolist()]
-    width = max(len(a) for a in answers)
-    ids = torch.full((len(answers), width), pad_id, dtype=torch.long)
-    for r, a in enumerate(answers):
-        ids[r, :len(a)] = torch.tensor(a, dtype=torch.long)
-    return ids.to(candidates.device), torch.tensor([len(a) for a in answers], device=candidates.device)
+def _packed_answers(lm: HybridLM, batch: PromptBatch) -> tuple[torch.Tensor, ...]:
+    """All candidates' answers of each prompt packed into ONE row, for a single pass over the shared prompt cache.
 
-
-@torch.no_grad()
-def score_candidates(lm: HybridLM, batch: PromptBatch, hybrid: bool = True) -> torch.Tensor:
-    """[B, C] sum of answer-token log-probs per candidate, with the prompt's KV cache shared by its candidates."""
+    Row b holds, one candidate after another, the answer tokens that are fed to the model (every answer token
+    but the last; the first is predicted from the prompt itself) of the C candidates of prompt b, without
+    padding between candidates; rows are right-padded to the longest. Returns
+    `ans` [B, C, A] answer ids (terminator-padded), `lengths` [B, C], `inp` [B, W] fed ids, `tgt` [B, W] the
+    id each fed token predicts, `block` [B, W] the candidate column each token belongs to (-1 on padding) and
+    `offset` [B, W] its index inside its answer. Vectorised: no Python loop over candidates.
+    """
+    table, table_lengths = lm.builder.answer_table(batch.candidates.device)
     B, C = batch.candidates.shape
-    pad_id = int(lm.builder.tokenizer.pad_token_id)
+    lengths = table_lengths[batch.candidates]  # [B, C]
+    A = int(lengths.max())
+    ans = table[batch.candidates][..., :A]  # [B, C, A]
+    dev = ans.device
+    fed = (torch.arange(A - 1, device=dev) < (lengths - 1)[..., None]).view(B, -1)  # [B, C*(A-1)]
+    W = max(int(fed.sum(1).max()), 1)
+    col = fed.long().cumsum(1) - 1  # packed column of each fed token
+    row = torch.arange(B, device=dev)[:, None].expand_as(col)
+    where = (row[fed], col[fed])
+    inp = torch.full((B, W), lm.builder.eos, dtype=torch.long, device=dev)
+    tgt = torch.zeros((B, W), dtype=torch.long, device=dev)
+    block = torch.full((B, W), -1, dtype=torch.long, device=dev)
+    offset = torch.zeros((B, W), dtype=torch.long, device=dev)
+    inp[where] = ans[..., :-1].reshape(B, -1)[fed]
+    tgt[where] = ans[..., 1:].reshape(B, -1)[fed]
+    block[where] = torch.arange(C, device=dev).view(1, C, 1).expand(B, C, A - 1).reshape(B, -1)[fed]
+    offset[where] = torch.arange(A - 1, device=dev).view(1, 1, A - 1).expand(B, C, A - 1).reshape(B, -1)[fed]
+    return ans, lengths, inp, tgt, block, offset
+
+
+def _answers_mask(prompt_mask: torch.Tensor, block: torch.Tensor, offset: torch.Tensor,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """[B, 1, W, T + W] additive attention mask of the packed answers: each answer token sees the (unpadded)
+    prompt and the earlier tokens of its OWN answer only, so every candidate is scored as if alone after the
+    prompt. Padding tokens (block -1) see the prompt only; nothing sees them."""
+    sees_prompt = prompt_mask.bool()[:, None, :].expand(-1, block.shape[1], -1)  # [B, W, T]
+    sees_answer = ((block[:, :, None] == block[:, None, :]) & (offset[:, None, :] <= offset[:, :, None])
+                   & (block[:, None, :] >= 0))  # [B, W, W]
+    allowed = torch.cat([sees_prompt, sees_answer], dim=2)[:, None]
+    return torch.zeros(allowed.shape, dtype=dtype, device=block.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+@torch.inference_mode()
+def score_candidates(lm: HybridLM, batch: PromptBatch, hybrid: bool = True) -> torch.Tensor:
+    """[B, C] sum of answer-token log-probs per candidate, with the prompt's KV cache shared by its candidates.
+
+    Two model passes per batch: the prompts (left-padded, logits of the last position only), then all B*C
+    answers at once, packed per prompt (`_packed_answers`) on top of the prompts' cache, which is neither
+    copied nor repeated per candidate; a block-diagonal causal mask keeps candidates apart. Log-softmax
+    normalisers are computed for the answer positions only.
+    """
+    B, C = batch.candidates.shape
     out = lm(batch, hybrid, use_cache=True, **_last_logits_only(lm))
-    first = out.logits[:, -1].float().log_softmax(-1).repeat_interleave(C, dim=0)  # [B*C, V]: first answer token
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(C)  # [B, ...] -> [B*C, ...], row b*C + c serves candidate c of prompt b
-    ans, lengths = _answer_matrix(lm, batch.candidates, pad_id)  # [B*C, La]
-    La = ans.shape[1]
-    logp = first.gather(1, ans[:, :1])  # [B*C, 1]
-    if La > 1:
-        prompt_mask = batch.attention_mask.repeat_interleave(C, dim=0)  # [B*C, T]
-        mask = torch.cat([prompt_mask, torch.ones_like(ans[:, :-1])], dim=1)
-        start = position_ids(batch.attention_mask)[:, -1:].repeat_interleave(C, dim=0) + 1  # [B*C, 1]
-        pos = start + torch.arange(La - 1, device=ans.device)
-        rest = lm.model(input_ids=ans[:, :-1], attention_mask=mask, position_ids=pos, past_key_values=cache,
-                        use_cache=True).logits.float()  # [B*C, La-1, V]
-        rest_logp = rest.gather(2, ans[:, 1:, None]).squeeze(2) - rest.logsumexp(-1)  # [B*C, La-1]
-        logp = torch.cat([logp, rest_logp], dim=1)
-    valid = torch.arange(La, device=ans.device) < lengths[:, None]  # right padding ignored
-    return (logp * valid).sum(1).view(B, C)
+    ans, lengths, inp, tgt, block, offset = _packed_answers(lm, batch)
+    first = out.logits[:, -1].float().log_softmax(-1)  # [B, V]: the first answer token, straight from the prompt
+    scores = first.gather(1, ans[:, :, 0])  # [B, C]
+    if ans.shape[2] == 1:
+        return scores
+    dtype = lm.model.get_input_embeddings().weight.dtype
+    mask = _answers_mask(batch.attention_mask, block, offset, dtype if dtype.is_floating_point else torch.float32)
+    pos = position_ids(batch.attention_mask)[:, -1:] + 1 + offset  # [B, W]: each answer restarts after its prompt
+    logits = lm.model(input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=out.past_key_values,
+                      use_cache=True).logits.float()  # [B, W, V]
+    tok = logits.gather(2, tgt[..., None]).squeeze(2) - logits.logsumexp(-1)  # [B, W]
+    tok = tok.masked_fill(block < 0, 0.0)
+    return scores.scatter_add(1, block.clamp(min=0), tok)
 
 
 class CandidateTrie:
@@ -91,7 +127,7 @@ class CandidateTrie:
         return [t for t in node if t is not None]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def greedy_decode(lm: HybridLM, batch: PromptBatch, max_new_tokens: int = MAX_NEW_TOKENS,
                   constrained: bool = False, hybrid: bool = True) -> tuple[list[list[int]], list[int | None]]:
     """Greedy decoding with a KV cache; stops a row at the terminator (EOS).
