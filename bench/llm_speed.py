@@ -8,6 +8,8 @@ on the training samples first, so that it has learnt the answer format (title + 
 a trained model would, instead of always running the full 64 new tokens; the encoder is an untrained SASRec
 (ranking speed does not depend on its weights). Modes are timed in alternation, `--repeats` rounds after a
 warm-up batch; users/s = samples / the fastest round (the machine may be shared), medians are reported too.
+`--model-cache FILE` saves the trained tiny model's weights there (or reloads them when the file exists), so
+repeated measurements skip the training and use the very same weights.
 With `--write` the figures go to `bench/results/llm.json` under `speed_cpu` (or `speed_<device>`).
 """
 
