@@ -32,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+from machine import cpu_name  # bench/machine.py (scripts run from bench/)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 MODELS = ("mostpop", "sasrec", "gru4rec", "caser")
@@ -39,16 +41,6 @@ LOO_KEYS = {"full/ndcg@10": "full/ndcg@10", "full/hr@10": "full/hr@10", "full/nd
             "full/hr@20": "full/hr@20", "full_eval_seconds": "eval_seconds"}
 LLARA_KEYS = {"candidates/hr@1": "candidates/hr@1", "candidates/hr@1_last": "candidates/hr@1_last",
               "candidates/ndcg@5": "candidates/ndcg@5"}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def summary(values: list[float], seeds: list[int]) -> dict:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from machine import cpu_name  # bench/machine.py (scripts run from bench/)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -41,13 +43,6 @@ SCALES = {
     "full": {"llm_config": "llm-tiny.yaml", "encoder_epochs": 200, "max_test_samples": None},
     "small": {"llm_config": "llm-tiny-cpu-small.yaml", "encoder_epochs": 15, "max_test_samples": 600},
 }
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def train_encoder(model: str, data_dir: Path, out: Path, seed: int, epochs: int, device: str) -> Path:

@@ -35,17 +35,9 @@ from llmrec.llm.datamodule import prompt_loader
 from llmrec.llm.ranking import rank
 from llmrec.llm.train import TrainLLMConfig, build_recommender, fit, subset
 
+from machine import cpu_name  # bench/machine.py (scripts run from bench/)
+
 RESULTS = ROOT / "bench" / "results" / "llm.json"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def build_model(args, data):

@@ -23,19 +23,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from machine import cpu_name  # bench/machine.py (scripts run from bench/)
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {"llara": ["--protocol", "llara"], "llara-all": ["--protocol", "llara", "--eval-positions", "all"],
         "loo": ["--protocol", "loo"]}
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _run(args: list[str], out: Path, cache: Path | None = None) -> tuple[float, dict]:
@@ -89,7 +81,7 @@ def main() -> None:
 
     report = {
         "ml-100k": results,
-        "machine": f"{platform.system()} {platform.machine()}, {_cpu()}, {os.cpu_count()} CPU cores (shared with "
+        "machine": f"{platform.system()} {platform.machine()}, {cpu_name()}, {os.cpu_count()} CPU cores (shared with "
                    f"other jobs)",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "load_average_1min": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},

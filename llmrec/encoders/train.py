@@ -24,6 +24,7 @@ import torch
 
 from llmrec.atomic import atomic_directory, atomic_write_text
 from llmrec.config import option
+from llmrec.device import lightning_accelerator
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.encoders.base import SequentialEncoder
 from llmrec.encoders.checkpoint import check_output_dir, write_encoder_files
@@ -113,10 +114,7 @@ def model_hparams(config: TrainEncoderConfig) -> dict[str, Any]:
     return given
 
 
-def _accelerator(device: str) -> str:
-    if device == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    return "gpu" if device in ("gpu", "cuda") else "cpu"
+_accelerator = lightning_accelerator
 
 
 def _loggers(folder: Path) -> list[Any]:

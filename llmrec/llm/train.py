@@ -24,6 +24,7 @@ import torch
 from llmrec.atomic import atomic_directory, atomic_write_text
 from llmrec.config import option, save_config
 from llmrec.data.dataset import ProcessedDataset
+from llmrec.device import lightning_accelerator
 from llmrec.encoders.base import SequentialEncoder
 from llmrec.errors import CheckpointError, ConfigError
 from llmrec.llm import backbone
@@ -86,10 +87,7 @@ class TrainLLMConfig:
     progress_bar: bool = option(False, "show Lightning's progress bar")
 
 
-def _accelerator(device: str) -> str:
-    if device == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    return "gpu" if device in ("gpu", "cuda") else "cpu"
+_accelerator = lightning_accelerator
 
 
 def subset(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
