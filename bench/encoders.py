@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/encoders.py            # all models, seeds 42 43 44
     .venv/bin/python bench/encoders.py --models sasrec --seeds 42
+    .venv/bin/python bench/encoders.py --speed    # the speed target: SASRec, loo, seed 42, alone, default threads
 
 Each (model, seed) is trained twice with the shipped preset `llmrec/configs/encoder-<model>.yaml`:
 - on `loo` data (`data/processed/ml-100k-loo`): full ranking over all items, the user's earlier items
@@ -77,7 +78,12 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--jobs", type=int, default=1, help="runs side by side (each gets cpu_count // jobs threads); "
                                                       "timings are only comparable with --jobs 1 on a quiet machine")
+    p.add_argument("--speed", action="store_true",
+                   help="only the speed check: one SASRec loo run (seed 42) alone with default threads; writes "
+                        "`sasrec_speed_check` and keeps every other figure in --out")
     args = p.parse_args()
+    if args.speed:
+        return speed_check(args)
 
     import torch
 
@@ -120,6 +126,27 @@ def main() -> None:
                            if isinstance(v, dict) and not k.startswith("llara/")))
 
 
+def speed_check(args: argparse.Namespace) -> None:
+    """Issue 3's speed target on a quiet machine: time to the best valid epoch and full-ranking eval time."""
+    import torch
+
+    load_before = os.getloadavg()[0]
+    m = run_one("sasrec", "loo", args.loo, args.work / "speed-sasrec-loo-seed42", 42, args.device, None)
+    check = {"command": ".venv/bin/python bench/encoders.py --speed",
+             "conditions": f"one run alone, default torch threads ({torch.get_num_threads()}), seed 42, "
+                           f"1-min load average {load_before:.2f} before and {os.getloadavg()[0]:.2f} after",
+             "cpu": cpu_name(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
+             "seconds_to_best_epoch": m["seconds_to_best_epoch"], "train_seconds": m["train_seconds"],
+             "best_epoch": m["best_epoch"], "full_eval_seconds_test": m["test"]["eval_seconds"],
+             "test/full/ndcg@10": m["test"]["full/ndcg@10"], "test/full/hr@10": m["test"]["full/hr@10"]}
+    doc = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    doc["sasrec_speed_check"] = check
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(args.out)
+    print(json.dumps(check, indent=2))
+
+
 def write(args: argparse.Namespace, results: dict, machine: dict, faiss_version: str | None) -> None:
     import numpy
     import pytorch_lightning
@@ -140,6 +167,9 @@ def write(args: argparse.Namespace, results: dict, machine: dict, faiss_version:
                  "position (= the `last` set); train_seconds include per-epoch validation; full_eval_seconds = "
                  "scoring all 943 loo test users (full ranking + candidates).",
     }
+    if args.out.is_file():  # the separately measured speed check survives a quality rerun
+        old = json.loads(args.out.read_text())
+        doc.update({k: old[k] for k in ("sasrec_speed_check",) if k in old})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")

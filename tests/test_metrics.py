@@ -57,3 +57,12 @@ def test_candidate_metrics_keys_and_values():
     assert out["candidates/hr@5"] == pytest.approx(2 / 3)
     assert out["candidates/ndcg@5"] == pytest.approx((1 + 0.5) / 3)
     assert math.isnan(hit_ratio_at_k(torch.tensor([]), 1))
+
+
+def test_nan_target_score_is_ranked_last_not_first() -> None:
+    import torch
+
+    from llmrec.evaluation.metrics import target_ranks
+
+    scores = torch.tensor([[0.1, float("nan"), 0.3], [0.5, 0.2, 0.1]])
+    assert target_ranks(scores, torch.tensor([1, 0])).tolist() == [2, 0]

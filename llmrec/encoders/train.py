@@ -177,6 +177,9 @@ def run_train_encoder(config: TrainEncoderConfig) -> int:
     data = ProcessedDataset.load(config.data)
     out = Path(config.out)
     check_output_dir(out)
+    if data.protocol == "llara" and data.meta.get("eval_positions") == "last":
+        log.warning("%s has one valid sample per valid user (%d in all): too few to choose an epoch by; "
+                    "prepare with `--eval-positions all` for a reliable choice", data.root, len(data.split("valid")))
     import pytorch_lightning as pl
 
     pl.seed_everything(config.seed, workers=True, verbose=False)

@@ -23,7 +23,10 @@ def target_ranks(scores: torch.Tensor, target_index: torch.Tensor) -> torch.Tens
         [B] long tensor: number of other items scored >= the target.
     """
     target_scores = scores.gather(1, target_index.view(-1, 1))  # [B, 1]
-    return (scores >= target_scores).sum(dim=1) - 1
+    ranks = (scores >= target_scores).sum(dim=1) - 1
+    # A NaN target score compares false with everything and would look like a hit: rank it last instead,
+    # so a diverged model cannot score well.
+    return torch.where(torch.isnan(target_scores.squeeze(1)), torch.full_like(ranks, scores.shape[1] - 1), ranks)
 
 
 def hit_ratio_at_k(ranks: torch.Tensor | np.ndarray, k: int) -> float:
