@@ -46,6 +46,11 @@ def test_sasrec_on_loo_learns_and_writes_a_complete_checkpoint(tmp_path, loo):
                 "n_samples"} <= set(m[split])
     assert m["protocol"] == "loo" and m["seed"] == 42 and m["monitor"] == "valid/full/ndcg@10"
     assert 0 <= m["best_epoch"] < 6 and m["train_seconds"] > 0
+    # the kept epoch is the first best one on VALID, and the reported valid metrics are that epoch's
+    history = json.loads((out / "logs" / "valid_history.json").read_text())
+    ndcg = [h["full/ndcg@10"] for h in history]
+    assert m["best_epoch"] == history[ndcg.index(max(ndcg))]["epoch"]
+    assert m["valid"]["full/ndcg@10"] == pytest.approx(max(ndcg), abs=1e-6)
     # the loss falls, and the stride pattern is learned far beyond popularity
     log = pd.read_csv(out / "logs" / "csv" / "metrics.csv")
     losses = log["train/loss_epoch"].dropna().to_list()
