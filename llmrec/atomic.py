@@ -62,3 +62,17 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_replaceable(path: str | os.PathLike, is_ours: Callable[[Path], bool], what: str,
+                      error: type[Exception]) -> None:
+    """Refuse an output path that exists and is neither an empty folder nor `what` (a folder we wrote).
+
+    Every command that replaces its output folder calls this first, so a user's folder is never deleted.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise error(f"output path {path} exists and is not a folder; choose another --out")
+    if path.is_dir() and any(path.iterdir()) and not is_ours(path):
+        raise error(f"output folder {path} exists, is not empty and is not {what}; refusing to overwrite it. "
+                    f"Choose another --out or empty it yourself")

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from llmrec.atomic import atomic_directory, atomic_write_text
+from llmrec.atomic import atomic_directory, atomic_write_text, check_replaceable
 from llmrec.errors import DataError
 
 FORMAT_VERSION = 1
@@ -186,13 +186,5 @@ def is_processed_dir(path: Path) -> bool:
 
 
 def check_output_dir(path: Path) -> None:
-    """Refuse to replace a folder that is neither empty nor a previous prepare output.
-
-    Never deletes a user's folder: overwriting is allowed only where `meta.json` proves we wrote it.
-    """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise DataError(f"output path {path} exists and is not a folder; choose another --out")
-    if path.is_dir() and any(path.iterdir()) and not is_processed_dir(path):
-        raise DataError(f"output folder {path} exists, is not empty and is not a previous `llmrec prepare` "
-                        f"output; refusing to overwrite it. Choose another --out or empty it yourself")
+    """Refuse to replace a folder that is neither empty nor a previous prepare output (never deletes it)."""
+    check_replaceable(path, is_processed_dir, "a previous `llmrec prepare` output", DataError)

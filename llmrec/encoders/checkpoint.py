@@ -19,7 +19,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from llmrec.atomic import atomic_directory, atomic_write
+from llmrec.atomic import atomic_directory, atomic_write, check_replaceable
 from llmrec.config import config_to_dict, save_config
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.encoders.base import SequentialEncoder
@@ -91,12 +91,7 @@ def is_encoder_checkpoint(path: str | os.PathLike) -> bool:
 
 def check_output_dir(path: Path) -> None:
     """Refuse an output path that exists and is neither empty nor an encoder checkpoint (never deletes it)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise CheckpointError(f"output path {path} exists and is not a folder; choose another --out")
-    if path.is_dir() and any(path.iterdir()) and not is_encoder_checkpoint(path):
-        raise CheckpointError(f"output folder {path} exists, is not empty and is not an encoder checkpoint; "
-                              f"refusing to overwrite it. Choose another --out or empty it yourself")
+    check_replaceable(path, is_encoder_checkpoint, "an encoder checkpoint", CheckpointError)
 
 
 def save_encoder(encoder: SequentialEncoder, folder: str | os.PathLike, data: ProcessedDataset | None = None,

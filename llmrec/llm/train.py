@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llmrec.atomic import atomic_directory, atomic_write_text
+from llmrec.atomic import atomic_directory, atomic_write_text, check_replaceable
 from llmrec.config import option, save_config
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.device import lightning_accelerator
@@ -185,11 +185,7 @@ def fit(lm: HybridLM, data: ProcessedDataset, config: TrainLLMConfig) -> LLMRecM
 
 
 def _check_out(path: Path) -> None:
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--out {path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not (path / FACTS).is_file():
-        raise CheckpointError(f"--out {path} exists, is not empty and is not a `llmrec train-llm` output; refusing "
-                              f"to overwrite it")
+    check_replaceable(path, lambda p: (p / FACTS).is_file(), "a `llmrec train-llm` output", CheckpointError)
 
 
 def run_train_llm(config: TrainLLMConfig) -> int:
