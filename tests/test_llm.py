@@ -15,7 +15,7 @@ from llmrec.errors import CheckpointError, ConfigError, DataError
 from llmrec.llm import backbone
 from llmrec.llm.curriculum import SCHEDULES, hybrid_probability
 from llmrec.llm.datamodule import prompt_loader
-from llmrec.llm.hybrid import IGNORE, fill_slots, position_ids
+from llmrec.llm.hybrid import IGNORE, answer_loss, answer_window, fill_slots, position_ids
 from llmrec.llm.prompts import TEMPLATES, PromptBuilder, choose_template
 from llmrec.llm.ranking import (
     CandidateTrie,
@@ -146,6 +146,25 @@ def test_labels_mask_everything_but_the_target_title_and_terminator(hybrid_lm, d
         kept = batch.labels[i][batch.labels[i] != IGNORE].tolist()
         assert kept == answer and answer[-1] == hybrid_lm.builder.eos
         assert batch.labels[i, -len(answer):].tolist() == batch.input_ids[i, -len(answer):].tolist()
+
+
+def test_answer_window_covers_every_answer_token_and_the_position_before():
+    labels = torch.full((2, 7), IGNORE)
+    labels[0, 4:] = torch.tensor([5, 6, 2])       # answer of 3 tokens
+    labels[1, 5:] = torch.tensor([8, 2])          # answer of 2 tokens
+    assert answer_window(labels) == 4             # positions 3..6: the one before the longest answer, + 3
+    labels[0, 0:] = 1
+    assert answer_window(labels) == 7             # never more than the sequence
+    with pytest.raises(ValueError, match="without answer labels"):
+        answer_window(torch.full((1, 3), IGNORE))
+
+
+def test_loss_on_the_answer_window_equals_the_loss_on_full_logits(hybrid_lm, data):
+    batch = first_batch(hybrid_lm, data, "train", with_answer=True)
+    assert hybrid_lm._windowed_logits
+    full = answer_loss(hybrid_lm(batch, use_cache=False).logits, batch.labels)
+    assert torch.allclose(hybrid_lm.loss(batch), full, atol=1e-5)
+    assert answer_window(batch.labels) < batch.input_ids.shape[1]  # the shortcut really skips positions
 
 
 # ---------------------------------------------------------------------- hybrid slots
