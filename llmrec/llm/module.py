@@ -9,6 +9,7 @@ the end of training (checkpoint choice on VALID, never on test).
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytorch_lightning as pl
@@ -17,6 +18,8 @@ import torch
 from llmrec.evaluation.metrics import hit_ratio_at_k, ndcg_at_k, target_ranks
 from llmrec.llm.hybrid import HybridLM, PromptBatch
 from llmrec.llm.ranking import score_candidates
+
+log = logging.getLogger(__name__)
 
 
 def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
@@ -68,6 +71,9 @@ class LLMRecModule(pl.LightningModule):
         if self.trainer.sanity_checking:
             return
         self.history.append({"step": int(self.global_step), "valid/hr@1": hr1, "valid/ndcg@5": ndcg5})
+        # one line per round: long CPU runs have no progress bar in a log file
+        log.info("step %d/%s (epoch %d): valid hr@1 %.4f, ndcg@5 %.4f, P(hybrid) %.2f", self.global_step,
+                 self.trainer.estimated_stepping_batches, self.current_epoch, hr1, ndcg5, self.hybrid_probability)
         if hr1 > self.best_hr1:
             self.best_hr1 = hr1
             self.best_state = {n: p.detach().cpu().clone() for n, p in self.trainable_named_parameters().items()}
