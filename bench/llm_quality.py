@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-
 from machine import cpu_name  # bench/machine.py (scripts run from bench/)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,13 +49,13 @@ SCALES = {
 }
 
 
-def cached(model_dir: Path, key: str, compute) -> float:
+def cached(model_dir: Path, key: str, compute, *args) -> float:
     """A test figure of one trained model, computed once and kept beside it (`bench-results.json`), so that a
     re-run (more seeds, an interrupted run) re-evaluates nothing."""
     path = model_dir / "bench-results.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     if key not in results:
-        results[key] = float(compute())
+        results[key] = float(compute(*args))
         path.write_text(json.dumps(results, indent=2) + "\n")
     return results[key]
 
@@ -110,6 +110,7 @@ def main() -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     p.add_argument("--write", action="store_true")
     args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     scale = SCALES[args.scale]
     device = args.device if args.device != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
     torch_device = "cuda" if device == "gpu" else "cpu"
@@ -127,9 +128,8 @@ def main() -> int:
             seconds[f"{m}_seed{seed}"] = json.loads((enc[m] / "metrics.json").read_text()).get("train_seconds")
         n_all = scale["max_test_samples"]
         for m in ("mostpop", "sasrec"):
-            rows[m]["hr@1"].append(cached(enc[m], f"all:{n_all}:{seed}",
-                                          lambda: encoder_hr1(enc[m], data_all, n_all, seed)))
-            rows[m]["hr@1_last"].append(cached(enc[m], "last", lambda: encoder_hr1(enc[m], data_last, None, seed)))
+            rows[m]["hr@1"].append(cached(enc[m], f"all:{n_all}:{seed}", encoder_hr1, enc[m], data_all, n_all, seed))
+            rows[m]["hr@1_last"].append(cached(enc[m], "last", encoder_hr1, enc[m], data_last, None, seed))
         for prompt in ("hybrid", "text"):
             out = work / f"llm-{prompt}"
             if not (out / "checkpoint.json").is_file():
@@ -145,10 +145,10 @@ def main() -> int:
             trained = json.loads((out / "metrics.json").read_text())
             # train-llm already ranked the `all` test set; reuse it when it is the same seeded subset
             same = trained["test/n_samples"] == min(n_all or 10**9, len(data_all.split("test")))
-            rows[prompt]["hr@1"].append(cached(out, f"all:{n_all}:{seed}", lambda: trained["test/hr@1"] if same else
-                                               llm_hr1(out, data_all, encoder_dir, n_all, seed, torch_device)))
-            rows[prompt]["hr@1_last"].append(cached(out, "last", lambda: llm_hr1(out, data_last, encoder_dir, None,
-                                                                                   seed, torch_device)))
+            rows[prompt]["hr@1"].append(trained["test/hr@1"] if same else cached(
+                out, f"all:{n_all}:{seed}", llm_hr1, out, data_all, encoder_dir, n_all, seed, torch_device))
+            rows[prompt]["hr@1_last"].append(cached(out, "last", llm_hr1, out, data_last, encoder_dir, None, seed,
+                                                    torch_device))
         print(json.dumps({m: {k: v[-1] for k, v in r.items()} for m, r in rows.items()}, indent=2))
     quality = {m: {k: summary(v, args.seeds) for k, v in r.items()} for m, r in rows.items()}
     quality.update({
