@@ -61,6 +61,19 @@ def test_tiny_backbone_is_built_once_and_loads_like_any_hf_folder(data, tmp_path
     assert tok.unk_token_id not in ids and len(ids) == len(data.titles()[1].replace("(", " ( ").replace(")", " ) ").split())
 
 
+def test_tiny_backbone_with_a_bpe_tokenizer_decodes_titles_exactly_and_ranks(data, encoder, tmp_path):
+    lm, facts = build_recommender(tiny_config(tmp_path, tiny_tokenizer="bpe", tiny_bpe_vocab=400), data, encoder)
+    assert facts["tiny"]["tokenizer"] == "bpe" and Path(facts["base_model"]).name.endswith("-bpe400")
+    tok = lm.builder.tokenizer
+    assert type(tok.backend_tokenizer.model).__name__ == "BPE" and facts["base_vocab_size"] <= 400
+    for item in range(1, data.n_items + 1):  # byte-level BPE: no spaces inserted, nothing unknown
+        assert lm.builder.answer_text(item) == data.titles()[item]
+    assert any(len(lm.builder.title_ids[i]) > len(data.titles()[i].split()) for i in range(1, data.n_items + 1))
+    lm.eval()
+    scores = score_candidates(lm, first_batch(lm, data))
+    assert scores.shape == (4, 6) and torch.isfinite(scores).all()
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
 def test_any_local_hf_causal_lm_loads_through_the_path_code(arch, data, encoder, tmp_path):
     folder = save_hf_folder(tmp_path / arch, arch, data)

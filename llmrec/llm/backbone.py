@@ -1,7 +1,7 @@
 """Backbones: a tiny Llama built locally, or any Hugging Face causal LM in a local folder (DESIGN.md §5).
 
-`--llm tiny` builds a small randomly initialised Llama (`LlamaConfig`, seeded) and a word-level tokenizer
-trained on the catalog's titles and the prompt templates (`llmrec.llm.tokenizer`), saves both with
+`--llm tiny` builds a small randomly initialised Llama (`LlamaConfig`, seeded) and a word-level (default) or
+byte-level BPE tokenizer trained on the catalog's titles and the prompt templates (`llmrec.llm.tokenizer`), saves both with
 `save_pretrained` into a folder named by the catalog fingerprint and the model size (so it is built once per
 catalog and size), and from then on loads it through the same path code as `--llm /path/to/model`:
 `AutoModelForCausalLM` / `AutoTokenizer` from a local folder (Llama, Qwen2, Mistral, GPT-2 ...). Nothing is
@@ -22,7 +22,7 @@ from transformers.utils import logging as hf_logging
 from llmrec.atomic import atomic_directory
 from llmrec.errors import CheckpointError, ConfigError
 from llmrec.llm.prompts import SLOT_TOKENS, SlotIds, template_corpus
-from llmrec.llm.tokenizer import train_word_level_tokenizer
+from llmrec.llm.tokenizer import train_tokenizer
 
 log = logging.getLogger(__name__)
 hf_logging.disable_progress_bar()  # "Loading weights" bars for a 2-layer model are noise in logs and tests
@@ -39,14 +39,17 @@ class TinySpec:
     heads: int = 4
     max_length: int = 512
     seed: int = 0
+    tokenizer: str = "word"
+    bpe_vocab: int = 2048
 
     def folder_name(self, fingerprint: str) -> str:
+        kind = f"-bpe{self.bpe_vocab}" if self.tokenizer == "bpe" else ""  # word-level keeps its original name
         return (f"tiny-llama-{fingerprint[:16]}-l{self.layers}-h{self.hidden}-a{self.heads}"
-                f"-p{self.max_length}-s{self.seed}")
+                f"-p{self.max_length}-s{self.seed}{kind}")
 
 
 def build_tiny_llm(titles: list[str], fingerprint: str, cache_dir: Path, spec: TinySpec = TinySpec()) -> Path:
-    """Build (once) and return the folder of a tiny random Llama + word-level tokenizer for this catalog."""
+    """Build (once) and return the folder of a tiny random Llama + its tokenizer for this catalog."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = Path(cache_dir) / spec.folder_name(fingerprint)
@@ -56,7 +59,8 @@ def build_tiny_llm(titles: list[str], fingerprint: str, cache_dir: Path, spec: T
         raise ConfigError(f"--tiny-hidden {spec.hidden} must be a multiple of --tiny-heads {spec.heads}")
     log.info("building tiny Llama (%d layers x %d hidden) and its tokenizer in %s", spec.layers, spec.hidden,
              folder)
-    tokenizer = train_word_level_tokenizer([t for t in titles if t] + template_corpus(), spec.max_length)
+    tokenizer = train_tokenizer(spec.tokenizer, [t for t in titles if t] + template_corpus(), spec.max_length,
+                                spec.bpe_vocab)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=spec.hidden, intermediate_size=(spec.hidden * 8 // 3 + 31) // 32 * 32,
         num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.heads,

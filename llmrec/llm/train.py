@@ -63,6 +63,9 @@ class TrainLLMConfig:
     tiny_layers: int = option(4, "tiny Llama: decoder layers")
     tiny_hidden: int = option(256, "tiny Llama: hidden size")
     tiny_heads: int = option(4, "tiny Llama: attention heads")
+    tiny_tokenizer: Literal["word", "bpe"] = option("word", "tiny Llama: word-level or byte-level BPE tokenizer, "
+                                                            "trained on the catalog titles and prompt templates")
+    tiny_bpe_vocab: int = option(2048, "tiny Llama: vocabulary size of the BPE tokenizer")
     max_length: int = option(512, "longest prompt + answer in tokens (oldest history items are dropped beyond)")
     cache_dir: Path = option(Path("data/cache/llm"), "where the tiny backbone is built (once per catalog/size)")
     epochs: int = option(4, "training epochs")
@@ -112,7 +115,7 @@ def resolve_llm_path(config: TrainLLMConfig, data: ProcessedDataset) -> tuple[Pa
     """The backbone folder (building the tiny one if asked) and the tiny spec (None for a path)."""
     if config.llm == backbone.TINY:
         spec = backbone.TinySpec(config.tiny_layers, config.tiny_hidden, config.tiny_heads, config.max_length,
-                                 config.seed)
+                                 config.seed, config.tiny_tokenizer, config.tiny_bpe_vocab)
         return backbone.build_tiny_llm(data.titles(), data.catalog_fingerprint(), config.cache_dir, spec), \
             dict(spec.__dict__)
     return backbone.check_model_folder(Path(config.llm)), None
