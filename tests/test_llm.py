@@ -80,8 +80,20 @@ def test_any_local_hf_causal_lm_loads_through_the_path_code(arch, data, encoder,
     lm, facts = build_recommender(tiny_config(tmp_path, llm=str(folder)), data, encoder)
     assert facts["finetune"] == "lora" and facts["base_vocab_size"] + 4 == facts["vocab_size"]
     lm.eval()
-    scores = score_candidates(lm, first_batch(lm, data))
+    batch = first_batch(lm, data)
+    scores = score_candidates(lm, batch)
     assert scores.shape == (4, 6) and torch.isfinite(scores).all()
+    with torch.no_grad():  # the packed answers' 4-D mask and positions are right for this architecture + peft too
+        torch.testing.assert_close(scores, full_sequence_scores(lm, batch), rtol=1e-4, atol=1e-4)
+
+
+def test_prompt_budget_defaults_to_the_models_context_and_never_exceeds_it(data, encoder, tmp_path):
+    folder = save_hf_folder(tmp_path / "llama", "llama", data)  # max_position_embeddings = 256
+    for asked, expected in ((None, 256), (128, 128), (1024, 256)):
+        lm, facts = build_recommender(tiny_config(tmp_path, llm=str(folder), max_length=asked), data, encoder)
+        assert lm.builder.max_length == facts["max_length"] == expected
+    lm, facts = build_recommender(tiny_config(tmp_path / "t", max_length=None), data, encoder)  # tiny: 512
+    assert facts["max_length"] == facts["tiny"]["max_length"] == 512
 
 
 def test_missing_or_non_model_llm_path_is_a_clear_error(data, encoder, tmp_path):
@@ -324,10 +336,11 @@ def test_candidate_trie_paths_end_on_candidates():
 
 def test_constrained_decoding_always_returns_one_of_the_candidates(hybrid_lm, data):
     batch = first_batch(hybrid_lm, data, n=4)
-    generated, chosen = greedy_decode(hybrid_lm, batch, constrained=True)
-    for b, item in enumerate(chosen):
-        assert item in batch.candidates[b].tolist()
-        assert generated[b] == hybrid_lm.builder.answer_ids[item]
+    for budget in (64, 1):  # the generate-mode budget does not cut a constrained answer short
+        generated, chosen = greedy_decode(hybrid_lm, batch, max_new_tokens=budget, constrained=True)
+        for b, item in enumerate(chosen):
+            assert item in batch.candidates[b].tolist()
+            assert generated[b] == hybrid_lm.builder.answer_ids[item]
 
 
 def test_the_three_modes_share_one_interface(hybrid_lm, data):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_llm_support import MeanEncoder, save_hf_folder, tiny_config, tiny_dataset
 
-from llmrec.errors import CheckpointError
+from llmrec.errors import CheckpointError, ConfigError
 from llmrec.llm.checkpoint import load_recommender, save_checkpoint
 from llmrec.llm.datamodule import prompt_loader
 from llmrec.llm.ranking import score_candidates
@@ -66,6 +66,48 @@ def test_a_text_only_curriculum_never_updates_the_projector(data, encoder, tmp_p
     assert any(not torch.equal(model_before[n], p) for n, p in snapshot(lm.model).items())
 
 
+def test_curriculum_callback_sets_the_hybrid_probability_from_global_progress():
+    from types import SimpleNamespace
+
+    from llmrec.llm.curriculum import CurriculumCallback
+
+    module = SimpleNamespace(hybrid_probability=None, log=lambda *args, **kwargs: None)
+    for schedule, expected in (("linear", [0.0, 0.25, 0.75]), ("step", [0.0, 0.0, 1.0]),
+                               ("constant", [0.3, 0.3, 0.3])):
+        callback = CurriculumCallback(schedule, constant=0.3)
+        seen = []
+        for step in (0, 10, 30):
+            callback.on_train_batch_start(SimpleNamespace(global_step=step, estimated_stepping_batches=40), module,
+                                          None, 0)
+            seen.append(module.hybrid_probability)
+        assert seen == pytest.approx(expected), schedule
+
+
+def test_the_best_validation_round_is_kept_not_the_last(data, encoder, tmp_path):
+    from types import SimpleNamespace
+
+    from llmrec.llm.module import LLMRecModule
+
+    lm, _ = build_recommender(tiny_config(tmp_path), data, encoder)
+    module = LLMRecModule(lm)
+    module.log = lambda *args, **kwargs: None
+    module._trainer = SimpleNamespace(sanity_checking=False, estimated_stepping_batches=20, global_step=5,
+                                      current_epoch=0)
+    params = module.trainable_named_parameters()
+    best = {n: p.detach().clone() for n, p in params.items()}
+    module._val_ranks = [torch.tensor([0, 0, 1, 0])]          # hr@1 0.75
+    module.on_validation_epoch_end()
+    with torch.no_grad():
+        for p in params.values():
+            p.add_(1.0)
+    module._trainer.global_step = 10
+    module._val_ranks = [torch.tensor([2, 0, 3, 5])]          # hr@1 0.25: worse, not kept
+    module.on_validation_epoch_end()
+    assert [h["valid/hr@1"] for h in module.history] == [0.75, 0.25] and module.best_hr1 == 0.75
+    module.restore_best()
+    assert all(torch.equal(p, best[n]) for n, p in module.trainable_named_parameters().items())
+
+
 @pytest.mark.parametrize("finetune", ["full", "lora", "lora-qwen2-untied"])
 def test_save_then_load_gives_identical_scores(finetune, data, encoder, tmp_path):
     llm = str(save_hf_folder(tmp_path / "qwen2", "qwen2", data)) if finetune.endswith("untied") else "tiny"
@@ -103,6 +145,12 @@ def test_checkpoint_and_base_model_must_match(data, encoder, tmp_path):
         load_recommender(tmp_path / "ckpt", other, encoder)
     with pytest.raises(CheckpointError, match="not an LLM checkpoint"):
         load_recommender(tmp_path / "base", data, encoder)
+    retrained = MeanEncoder(data.n_items, hidden_size=encoder.hidden_size, seed=1)  # same shape, other weights
+    with pytest.raises(CheckpointError, match="weights differ"):
+        load_recommender(tmp_path / "ckpt", data, retrained, llm=base)
+    with pytest.raises(ConfigError, match="no such folder"):  # a mistyped --llm is not silently rebuilt
+        load_recommender(tmp_path / "ckpt", data, encoder, llm=tmp_path / "typo")
+    assert load_recommender(tmp_path / "ckpt", data, encoder, llm=base).prompt == "hybrid"
 
 
 def test_an_encoder_trained_on_another_catalog_is_refused(data, tmp_path):

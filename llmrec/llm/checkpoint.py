@@ -15,7 +15,9 @@ Loading never unpickles: safetensors, JSON and YAML only.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ MARKER = "llmrec-llm-checkpoint"
 FORMAT_VERSION = 1
 FACTS = "checkpoint.json"
 NEW_ROWS = "new_token_rows.safetensors"
+log = logging.getLogger(__name__)
 
 
 def embedding_weight(module: torch.nn.Module) -> torch.Tensor:
@@ -45,6 +48,17 @@ def embedding_weight(module: torch.nn.Module) -> torch.Tensor:
     while hasattr(module, "base_layer"):
         module = module.base_layer
     return module.weight
+
+
+def encoder_fingerprint(encoder: SequentialEncoder) -> str:
+    """sha256 of the encoder's weights (names, shapes, float32 values): the projector was trained on THIS encoder's
+    vector space, so a checkpoint refuses any other one, even of the same shape (another seed, a retrained model)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        values = tensor.detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}:{tuple(values.shape)};".encode())
+        digest.update(values.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_checkpoint(folder: Path, lm: HybridLM, facts: dict[str, Any]) -> Path:
@@ -115,11 +129,14 @@ def load_recommender(folder: Path, data: ProcessedDataset, encoder: SequentialEn
         raise CheckpointError(f"{folder} was trained on another catalog than {data.root} (catalog fingerprints "
                               f"differ); evaluate it on the dataset it was trained on")
     tokenizer = backbone.load_tokenizer(folder / "tokenizer")
+    given = llm is not None and str(llm) != backbone.TINY
     if facts["finetune"] == "full":
+        if given:
+            log.warning("--llm %s ignored: %s holds all weights of its model (full fine-tuning)", llm, folder)
         model = backbone.load_causal_lm(folder / "model", dtype=dtype)
     else:
-        base = Path(llm) if llm is not None and str(llm) != backbone.TINY else Path(facts["base_model"])
-        if facts.get("tiny") and not base.exists():  # the tiny base is deterministic: rebuild it
+        base = backbone.check_model_folder(Path(llm)) if given else Path(facts["base_model"])
+        if not given and facts.get("tiny") and not base.exists():  # the tiny base is deterministic: rebuild it
             spec = backbone.TinySpec(**facts["tiny"])
             base = backbone.build_tiny_llm(data.titles(), data.catalog_fingerprint(), base.parent, spec)
         model = backbone.load_causal_lm(base, dtype=dtype)
@@ -145,6 +162,10 @@ def load_recommender(folder: Path, data: ProcessedDataset, encoder: SequentialEn
         if encoder.hidden_size != facts["encoder_hidden"]:
             raise CheckpointError(f"{folder}: trained with an encoder of hidden size {facts['encoder_hidden']}, "
                                   f"given one of {encoder.hidden_size}")
+        if facts.get("encoder_fingerprint") and encoder_fingerprint(encoder) != facts["encoder_fingerprint"]:
+            raise CheckpointError(f"{folder}: given encoder's weights differ from those it was trained with "
+                                  f"({facts.get('encoder')}); pass that encoder folder (--encoder), not a "
+                                  f"retrained or other one")
         projector = Projector(facts["encoder_hidden"], facts["llm_hidden"])
         state = load_file(str(folder / "projector.safetensors"))
         try:

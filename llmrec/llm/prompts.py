@@ -197,9 +197,10 @@ class PromptBuilder:
                 if start:
                     self.n_truncated += 1
                     if self.n_truncated == 1:
-                        log.warning("prompt for user %s at position %s is longer than the model's %d tokens: "
-                                    "dropped its %d oldest history item(s) (further truncations are counted, "
-                                    "not logged)", user_id, position, self.max_length, start)
+                        log.warning("prompt for user %s at position %s is longer than the %d-token limit "
+                                "(--max-length, at most the model's context): dropped its %d oldest history "
+                                "item(s) (further truncations are counted, not logged)", user_id, position,
+                                self.max_length, start)
                 return Prompt(ids, history[start:], [int(c) for c in candidates], start)
         raise DataError(f"user {user_id} position {position}: even with one history item the prompt "
                         f"({len(self._assemble(template, history[-1:], candidates))} tokens) plus an answer "

@@ -133,6 +133,8 @@ def greedy_decode(lm: HybridLM, batch: PromptBatch, max_new_tokens: int = MAX_NE
     """Greedy decoding with a KV cache; stops a row at the terminator (EOS).
 
     Returns the generated ids per row and, when `constrained`, the candidate each row's path ended on.
+    `max_new_tokens` bounds free decoding only: constrained decoding always runs until every row has completed a
+    candidate's answer (at most the longest candidate answer), so it always returns a candidate.
     """
     B = batch.input_ids.shape[0]
     eos = lm.builder.eos
@@ -141,14 +143,16 @@ def greedy_decode(lm: HybridLM, batch: PromptBatch, max_new_tokens: int = MAX_NE
     logits, cache = out.logits[:, -1].float(), out.past_key_values
     pos = position_ids(mask)[:, -1:]
     tries = nodes = None
+    steps = max_new_tokens
     if constrained:
         tries = [CandidateTrie({int(c): lm.builder.answer_ids[int(c)] for c in row})
                  for row in batch.candidates.tolist()]
         nodes = [t.root for t in tries]
+        steps = max(len(lm.builder.answer_ids[int(c)]) for c in batch.candidates.flatten().tolist())
     generated: list[list[int]] = [[] for _ in range(B)]
     chosen: list[int | None] = [None] * B
     done = [False] * B
-    for _ in range(max_new_tokens):
+    for _ in range(steps):
         if constrained:
             allowed = torch.full_like(logits, float("-inf"))
             for b in range(B):

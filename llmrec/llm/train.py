@@ -28,7 +28,7 @@ from llmrec.device import lightning_accelerator
 from llmrec.encoders.base import SequentialEncoder
 from llmrec.errors import CheckpointError, ConfigError
 from llmrec.llm import backbone
-from llmrec.llm.checkpoint import FACTS, save_checkpoint
+from llmrec.llm.checkpoint import FACTS, encoder_fingerprint, save_checkpoint
 from llmrec.llm.curriculum import CurriculumCallback
 from llmrec.llm.datamodule import LLMDataModule
 from llmrec.llm.hybrid import HybridLM
@@ -39,6 +39,7 @@ from llmrec.llm.prompts import PromptBuilder
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
+TINY_CONTEXT = 512  # positions of the tiny Llama: the longest ML-100K llara prompt + answer is ~330 tokens
 
 
 @dataclass
@@ -66,7 +67,8 @@ class TrainLLMConfig:
     tiny_tokenizer: Literal["word", "bpe"] = option("word", "tiny Llama: word-level or byte-level BPE tokenizer, "
                                                             "trained on the catalog titles and prompt templates")
     tiny_bpe_vocab: int = option(2048, "tiny Llama: vocabulary size of the BPE tokenizer")
-    max_length: int = option(512, "longest prompt + answer in tokens (oldest history items are dropped beyond)")
+    max_length: int | None = option(None, "longest prompt + answer in tokens; oldest history items are dropped "
+                                          "beyond (default: the model's context; 512 for tiny)")
     cache_dir: Path = option(Path("data/cache/llm"), "where the tiny backbone is built (once per catalog/size)")
     epochs: int = option(4, "training epochs")
     max_steps: int = option(-1, "stop after this many optimiser steps (-1: no limit)")
@@ -114,7 +116,8 @@ def load_encoder_for(path: Path | None, data: ProcessedDataset) -> SequentialEnc
 def resolve_llm_path(config: TrainLLMConfig, data: ProcessedDataset) -> tuple[Path, dict[str, Any] | None]:
     """The backbone folder (building the tiny one if asked) and the tiny spec (None for a path)."""
     if config.llm == backbone.TINY:
-        spec = backbone.TinySpec(config.tiny_layers, config.tiny_hidden, config.tiny_heads, config.max_length,
+        spec = backbone.TinySpec(config.tiny_layers, config.tiny_hidden, config.tiny_heads,
+                                 config.max_length or TINY_CONTEXT,
                                  config.seed, config.tiny_tokenizer, config.tiny_bpe_vocab)
         return backbone.build_tiny_llm(data.titles(), data.catalog_fingerprint(), config.cache_dir, spec), \
             dict(spec.__dict__)
@@ -135,8 +138,11 @@ def build_recommender(config: TrainLLMConfig, data: ProcessedDataset, encoder: S
     tokenizer = backbone.load_tokenizer(path)
     base_vocab = int(model.get_input_embeddings().weight.shape[0])
     slots = backbone.add_slot_tokens(tokenizer, model)
-    model_max = int(getattr(model.config, "max_position_embeddings", 0) or config.max_length)
-    max_length = min(config.max_length, model_max)
+    context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    if not context and not config.max_length:
+        raise ConfigError(f"--llm {path}: its config states no context length (max_position_embeddings); "
+                          f"give --max-length")
+    max_length = min(config.max_length or context, context or config.max_length)
     if config.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
@@ -154,6 +160,7 @@ def build_recommender(config: TrainLLMConfig, data: ProcessedDataset, encoder: S
              "vocab_size": len(tokenizer), "llm_hidden": backbone.hidden_size(model),
              "encoder_hidden": encoder.hidden_size if projector is not None else None,
              "encoder": str(Path(config.encoder).resolve()) if config.encoder and projector is not None else None,
+             "encoder_fingerprint": encoder_fingerprint(encoder) if projector is not None else None,
              "prompt": config.prompt, "domain": data.domain, "catalog_fingerprint": data.catalog_fingerprint(),
              "max_length": max_length, "seed": config.seed, "protocol": data.protocol}
     return lm, facts
