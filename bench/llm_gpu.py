@@ -28,6 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine import update_results  # bench/machine.py (scripts run from bench/)
+
 from llmrec.encoders.registry import build_encoder
 from llmrec.llm.backbone import add_slot_tokens, enable_checkpointing
 from llmrec.llm.datamodule import prompt_loader
@@ -158,9 +160,7 @@ def main() -> int:
                    "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     print(json.dumps(result, indent=2))
     if args.write:
-        current = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-        current["gpu"] = result
-        RESULTS.write_text(json.dumps(current, indent=2) + "\n")
+        update_results(RESULTS, "gpu", result)
     return 0
 
 

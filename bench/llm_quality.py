@@ -18,7 +18,8 @@ Scales:
   small -- llmrec/configs/llm-tiny-cpu-small.yaml (2 x 128, a seeded 3k-sample training subset, one epoch),
            SASRec for at most 15 epochs, the `all` test set cut to a seeded 600-sample subset. Meant for a CPU;
            its numbers are smoke-level and are written with "scale": "small", never as the full result.
-With `--write` the means/stds over seeds go to bench/results/llm.json under `quality` (or `quality_small`).
+With `--write` the means/stds over seeds go to bench/results/llm.json under `quality_<scale>`, and under `quality`
+for the full scale (or the CPU scale while no full-scale result exists; its "scale" field says which).
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ import time
 from pathlib import Path
 
 import torch
-from machine import cpu_name  # bench/machine.py (scripts run from bench/)
+from machine import (  # bench/machine.py (scripts run from bench/)
+    cpu_name,
+    update_results,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -160,9 +164,12 @@ def main() -> int:
         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     print(json.dumps(quality, indent=2))
     if args.write:
-        current = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-        current["quality" if args.scale == "full" else f"quality_{args.scale}"] = quality
-        RESULTS.write_text(json.dumps(current, indent=2) + "\n")
+        update_results(RESULTS, f"quality_{args.scale}", quality)
+        # `quality` holds the most complete protocol measured (all training data, whole test sets): the full scale,
+        # else the CPU scale, whose "scale" and "llm_config" fields say so; never the small smoke scale
+        current = json.loads(RESULTS.read_text()).get("quality", {})
+        if args.scale == "full" or (args.scale == "cpu" and current.get("scale") != "full"):
+            update_results(RESULTS, "quality", quality)
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,12 +29,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine import (  # bench/machine.py (scripts run from bench/)
+    cpu_name,
+    update_results,
+)
+
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.llm.datamodule import prompt_loader
 from llmrec.llm.ranking import rank
 from llmrec.llm.train import TrainLLMConfig, build_recommender, fit, subset
-
-from machine import cpu_name  # bench/machine.py (scripts run from bench/)
 
 RESULTS = ROOT / "bench" / "results" / "llm.json"
 
@@ -135,9 +137,7 @@ def main() -> int:
     print(json.dumps(result, indent=2))
     if args.write:
         key = "speed_cpu" if args.device == "cpu" else "speed_gpu_tiny"
-        current = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-        current[key] = result
-        RESULTS.write_text(json.dumps(current, indent=2) + "\n")
+        update_results(RESULTS, key, result)
     return 0
 
 

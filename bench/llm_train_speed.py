@@ -23,7 +23,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import cpu_name  # bench/machine.py (scripts run from bench/)
+from machine import (  # bench/machine.py (scripts run from bench/)
+    cpu_name,
+    update_results,
+)
 
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.encoders.registry import build_encoder
@@ -85,9 +88,7 @@ def main() -> int:
                    "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     print(json.dumps(result, indent=2))
     if args.write:
-        current = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-        current["train_speed_cpu"] = result
-        RESULTS.write_text(json.dumps(current, indent=2) + "\n")
+        update_results(RESULTS, "train_speed_cpu", result)
     return 0
 
 

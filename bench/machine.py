@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 from pathlib import Path
 
@@ -15,3 +17,12 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def update_results(path: Path, section: str, value: dict) -> None:
+    """Set `section` of the JSON results file at `path` to `value`, keeping its other sections (atomic rewrite)."""
+    current = json.loads(path.read_text()) if path.is_file() else {}
+    current[section] = value
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(current, indent=2) + "\n")
+    os.replace(tmp, path)
