@@ -62,7 +62,7 @@ def build_model(args, data):
     desc = f"tiny Llama {args.layers}x{args.hidden}, full fine-tune for {args.train_steps} steps of 16"
     cache = Path(args.model_cache) if args.model_cache else None
     if cache is not None and cache.is_file():  # the same trained weights as an earlier run: skip the training
-        saved = torch.load(cache, map_location="cpu", weights_only=False)
+        saved = torch.load(cache, map_location="cpu", weights_only=True)  # tensors + plain values: no pickle
         if saved["key"] != [args.layers, args.hidden, args.train_steps]:
             raise SystemExit(f"{cache} holds a model for {saved['key']}, not {[args.layers, args.hidden, args.train_steps]}")
         lm.load_state_dict(saved["lm"])
@@ -98,6 +98,8 @@ def main() -> int:
     p.add_argument("--model-cache", default=None,
                    help="file to save the trained tiny model to, or reload it from when it exists")
     p.add_argument("--write", action="store_true", help="merge the figures into bench/results/llm.json")
+    p.add_argument("--section", default=None,
+                   help="section of llm.json to write (default: speed_cpu on the CPU, speed_gpu_tiny on a GPU)")
     args = p.parse_args()
 
     torch.manual_seed(0)
@@ -136,7 +138,7 @@ def main() -> int:
         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     print(json.dumps(result, indent=2))
     if args.write:
-        key = "speed_cpu" if args.device == "cpu" else "speed_gpu_tiny"
+        key = args.section or ("speed_cpu" if args.device == "cpu" else "speed_gpu_tiny")
         update_results(RESULTS, key, result)
     return 0
 
