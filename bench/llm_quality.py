@@ -78,7 +78,7 @@ def encoder_hr1(encoder_dir: Path, data: ProcessedDataset, max_samples: int | No
     """Candidate hr@1 of an encoder on (a seeded subset of) the test split, via the encoder stage's evaluator."""
     from llmrec.encoders.checkpoint import load_encoder
     from llmrec.encoders.evaluate import build_eval_set, evaluate
-    from llmrec.llm.train import subset
+    from llmrec.data.sampling import subset
 
     encoder = load_encoder(encoder_dir, data)
     sub = ProcessedDataset(meta=data.meta, items=data.items, interactions=data.interactions, users=data.users,
@@ -89,14 +89,11 @@ def encoder_hr1(encoder_dir: Path, data: ProcessedDataset, max_samples: int | No
 
 def llm_hr1(ckpt: Path, data: ProcessedDataset, encoder_dir: Path | None, max_samples: int | None, seed: int,
             device: str) -> float:
-    from llmrec.llm.checkpoint import load_recommender, read_facts
-    from llmrec.llm.evaluate import evaluate_split
-    from llmrec.llm.train import load_encoder_for
+    from llmrec.evaluation.llm_split import evaluate_split
+    from llmrec.llm.checkpoint import load_recommender
 
-    facts = read_facts(ckpt)
-    encoder = load_encoder_for(encoder_dir, data) if facts["prompt"] != "text" else None
-    lm = load_recommender(ckpt, data, encoder, device=device)
-    return float(evaluate_split(lm, data, "test", "score", 16, max_samples, seed)["hr@1"])
+    lm = load_recommender(ckpt, data, device=device)  # the checkpoint carries its own encoder
+    return float(evaluate_split(lm, data, "test", "score", 16, max_samples, seed)[0]["hr@1"])
 
 
 def summary(values: list[float], seeds: list[int]) -> dict:

@@ -37,18 +37,18 @@ from machine import (  # bench/machine.py (scripts run from bench/)
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.llm.datamodule import prompt_loader
 from llmrec.llm.ranking import rank
-from llmrec.llm.train import TrainLLMConfig, build_recommender, fit, subset
+from llmrec.data.sampling import subset
+from llmrec.llm.train import TrainLLMConfig, build_recommender, fit
 
 RESULTS = ROOT / "bench" / "results" / "llm.json"
 
 
 def build_model(args, data):
     if args.ckpt:
-        from llmrec.llm.checkpoint import load_recommender, read_facts
-        from llmrec.llm.train import load_encoder_for
+        from llmrec.encoders.checkpoint import load_encoder
+        from llmrec.llm.checkpoint import load_recommender
 
-        facts = read_facts(Path(args.ckpt))
-        encoder = load_encoder_for(Path(args.encoder or facts["encoder"]), data) if facts["prompt"] != "text" else None
+        encoder = load_encoder(Path(args.encoder), data) if args.encoder else None  # default: the bundled copy
         return load_recommender(Path(args.ckpt), data, encoder, device=args.device), f"checkpoint {args.ckpt}"
     from llmrec.encoders.registry import build_encoder
 

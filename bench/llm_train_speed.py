@@ -32,7 +32,8 @@ from llmrec.data.dataset import ProcessedDataset
 from llmrec.encoders.registry import build_encoder
 from llmrec.llm.datamodule import prompt_loader
 from llmrec.llm.hybrid import answer_loss
-from llmrec.llm.train import TrainLLMConfig, build_recommender, subset
+from llmrec.data.sampling import subset
+from llmrec.llm.train import TrainLLMConfig, build_recommender
 
 RESULTS = ROOT / "bench" / "results" / "llm.json"
 

@@ -2,7 +2,10 @@
 
 Each subcommand is a config dataclass plus a run function in the module that owns the stage; the module is
 imported only when its subcommand runs, so `llmrec --help` and `llmrec prepare` stay fast. Errors the user
-can fix (`LlmrecError`) are printed as one clear message with exit status 2, never as a traceback.
+can fix (`LlmrecError`) are printed as one clear message with exit status 2, never as a traceback; so are
+the parser's own errors (an unknown flag, a value of the wrong type). Flags must be spelled in full: argparse's
+prefix matching (`--candidate 5` for `--candidates 5`) is switched off, so a mistyped flag is refused instead
+of silently meaning another option. Every command also takes `--threads N` (declared once, in `CommonOptions`).
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
-from llmrec.config import add_options, resolve_config
+from llmrec.config import add_options, option, resolve_config
+from llmrec.device import check_device, set_threads
 from llmrec.errors import LlmrecError
 
 
@@ -35,11 +40,42 @@ COMMANDS: dict[str, Command] = {
                              "train an ID-based sequential encoder (SASRec, GRU4Rec, Caser) or MostPop"),
     "train-llm": Command("llmrec.llm.train", "TrainLLMConfig", "run_train_llm",
                          "fine-tune an LLM recommender with hybrid prompts, curriculum and LoRA"),
-    "evaluate": Command("llmrec.llm.evaluate", "EvaluateConfig", "run_evaluate",
+    "evaluate": Command("llmrec.evaluate", "EvaluateConfig", "run_evaluate",
                         "rank candidates with a trained LLM recommender (score, generate or constrained)"),
+    "train-sdpo": Command("llmrec.preference.train", "TrainSDPOConfig", "run_train_sdpo",
+                          "preference-train an SFT recommender with S-DPO (several negatives per prompt) or a "
+                          "DPO-family variant"),
+    "rerank": Command("llmrec.fairness.rerank_command", "RerankConfig", "run_rerank",
+                      "re-rank saved score-mode rankings for item-side fairness (IFairLRS), alpha chosen on valid"),
+    "report": Command("llmrec.fairness.report", "ReportConfig", "run_report",
+                      "accuracy and item-side fairness of several models as report.md with figures"),
     "demo": Command("llmrec.demo", "DemoConfig", "run_demo",
                     "run every stage on MovieLens-100K at a small, documented scale"),
 }
+
+
+@dataclass
+class CommonOptions:
+    """Options of every command. They change how fast a command runs, not what it computes, so they are
+    flags only (not YAML keys) and are not written into an output's config.yaml."""
+
+    threads: int | None = option(None, "CPU threads torch may use (torch.set_num_threads); default: torch's "
+                                       "own choice, one per core. On a busy machine a small number (1-4) can be "
+                                       "many times faster", min=1, max=4096)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line with exit status 2, like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """A failed allocation (host or GPU): sizes the user chose are too large for this machine."""
+    text = str(e)
+    return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in text or "out of memory" in text.lower())
 
 
 def _available() -> dict[str, Command]:
@@ -61,15 +97,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser; only `command`'s module is imported to build its options."""
     from llmrec import __version__
 
-    parser = argparse.ArgumentParser(prog="llmrec", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="llmrec", description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"llmrec {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.set_defaults(subparsers={})
     for name, cmd in _available().items():
-        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help, allow_abbrev=False)
+        parser.get_default("subparsers")[name] = p
         if name == command:
             module = importlib.import_module(cmd.module)
             add_options(p, getattr(module, cmd.config))
+            add_options(p, CommonOptions, config_flag=False)
     return parser
 
 
@@ -77,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # report it as the subcommand's error, so the hint points at the right --help
+        parser.get_default("subparsers").get(args.command, parser).error(
+            f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.command is None:
@@ -87,9 +129,20 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(cmd.module)
     try:
         config = resolve_config(getattr(module, cmd.config), args, args.config)
+        common = resolve_config(CommonOptions, args)
+        if isinstance(getattr(config, "device", None), str):
+            check_device(config.device)  # before any data is read or any model built
+        set_threads(common.threads)
         result = getattr(module, cmd.run)(config)
     except LlmrecError as e:
         print(f"llmrec {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        print(f"llmrec {args.command}: error: out of memory ({first}); use smaller sizes (--batch-size, "
+              f"--eval-batch-size, the model's sizes) or a machine with more memory", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"llmrec {args.command}: interrupted", file=sys.stderr)

@@ -33,12 +33,12 @@ class DemoConfig:
 
     data: Path = option(Path("data/processed/ml-100k-llara-all"), "where the prepared ML-100K goes")
     out: Path = option(Path("checkpoints/demo"), "where the demo's checkpoints go")
-    seed: int = option(42, "seed of every stage")
-    stages: list[str] = option(factory=lambda: list(STAGES), help="which stages to run, in order")
+    seed: int = option(42, "seed of every stage", min=0, max=2**32 - 1)
+    stages: list[str] = option(factory=lambda: list(STAGES), help="which stages to run, in order", choices=STAGES)
     encoder: Literal["sasrec", "gru4rec", "caser"] = option("sasrec", "sequential encoder to train")
     fresh: bool = option(False, "rerun stages whose output already exists")
     llm_preset: str = option("llm-tiny-cpu-small", "shipped preset of the LLM stage (llmrec/configs/<name>.yaml)")
-    llm_test_samples: int = option(500, "LLM stage: rank a seeded subset of this many test samples")
+    llm_test_samples: int = option(500, "LLM stage: rank a seeded subset of this many test samples", min=1)
 
 
 def _finished(folder: Path) -> bool:

@@ -20,3 +20,7 @@ class DataError(LlmrecError):
 
 class CheckpointError(LlmrecError):
     """A checkpoint folder is missing, malformed, or does not match the data or model it is used with."""
+
+
+class TrainingDiverged(LlmrecError):
+    """The training loss or a trainable weight became nan/inf; the run stopped and saved nothing."""

@@ -95,3 +95,62 @@ def test_missing_required_option_is_named() -> None:
     with pytest.raises(ConfigError, match="missing required option.*--data"):
         resolve_config(NeedsData, {"seed": 1})
     assert resolve_config(NeedsData, {"data": "x"}).data == Path("x")
+
+
+@dataclass
+class Ranged:
+    lr: float = option(1e-3, "learning rate", min=0, min_exclusive=True)
+    p: float = option(0.5, "a probability", min=0, max=1)
+    dropout: float = option(0.1, "dropout", min=0, max=1, max_exclusive=True)
+    steps: int = option(-1, "steps", min=1, also=(-1,))
+    n: int | None = option(None, "a count", min=1)
+    scale: float = option(1.0, "any number, even inf", finite=False)
+    plain: float = option(0.0, "no declared range: still finite")
+    sizes: list[int] = option(factory=lambda: [1], help="sizes", min=1)
+    stages: list[str] = option(factory=lambda: ["a"], help="stages", choices=("a", "b"))
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"lr": 0.0}, "option --lr: got 0.0, expected a finite number > 0"),
+    ({"lr": float("nan")}, "option --lr: got nan, expected a finite number > 0"),
+    ({"p": 1.5}, "option --p: got 1.5, expected a finite number in [0, 1]"),
+    ({"dropout": 1.0}, "option --dropout: got 1.0, expected a finite number in [0, 1)"),
+    ({"steps": 0}, "option --steps: got 0, expected an integer >= 1, or -1"),
+    ({"n": 0}, "option --n: got 0, expected an integer >= 1"),
+    ({"plain": float("-inf")}, "option --plain: got -inf, expected a finite number"),
+    ({"sizes": [3, 0]}, "option --sizes[1]: got 0, expected an integer >= 1"),
+    ({"stages": ["a", "c"]}, "option --stages[1]: got 'c', expected one of a, b"),
+])
+def test_declared_ranges_refuse_with_one_line(values, message):
+    with pytest.raises(ConfigError) as e:
+        resolve_config(Ranged, values)
+    assert str(e.value) == message
+
+
+def test_values_inside_the_range_and_declared_extras_are_accepted(tmp_path):
+    cfg = resolve_config(Ranged, {"lr": 1e-9, "p": 1, "dropout": 0.0, "steps": -1, "n": None,
+                                  "scale": float("inf"), "sizes": [1, 2], "stages": ["b"]})
+    assert (cfg.lr, cfg.p, cfg.steps, cfg.n, cfg.scale, cfg.stages) == (1e-9, 1.0, -1, None, float("inf"), ["b"])
+    f = tmp_path / "r.yaml"
+    f.write_text("p: 2\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml: option 'p': got 2.0, expected a finite number in \[0, 1\]"):
+        resolve_config(Ranged, {}, f)
+
+
+def test_flags_and_yaml_go_through_the_same_check(tmp_path):
+    p = argparse.ArgumentParser()
+    add_options(p, Ranged)
+    args = p.parse_args(["--lr", "nan"])  # argparse itself accepts 'nan' as a float
+    with pytest.raises(ConfigError, match="option --lr: got nan"):
+        resolve_config(Ranged, args, args.config)
+    help_text = " ".join(p.format_help().split())
+    assert "a probability (default: 0.5; a finite number in [0, 1])" in help_text
+    assert "steps (default: -1; an integer >= 1, or -1)" in help_text
+
+
+def test_check_config_covers_the_python_api():
+    from llmrec.config import check_config
+
+    check_config(Ranged())
+    with pytest.raises(ConfigError, match="option --p: got -0.5"):
+        check_config(Ranged(p=-0.5))

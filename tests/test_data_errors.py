@@ -127,7 +127,7 @@ def test_wrong_encoding_utf8_file(tmp_path):
 def test_wrong_encoding_custom_csv(tmp_path):
     _, items = write_custom(tmp_path / "raw", "csv")
     items.write_bytes(items.read_text(encoding="utf-8").encode("latin-1"))
-    with pytest.raises(DataError, match=r"items.csv line 6: not valid utf-8 text"):
+    with pytest.raises(DataError, match=r"items.csv line 6: byte 0xe9 is not valid utf-8 text"):
         _prep("custom", tmp_path / "raw", tmp_path / "out", **CUSTOM_COLUMNS)
     # with the right --encoding it reads
     ds = _prep("custom", tmp_path / "raw", tmp_path / "out", encoding="latin-1", **CUSTOM_COLUMNS)
@@ -192,9 +192,10 @@ def test_existing_out_that_is_not_ours_is_never_touched(tmp_path):
 
 
 def test_candidates_larger_than_unseen_pool(tmp_path):
+    """More in test_data_empty_and_full.py (raw user ids, dropped samples, advice that works)."""
     d = write_grouplens_100k(tmp_path / "raw")
-    with pytest.raises(DataError, match=r"user 1 position 3: only 36 items are not in the user's history.*"
-                                        r"lower --candidates"):
+    with pytest.raises(DataError, match=r"--candidates 40 needs 39 unseen items per sample .* had seen 4 of the 40 "
+                                        r"items by position 3, leaving 36 unseen .*; pass --candidates 33"):
         _prep("ml-100k", d, tmp_path / "out", candidates=40)
 
 

@@ -35,7 +35,8 @@ from llmrec.fairness.rerank import (
     item_adjustment,
     rerank_scores,
 )
-from llmrec.fairness.weights import group_weights, sample_weights, weighted_mean_loss
+from llmrec.fairness.weights import group_weights, sample_weights
+from llmrec.preference.losses import weighted_mean
 
 
 # --------------------------------------------------------------------------------------------- the toy catalog
@@ -216,7 +217,7 @@ def test_group_without_training_targets_gets_neutral_weight():
 def test_weights_apply_per_sample_not_per_batch():
     losses = torch.tensor([1.0, 3.0], requires_grad=True)
     weights = torch.tensor([0.5, 1.5])
-    per_sample = weighted_mean_loss(losses, weights)
+    per_sample = weighted_mean(losses, weights)
     assert per_sample.item() == pytest.approx((0.5 * 1 + 1.5 * 3) / 2)  # 2.5
     per_sample.backward()
     assert losses.grad.tolist() == pytest.approx([0.25, 0.75])

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_llm_support import MeanEncoder, save_hf_folder, tiny_config, tiny_dataset
+from test_llm_support import MeanEncoder, full_sequence_scores, save_hf_folder, tiny_config, tiny_dataset
 
+from llmrec.data.catalog import Catalog
 from llmrec.errors import CheckpointError, ConfigError, DataError
 from llmrec.llm import backbone
 from llmrec.llm.curriculum import SCHEDULES, hybrid_probability
@@ -63,9 +64,9 @@ def test_tiny_backbone_is_built_once_and_loads_like_any_hf_folder(data, tmp_path
 
 def test_tiny_backbone_with_a_bpe_tokenizer_decodes_titles_exactly_and_ranks(data, encoder, tmp_path):
     lm, facts = build_recommender(tiny_config(tmp_path, tiny_tokenizer="bpe", tiny_bpe_vocab=400), data, encoder)
-    assert facts["tiny"]["tokenizer"] == "bpe" and Path(facts["base_model"]).name.endswith("-bpe400")
+    assert facts["base"]["tiny"]["tokenizer"] == "bpe" and Path(facts["base"]["path"]).name.endswith("-bpe400-t2")
     tok = lm.builder.tokenizer
-    assert type(tok.backend_tokenizer.model).__name__ == "BPE" and facts["base_vocab_size"] <= 400
+    assert type(tok.backend_tokenizer.model).__name__ == "BPE" and facts["base"]["fingerprint"]["tokenizer_size"] <= 400
     for item in range(1, data.n_items + 1):  # byte-level BPE: no spaces inserted, nothing unknown
         assert lm.builder.answer_text(item) == data.titles()[item]
     assert any(len(lm.builder.title_ids[i]) > len(data.titles()[i].split()) for i in range(1, data.n_items + 1))
@@ -78,7 +79,7 @@ def test_tiny_backbone_with_a_bpe_tokenizer_decodes_titles_exactly_and_ranks(dat
 def test_any_local_hf_causal_lm_loads_through_the_path_code(arch, data, encoder, tmp_path):
     folder = save_hf_folder(tmp_path / arch, arch, data)
     lm, facts = build_recommender(tiny_config(tmp_path, llm=str(folder)), data, encoder)
-    assert facts["finetune"] == "lora" and facts["base_vocab_size"] + 4 == facts["vocab_size"]
+    assert facts["finetune"] == "lora" and facts["base"]["fingerprint"]["tokenizer_size"] + 4 == facts["vocab_size"]
     lm.eval()
     batch = first_batch(lm, data)
     scores = score_candidates(lm, batch)
@@ -93,7 +94,7 @@ def test_prompt_budget_defaults_to_the_models_context_and_never_exceeds_it(data,
         lm, facts = build_recommender(tiny_config(tmp_path, llm=str(folder), max_length=asked), data, encoder)
         assert lm.builder.max_length == facts["max_length"] == expected
     lm, facts = build_recommender(tiny_config(tmp_path / "t", max_length=None), data, encoder)  # tiny: 512
-    assert facts["max_length"] == facts["tiny"]["max_length"] == 512
+    assert facts["max_length"] == facts["base"]["tiny"]["max_length"] == 512
 
 
 def test_missing_or_non_model_llm_path_is_a_clear_error(data, encoder, tmp_path):
@@ -267,23 +268,6 @@ def test_linear_is_t_over_T_and_constant_is_constant():
 
 
 # ---------------------------------------------------------------------- ranking
-def full_sequence_scores(lm, batch):
-    """Reference: score each candidate by running the whole prompt + answer, no cache, one row at a time."""
-    out = torch.zeros(batch.candidates.shape)
-    embeds = lm.inputs_embeds(batch)
-    emb = lm.model.get_input_embeddings()
-    for b in range(batch.candidates.shape[0]):
-        keep = batch.attention_mask[b].bool()
-        prompt = embeds[b, keep]  # [P, H]
-        for c, item in enumerate(batch.candidates[b].tolist()):
-            ans = torch.tensor(lm.builder.answer_ids[item])
-            x = torch.cat([prompt, emb(ans)])[None]
-            logits = lm.model(inputs_embeds=x).logits[0].log_softmax(-1)  # [P+A, V]
-            P = prompt.shape[0]
-            out[b, c] = logits[P - 1:P - 1 + len(ans)].gather(1, ans[:, None]).sum()
-    return out
-
-
 def test_score_with_shared_kv_cache_equals_scoring_each_full_sequence(hybrid_lm, data):
     batch = first_batch(hybrid_lm, data, n=3)
     assert len(set(batch.attention_mask.sum(1).tolist())) > 1  # prompts of different lengths: left padding used
@@ -346,20 +330,29 @@ def test_constrained_decoding_always_returns_one_of_the_candidates(hybrid_lm, da
 def test_the_three_modes_share_one_interface(hybrid_lm, data):
     batch = first_batch(hybrid_lm, data, n=2)
     scored = rank(hybrid_lm, batch, "score")
-    assert scored.scores.shape == (2, 6) and all(c in batch.candidates[i].tolist() for i, c in enumerate(scored.chosen))
+    assert scored.scores.shape == (2, 6)
+    assert scored.chosen == [row[int(k)] for row, k in zip(batch.candidates.tolist(), scored.scores.argmax(1))]
     generated = rank(hybrid_lm, batch, "generate", max_new_tokens=5)
-    assert len(generated.texts) == 2 and all(c is None or c in batch.candidates[i].tolist()
-                                             for i, c in enumerate(generated.chosen))
+    tok = hybrid_lm.builder.tokenizer
+    assert all(0 < len(g) <= 5 for g in generated.generated)
+    assert generated.texts == tok.batch_decode(generated.generated, skip_special_tokens=True)
+    for b, (text, row) in enumerate(zip(generated.texts, batch.candidates.tolist())):  # LLaRA's matching rule
+        k = parse_generation(text, [hybrid_lm.builder.answer_text(c) for c in row])
+        assert generated.chosen[b] == (None if k is None else row[k])
     with pytest.raises(ValueError, match="unknown ranking mode"):
         rank(hybrid_lm, batch, "beam")
 
 
-def test_hybrid_prompts_need_an_encoder(data, tmp_path):
-    from llmrec.llm.train import load_encoder_for
+def test_hybrid_prompts_need_an_encoder(data, encoder, tmp_path):
+    from llmrec.llm.recommender import assemble_recommender
 
-    with pytest.raises(ConfigError, match="--encoder is required"):
-        load_encoder_for(None, data)
-    assert Path(tmp_path).exists()
+    lm, _ = build_recommender(tiny_config(tmp_path), data, encoder)
+    with pytest.raises(ConfigError, match="needs an encoder"):
+        build_recommender(tiny_config(tmp_path, prompt="hybrid+summary"), data, None)
+    with pytest.raises(ConfigError, match="needs an encoder"):
+        assemble_recommender(lm.model, lm.builder.tokenizer, Catalog.from_dataset(data), "hybrid", None, 128, 0)
+    text_lm, facts = build_recommender(tiny_config(tmp_path, prompt="text"), data, None)
+    assert text_lm.projector is None and facts["encoder_fingerprint"] is None
 
 
 def test_every_shipped_llm_config_parses():
@@ -386,3 +379,18 @@ def test_gradient_checkpointing_still_trains_lora_weights(data, tmp_path):
     model(input_ids=ids, labels=ids).loss.backward()
     grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
     assert grads and all(g is not None for g in grads)
+
+
+def test_an_encoder_only_model_or_a_folder_without_tokenizer_files_is_named_as_such(data, encoder, tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32)).save_pretrained(tmp_path / "bert")
+    with pytest.raises(CheckpointError, match="`bert` is an encoder.*not a decoder-only causal LM"):
+        build_recommender(tiny_config(tmp_path, llm=str(tmp_path / "bert")), data, encoder)
+    folder = save_hf_folder(tmp_path / "llama", "llama", data)
+    for f in folder.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            f.unlink()
+    with pytest.raises(CheckpointError, match="no tokenizer files"):
+        build_recommender(tiny_config(tmp_path, llm=str(folder)), data, encoder)

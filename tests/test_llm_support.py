@@ -64,6 +64,17 @@ class MeanEncoder(SequentialEncoder):
         return self.emb.weight
 
 
+def saved_encoder(data: ProcessedDataset, folder: Path, hidden_size: int = 16, seed: int = 0) -> Path:
+    """A real (registry) GRU4Rec with random weights, saved as `llmrec train-encoder` would for `data`."""
+    from llmrec.encoders.checkpoint import save_encoder
+    from llmrec.encoders.registry import build_encoder
+
+    torch.manual_seed(seed)
+    save_encoder(build_encoder("gru4rec", data.n_items, hidden_size=hidden_size, max_length=10), folder, data,
+                 index=False)
+    return folder
+
+
 def tiny_config(tmp: Path, **overrides):
     """A `TrainLLMConfig` for a 2-layer, 32-hidden Llama trained for a handful of steps."""
     from llmrec.llm.train import TrainLLMConfig
@@ -75,8 +86,11 @@ def tiny_config(tmp: Path, **overrides):
     return TrainLLMConfig(**values)
 
 
-def save_hf_folder(folder: Path, arch: str, data: ProcessedDataset, hidden: int = 32) -> Path:
-    """A tiny random Llama / Qwen2 / GPT-2 folder with a word-level tokenizer, as `save_pretrained` writes."""
+def save_hf_folder(folder: Path, arch: str, data: ProcessedDataset, hidden: int = 32, padded_rows: int = 0,
+                   seed: int = 0, tokenizer: str = "word") -> Path:
+    """A tiny random Llama / Qwen2 / GPT-2 folder with a word-level (or `bpe`) tokenizer, as `save_pretrained`
+    writes; `padded_rows` > 0 gives the embedding matrix that many rows more than the tokenizer has tokens, as
+    Qwen2 (151,936 rows for 151,665 tokens) and many checkpoints padded to a multiple of 64 do."""
     from transformers import (
         GPT2Config,
         GPT2LMHeadModel,
@@ -87,12 +101,12 @@ def save_hf_folder(folder: Path, arch: str, data: ProcessedDataset, hidden: int 
     )
 
     from llmrec.llm.prompts import template_corpus
-    from llmrec.llm.tokenizer import train_word_level_tokenizer
+    from llmrec.llm.tokenizer import train_tokenizer
 
-    tok = train_word_level_tokenizer(data.titles()[1:] + template_corpus(), 256)
-    common = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
-                  "eos_token_id": tok.eos_token_id}
-    torch.manual_seed(0)
+    tok = train_tokenizer(tokenizer, data.titles()[1:] + template_corpus(), 256, vocab_size=400)
+    common = {"vocab_size": len(tok) + padded_rows, "pad_token_id": tok.pad_token_id,
+              "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
+    torch.manual_seed(seed)
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                                              num_attention_heads=2, num_key_value_heads=1,
@@ -106,6 +120,27 @@ def save_hf_folder(folder: Path, arch: str, data: ProcessedDataset, hidden: int 
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def full_sequence_scores(lm, batch, items=None):
+    """Reference: score each of `items` (default: the candidates) by running the whole prompt + answer as its own
+    sequence, no cache, no packing, one at a time (differentiable)."""
+    items = batch.candidates if items is None else items
+    rows = []
+    embeds = lm.inputs_embeds(batch)
+    emb = lm.model.get_input_embeddings()
+    for b in range(items.shape[0]):
+        keep = batch.attention_mask[b].bool()
+        prompt = embeds[b, keep]  # [P, H]
+        row = []
+        for item in items[b].tolist():
+            ans = torch.tensor(lm.builder.answer_ids[item])
+            x = torch.cat([prompt, emb(ans)])[None]
+            logits = lm.model(inputs_embeds=x).logits[0].log_softmax(-1)  # [P+A, V]
+            P = prompt.shape[0]
+            row.append(logits[P - 1:P - 1 + len(ans)].gather(1, ans[:, None]).sum())
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
 
 
 def test_tiny_dataset_is_a_valid_llara_set():

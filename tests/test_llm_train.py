@@ -6,8 +6,10 @@ import json
 
 import pytest
 import torch
-from test_llm_support import MeanEncoder, save_hf_folder, tiny_config, tiny_dataset
+from test_llm_support import save_hf_folder, saved_encoder, tiny_config, tiny_dataset
 
+from llmrec.data.catalog import Catalog
+from llmrec.encoders.checkpoint import load_encoder
 from llmrec.errors import CheckpointError, ConfigError
 from llmrec.llm.checkpoint import load_recommender, save_checkpoint
 from llmrec.llm.datamodule import prompt_loader
@@ -21,8 +23,17 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def encoder(data):
-    return MeanEncoder(data.n_items)
+def encoder_dir(data, tmp_path_factory):
+    return saved_encoder(data, tmp_path_factory.mktemp("enc") / "gru4rec")
+
+
+@pytest.fixture(scope="module")
+def encoder(data, encoder_dir):
+    return load_encoder(encoder_dir, data)
+
+
+def save(folder, lm, facts, data, encoder_dir):
+    return save_checkpoint(folder, lm, facts, Catalog.from_dataset(data), encoder_dir if lm.projector else None)
 
 
 def train_steps(lm, data, n: int = 2, lr: float = 1e-2) -> None:
@@ -87,94 +98,153 @@ def test_the_best_validation_round_is_kept_not_the_last(data, encoder, tmp_path)
     from types import SimpleNamespace
 
     from llmrec.llm.module import LLMRecModule
+    from llmrec.training.keep_best import KeepBest
 
     lm, _ = build_recommender(tiny_config(tmp_path), data, encoder)
     module = LLMRecModule(lm)
-    module.log = lambda *args, **kwargs: None
-    module._trainer = SimpleNamespace(sanity_checking=False, estimated_stepping_batches=20, global_step=5,
-                                      current_epoch=0)
+    keep = KeepBest("valid/hr@1")
+    trainer = SimpleNamespace(sanity_checking=False, global_step=5, current_epoch=0,
+                              callback_metrics={"valid/hr@1": torch.tensor(0.75), "train/loss": torch.tensor(3.0)})
     params = module.trainable_named_parameters()
     best = {n: p.detach().clone() for n, p in params.items()}
-    module._val_ranks = [torch.tensor([0, 0, 1, 0])]          # hr@1 0.75
-    module.on_validation_epoch_end()
+    keep.on_validation_end(trainer, module)
     with torch.no_grad():
         for p in params.values():
             p.add_(1.0)
-    module._trainer.global_step = 10
-    module._val_ranks = [torch.tensor([2, 0, 3, 5])]          # hr@1 0.25: worse, not kept
-    module.on_validation_epoch_end()
-    assert [h["valid/hr@1"] for h in module.history] == [0.75, 0.25] and module.best_hr1 == 0.75
-    module.restore_best()
+    trainer.global_step, trainer.callback_metrics = 10, {"valid/hr@1": torch.tensor(0.25)}  # worse: not kept
+    keep.on_validation_end(trainer, module)
+    assert [h["valid/hr@1"] for h in keep.history] == [0.75, 0.25] and keep.best_score == 0.75
+    assert keep.best_step == 5 and "train/loss" not in keep.history[0]
+    keep.on_fit_end(trainer, module)
     assert all(torch.equal(p, best[n]) for n, p in module.trainable_named_parameters().items())
 
 
-@pytest.mark.parametrize("finetune", ["full", "lora", "lora-qwen2-untied"])
-def test_save_then_load_gives_identical_scores(finetune, data, encoder, tmp_path):
-    llm = str(save_hf_folder(tmp_path / "qwen2", "qwen2", data)) if finetune.endswith("untied") else "tiny"
-    finetune = finetune.split("-")[0]
-    config = tiny_config(tmp_path, llm=llm, finetune=finetune)
+@pytest.mark.parametrize("finetune", ["full", "lora", "lora-qwen2-untied", "lora-qwen2-padded", "full-qwen2-padded",
+                                      "lora-llama-padded"])
+def test_save_then_load_gives_identical_scores(finetune, data, encoder, encoder_dir, tmp_path):
+    kind, *arch = finetune.split("-", 1)
+    arch = arch[0] if arch else ""
+    padded = 64 if arch.endswith("padded") else 0  # embedding rows beyond the tokenizer (Qwen2-style)
+    llm = str(save_hf_folder(tmp_path / "base", arch.split("-")[0], data, padded_rows=padded)) if arch else "tiny"
+    config = tiny_config(tmp_path, llm=llm, finetune=kind)
     lm, facts = build_recommender(config, data, encoder)
+    if padded:  # the slot tokens took padding rows: the matrix was not resized, nothing was shrunk
+        assert facts["embedding_rows"] == facts["base"]["fingerprint"]["embedding_rows"] > facts["vocab_size"]
     train_steps(lm, data)
     lm.eval()
     batch = next(iter(prompt_loader(data.split("test"), lm.builder, 3, False)))
     expected, expected_text = score_candidates(lm, batch), score_candidates(lm, batch, hybrid=False)
-    save_checkpoint(tmp_path / "ckpt", lm, facts)
+    save(tmp_path / "ckpt", lm, facts, data, encoder_dir)
     files = {p.name for p in (tmp_path / "ckpt").rglob("*") if p.is_file()}
     assert not any(f.endswith((".bin", ".pt", ".pkl", ".ckpt")) for f in files)
-    assert "projector.safetensors" in files
-    if finetune == "lora":  # only the adapter: no copy of the base weights
+    assert {"projector.safetensors", "catalog.parquet", "encoder.safetensors"} <= files
+    if kind == "lora" and arch:  # only the adapter: no copy of a real base model's weights
         assert "adapter_model.safetensors" in files and "model.safetensors" not in files
-    loaded = load_recommender(tmp_path / "ckpt", data, encoder)
+    loaded = load_recommender(tmp_path / "ckpt", data)
+    assert loaded.model.get_output_embeddings().weight.shape[0] == facts["embedding_rows"]
     torch.testing.assert_close(score_candidates(loaded, batch), expected)
     torch.testing.assert_close(score_candidates(loaded, batch, hybrid=False), expected_text)
 
 
-def test_checkpoint_and_base_model_must_match(data, encoder, tmp_path):
+def swapped_tokenizer(base, folder):
+    """A copy of `base` whose tokenizer maps two words to each other's ids: same config, same size."""
+    import shutil
+
+    shutil.copytree(base, folder)
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    a, b = sorted(w for w in vocab if w.isalpha())[:2]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    return folder
+
+
+def test_checkpoint_and_base_model_must_match(data, encoder, encoder_dir, tmp_path):
     base = save_hf_folder(tmp_path / "base", "llama", data, hidden=32)
     config = tiny_config(tmp_path, llm=str(base), max_steps=1)
     lm, facts = build_recommender(config, data, encoder)
-    save_checkpoint(tmp_path / "ckpt", lm, facts)
-    wider = save_hf_folder(tmp_path / "wider", "llama", data, hidden=48)
-    with pytest.raises(CheckpointError, match="hidden size 48 .* hidden size 32"):
-        load_recommender(tmp_path / "ckpt", data, encoder, llm=wider)
-    other = tiny_dataset(n_users=18, n_items=30, seq_len=7, n_candidates=6)  # more titles -> bigger vocabulary
-    bigger = save_hf_folder(tmp_path / "bigger", "llama", other, hidden=32)
-    with pytest.raises(CheckpointError, match="vocabulary"):
-        load_recommender(tmp_path / "ckpt", data, encoder, llm=bigger)
+    save(tmp_path / "ckpt", lm, facts, data, encoder_dir)
+    refusals = {"wider": (save_hf_folder(tmp_path / "wider", "llama", data, hidden=48), "config differs"),
+                "reseeded": (save_hf_folder(tmp_path / "reseeded", "llama", data, seed=1), "weights differs"),
+                "retokenized": (swapped_tokenizer(base, tmp_path / "retokenized"), "tokenizer differs"),
+                "qwen2": (save_hf_folder(tmp_path / "qwen2", "qwen2", data), "model type qwen2 but .* llama")}
+    for name, (folder, message) in refusals.items():
+        with pytest.raises(CheckpointError, match=f"does not fit .*{message}"):
+            load_recommender(tmp_path / "ckpt", data, llm=folder)
+    other = tiny_dataset(n_users=18, n_items=30, seq_len=7, n_candidates=6)
     with pytest.raises(CheckpointError, match="another catalog"):
-        load_recommender(tmp_path / "ckpt", other, encoder)
+        load_recommender(tmp_path / "ckpt", other)
     with pytest.raises(CheckpointError, match="not an LLM checkpoint"):
-        load_recommender(tmp_path / "base", data, encoder)
-    retrained = MeanEncoder(data.n_items, hidden_size=encoder.hidden_size, seed=1)  # same shape, other weights
+        load_recommender(tmp_path / "base", data)
+    reseeded = tiny_dataset(n_users=18, n_items=24, seq_len=7, n_candidates=6)  # same catalog, other held-out users
+    reseeded.users = reseeded.users.assign(split=reseeded.users["split"].to_numpy()[::-1])
+    with pytest.raises(CheckpointError, match="cannot be used with .*training users differ"):
+        load_recommender(tmp_path / "ckpt", reseeded)
+    retrained = load_encoder(saved_encoder(data, tmp_path / "enc2", seed=1), data)  # same shape, other weights
     with pytest.raises(CheckpointError, match="weights differ"):
         load_recommender(tmp_path / "ckpt", data, retrained, llm=base)
     with pytest.raises(ConfigError, match="no such folder"):  # a mistyped --llm is not silently rebuilt
-        load_recommender(tmp_path / "ckpt", data, encoder, llm=tmp_path / "typo")
-    assert load_recommender(tmp_path / "ckpt", data, encoder, llm=base).prompt == "hybrid"
+        load_recommender(tmp_path / "ckpt", data, llm=tmp_path / "typo")
+    assert load_recommender(tmp_path / "ckpt", data, llm=base).prompt == "hybrid"
+    base.rename(tmp_path / "moved")  # the base moved and nobody says where: a clear error, then --llm works
+    with pytest.raises(CheckpointError, match="pass the base model's folder with --llm"):
+        load_recommender(tmp_path / "ckpt", data)
+    assert load_recommender(tmp_path / "ckpt", data, llm=tmp_path / "moved").prompt == "hybrid"
 
 
-def test_an_encoder_trained_on_another_catalog_is_refused(data, tmp_path):
-    from llmrec.encoders.checkpoint import save_encoder
-    from llmrec.encoders.registry import build_encoder
-    from llmrec.llm.train import load_encoder_for
+def test_a_checkpoint_folder_moves_to_another_place_and_loads_alone(data, encoder, encoder_dir, tmp_path):
+    import shutil
 
-    enc = build_encoder("gru4rec", data.n_items, hidden_size=8, max_length=10)
-    save_encoder(enc, tmp_path / "enc", data, index=False)
-    assert load_encoder_for(tmp_path / "enc", data).hidden_size == 8
+    for kind in ("full", "lora"):  # --llm tiny: full weights, or the adapter with a copy of the tiny base
+        config = tiny_config(tmp_path / kind, finetune=kind)
+        lm, facts = build_recommender(config, data, encoder)
+        train_steps(lm, data)
+        lm.eval()
+        batch = next(iter(prompt_loader(data.split("test"), lm.builder, 3, False)))
+        expected = score_candidates(lm, batch)
+        save(tmp_path / kind / "ckpt", lm, facts, data, encoder_dir)
+        moved = tmp_path / "elsewhere" / kind
+        shutil.copytree(tmp_path / kind / "ckpt", moved)
+        shutil.rmtree(tmp_path / kind)  # the original checkpoint, the tiny base cache ...
+        copy_of_encoder = tmp_path / "enc-copy"
+        shutil.copytree(encoder_dir, copy_of_encoder, dirs_exist_ok=True)
+        shutil.rmtree(encoder_dir)  # ... and the encoder folder are gone
+        try:
+            loaded = load_recommender(moved)  # no data, no encoder, no base given
+            torch.testing.assert_close(score_candidates(loaded, batch), expected)
+        finally:
+            shutil.copytree(copy_of_encoder, encoder_dir)
+
+
+def test_an_encoder_trained_on_another_catalog_or_split_is_refused(data, tmp_path):
+    enc_dir = saved_encoder(data, tmp_path / "enc", hidden_size=8)
+    assert load_encoder(enc_dir, data).hidden_size == 8
     renamed = tiny_dataset(n_users=18, n_items=24, seq_len=7, n_candidates=6,
                            titles=[f"Other {i}" for i in range(24)])
     with pytest.raises(CheckpointError, match="another catalog"):
-        load_encoder_for(tmp_path / "enc", renamed)
+        load_encoder(enc_dir, renamed)
+    # same catalog, other train/valid/test users: the encoder saw some of these valid/test users
+    reshuffled = tiny_dataset(n_users=18, n_items=24, seq_len=7, n_candidates=6)
+    reshuffled.users = reshuffled.users.assign(split=reshuffled.users["split"].to_numpy()[::-1])
+    with pytest.raises(CheckpointError, match=f"{enc_dir} cannot be used with .*training users differ.*train-encoder"):
+        load_encoder(enc_dir, reshuffled)
+    loo = tiny_dataset(n_users=18, n_items=24, seq_len=7, n_candidates=6)
+    loo.meta = {**loo.meta, "protocol": "loo"}
+    with pytest.raises(CheckpointError, match="trained on the `llara` protocol"):
+        load_encoder(enc_dir, loo)
+    last = tiny_dataset(n_users=18, n_items=24, seq_len=7, n_candidates=6, eval_positions="last")
+    assert load_encoder(enc_dir, last).hidden_size == 8  # same users held out: `last` vs `all` is no leak
 
 
 def test_cli_train_llm_then_evaluate_in_every_mode(data, tmp_path):
     from llmrec.cli import main
+    from llmrec.data.dataset import ProcessedDataset
     from llmrec.encoders.checkpoint import save_encoder
     from llmrec.encoders.registry import build_encoder
 
     data.save(tmp_path / "data")
-    save_encoder(build_encoder("gru4rec", data.n_items, hidden_size=8, max_length=10), tmp_path / "enc", data,
-                 index=False)
+    save_encoder(build_encoder("gru4rec", data.n_items, hidden_size=8, max_length=10), tmp_path / "enc",
+                 ProcessedDataset.load(tmp_path / "data"), index=False)
     cfg = tmp_path / "llm.yaml"
     cfg.write_text("tiny-layers: 2\ntiny-hidden: 32\ntiny-heads: 2\nmax-length: 256\nbatch-size: 8\n"
                    "max-steps: 2\nmax-valid-samples: 4\ndevice: cpu\n")
@@ -183,8 +253,17 @@ def test_cli_train_llm_then_evaluate_in_every_mode(data, tmp_path):
             "--out", str(tmp_path / "ckpt")]
     assert main(args) == 0
     ckpt = tmp_path / "ckpt"
-    assert {"config.yaml", "metrics.json", "checkpoint.json", "projector.safetensors"} <= {p.name for p in ckpt.iterdir()}
-    assert "test/hr@1" in json.loads((ckpt / "metrics.json").read_text())
+    assert {"config.yaml", "metrics.json", "checkpoint.json", "projector.safetensors", "catalog.parquet", "encoder",
+            "tokenizer", "logs", "eval-test-score"} <= {p.name for p in ckpt.iterdir()}
+    metrics = json.loads((ckpt / "metrics.json").read_text())
+    assert metrics["test/n_samples"] == len(data.split("test")) and 0 <= metrics["test/hr@1"] <= 1
+    curves = (ckpt / "logs" / "csv" / "metrics.csv").read_text().splitlines()
+    assert "train/loss" in curves[0] and "valid/hr@1" in curves[0] and len(curves) >= 2
+    import pandas as pd
+
+    scores = pd.read_parquet(ckpt / "eval-test-score" / "scores.parquet")
+    assert len(scores) == len(data.split("test")) and set(scores["mode"]) == {"score"}
+    assert all(len(s) == len(c) for s, c in zip(scores["scores"], scores["candidates"]))
     for mode in ("score", "generate", "constrained"):
         assert main(["evaluate", "--ckpt", str(ckpt), "--data", str(tmp_path / "data"), "--mode", mode,
                      "--max-new-tokens", "8", "--device", "cpu"]) == 0
@@ -192,7 +271,10 @@ def test_cli_train_llm_then_evaluate_in_every_mode(data, tmp_path):
         for key in ("hr@1", "hr@1_valid", "valid_ratio", "candidates/ndcg@5", "n_samples", "seed", "protocol",
                     "mode", "hr@1_last"):
             assert key in m, key
-        assert m["mode"] == mode and m["n_samples"] == len(data.split("test"))
+        assert m["mode"] == mode and m["n_samples"] == len(data.split("test")) and m["users_per_second"] > 0
+        ranked = pd.read_parquet(ckpt / f"eval-test-{mode}" / "scores.parquet")
+        assert len(ranked) == m["n_samples"] and set(ranked["split"]) == {"test"}
+        assert m["hr@1"] == pytest.approx((ranked["chosen"] == ranked["target"]).mean())
         if mode != "generate":
             assert m["valid_ratio"] == 1.0
     # a non-checkpoint folder refuses to be overwritten; a missing checkpoint is a clear error (exit 2)
@@ -204,7 +286,8 @@ def test_text_only_prompts_train_without_an_encoder(data, tmp_path):
     config = tiny_config(tmp_path, prompt="text", max_steps=2)
     lm, facts = build_recommender(config, data, None)
     assert lm.projector is None and facts["encoder_hidden"] is None
-    module = fit(lm, data, config)
-    assert module.best_hr1 >= 0.0
-    save_checkpoint(tmp_path / "ckpt", lm, facts)
+    _, keep_best = fit(lm, data, config)
+    assert 0.0 <= keep_best.best_score <= 1.0 and keep_best.history
+    save(tmp_path / "ckpt", lm, facts, data, None)
     assert load_recommender(tmp_path / "ckpt", data).projector is None
+    assert not (tmp_path / "ckpt" / "encoder").exists()

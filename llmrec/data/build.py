@@ -11,7 +11,10 @@ Every row that does not make it into the processed tables is counted in `dropped
 - `users_below_min_interactions` / `interactions_of_dropped_users`: users with fewer than
   `min_interactions` distinct items (counted after the two steps above);
 - `items_without_interactions`: catalog items no kept user interacted with (they would get no training
-  signal and only enlarge the candidate pool).
+  signal and only enlarge the candidate pool);
+- `samples_too_few_unseen_items`: samples whose user had seen so much of the catalog by then that fewer unseen
+  items are left than the candidate set's negatives need (the warning names the users by raw id and the
+  `--candidates` value that keeps every sample; if dropping would empty a split, it is an error instead).
 Ordering: interactions are sorted by time per user with a *stable* sort, so ties keep the file order.
 Ids: users and items are numbered 1..n in the order of their raw ids (numerically when all raw ids are
 integers, else as strings), so ML-100K keeps its own ids; 0 is padding.
@@ -35,7 +38,7 @@ from llmrec.data.protocols import (
     loo_positions,
     split_users,
 )
-from llmrec.data.raw import RawData
+from llmrec.data.raw import RawData, no_data_rows
 from llmrec.data.titles import fallback_title, normalize_title, unique_titles
 from llmrec.errors import DataError
 
@@ -60,10 +63,17 @@ class BuildOptions:
 
 def id_order(raw_ids: pd.Series) -> list[str]:
     """Distinct raw ids in numbering order: numeric when all are integers, else lexicographic."""
-    ids = pd.unique(raw_ids.astype(str))
+    ids = list(dict.fromkeys(raw_ids.astype(str).tolist()))  # a list: iterating an Arrow array is slow
     if all(_INT.match(x) for x in ids):
         return sorted(ids, key=lambda x: (int(x), x))
     return sorted(ids)
+
+
+def _isin(values: pd.Series, allowed: pd.Series) -> np.ndarray:
+    """(len(values),) bool: which values are in `allowed`. Not `Series.isin`: on pandas' Arrow-backed string
+    columns it builds one pyarrow scalar per allowed value (seconds for a 100k-item catalog)."""
+    allowed_set = set(allowed.tolist())
+    return np.fromiter((v in allowed_set for v in values.tolist()), dtype=bool, count=len(values))
 
 
 def _check_items(items: pd.DataFrame, dropped: dict[str, int]) -> pd.DataFrame:
@@ -92,11 +102,15 @@ def clean(raw: RawData, opts: BuildOptions) -> tuple[pd.DataFrame, pd.DataFrame,
     inter["item"] = inter["item"].astype(str)
     items = raw.items.copy()
     items["item"] = items["item"].astype(str)
+    # the loaders report empty files themselves; this guards loaders added later
+    names = [f.name for f in raw.files] + ["the interactions file", "the items file"][len(raw.files):]
+    if len(inter) == 0:
+        raise no_data_rows(names[0], "one row per interaction")
     if len(items) == 0:
-        raise DataError("the items file holds no items")
+        raise no_data_rows(names[1], "one row per item")
     items = _check_items(items, dropped)
 
-    known = inter["item"].isin(set(items["item"]))
+    known = _isin(inter["item"], items["item"])
     n_unknown = int((~known).sum())
     if n_unknown:
         example = inter.loc[~known, "item"].iloc[0]
@@ -130,7 +144,7 @@ def clean(raw: RawData, opts: BuildOptions) -> tuple[pd.DataFrame, pd.DataFrame,
         raise DataError(f"no interactions left after filtering (min_interactions={opts.min_interactions}; "
                         f"dropped: {dropped or 'nothing'}); lower --min-interactions or check the raw files")
 
-    used = items["item"].isin(set(inter["item"]))
+    used = _isin(items["item"], inter["item"])
     if not used.all():
         dropped["items_without_interactions"] = int((~used).sum())
         log.info("dropped %d catalog item(s) without interactions", int((~used).sum()))
@@ -189,15 +203,15 @@ def build(raw: RawData, opts: BuildOptions) -> tuple[ProcessedDataset, dict[str,
         user_split = np.full(n_users, "all", dtype=object)
     users_df = pd.DataFrame({"user_id": user_ids, "raw_id": user_raw, "split": user_split.tolist()})
 
-    samples = _samples(uid, iid, n_items, user_split, opts)
+    samples = _samples(uid, iid, n_items, user_split, user_raw, opts, dropped)
     ds = ProcessedDataset(meta={"n_users": n_users, "n_items": n_items, "n_interactions": len(interactions),
                                 "n_samples": {s: len(samples[s]) for s in SPLITS}, "protocol": opts.protocol},
                           items=items_df, interactions=interactions, users=users_df, samples=samples)
     return ds, {"dropped": dropped, "titles": title_stats}
 
 
-def _samples(uid: np.ndarray, iid: np.ndarray, n_items: int, user_split: np.ndarray,
-             opts: BuildOptions) -> dict[str, pd.DataFrame]:
+def _samples(uid: np.ndarray, iid: np.ndarray, n_items: int, user_split: np.ndarray, user_raw: list[str],
+             opts: BuildOptions, dropped: dict[str, int]) -> dict[str, pd.DataFrame]:
     """All samples of all users; `uid` sorted, `iid` in time order within each user."""
     h = opts.history_length
     picked: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {s: ([], []) for s in SPLITS}
@@ -216,11 +230,15 @@ def _samples(uid: np.ndarray, iid: np.ndarray, n_items: int, user_split: np.ndar
                 picked[split][0].append(np.full(len(positions), user, dtype=np.int64))
                 picked[split][1].append(positions + s)  # index into uid/iid
     in_user = _positions_in_user(uid)
-    out = {}
+    chosen = {}
     for split, (us, idx) in picked.items():
         users = np.concatenate(us) if us else np.empty(0, dtype=np.int64)
         index = np.concatenate(idx) if idx else np.empty(0, dtype=np.int64)
-        positions = in_user[index]
+        chosen[split] = (users, index, in_user[index])
+    keep = _enough_unseen({s: (u, p) for s, (u, _, p) in chosen.items()}, n_items, user_raw, opts, dropped)
+    out = {}
+    for split, (users, index, positions) in chosen.items():
+        users, index, positions = users[keep[split]], index[keep[split]], positions[keep[split]]
         start = index - positions
         cands = sample_candidates(uid, iid, users, positions, n_items, opts.candidates, opts.seed)
         out[split] = pd.DataFrame({
@@ -232,6 +250,60 @@ def _samples(uid: np.ndarray, iid: np.ndarray, n_items: int, user_split: np.ndar
             "candidates": pd.Series(list(cands), dtype=object),
         })
     return out
+
+
+def _enough_unseen(samples: dict[str, tuple[np.ndarray, np.ndarray]], n_items: int, user_raw: list[str],
+                   opts: BuildOptions, dropped: dict[str, int]) -> dict[str, np.ndarray]:
+    """Per split, (N,) bool: which samples leave the candidates - 1 unseen items their negatives need.
+
+    A sample whose user had seen almost the whole catalog by its position cannot get a full candidate set
+    (every model is scored on sets of one size). Such samples are dropped, counted in `dropped` and named by
+    the user's raw id in a warning, with the `--candidates` value that would keep them all (if one does). When
+    that would leave a split with no sample at all, it is an error instead, naming the `--candidates` value that
+    keeps every sample, else one that keeps some samples of every split, else saying that none can.
+    samples: split -> (users, positions), contiguous user ids and 0-based target positions.
+    """
+    k, c = opts.candidates - 1, opts.candidates
+    unseen = {s: n_items - p - 1 for s, (_, p) in samples.items()}  # items distinct per user: p + 1 seen
+    keep = {s: v >= k for s, v in unseen.items()}
+    n_short = sum(int((~m).sum()) for m in keep.values())
+    if n_short == 0:
+        return keep
+    filled = [s for s in SPLITS if len(unseen[s])]
+    keep_all = min(int(unseen[s].min()) for s in filled) + 1  # the largest --candidates keeping every sample
+
+    def who(split: str, i: int) -> str:
+        u, p = samples[split][0][i], samples[split][1][i]
+        return (f"user {user_raw[int(u) - 1]!r} had seen {int(p) + 1} of the {n_items} items by position "
+                f"{int(p)}, leaving {int(unseen[split][i])} unseen")
+
+    emptied = [s for s in filled if not keep[s].any()]
+    if emptied:
+        s = emptied[0]
+        best = int(np.argmax(unseen[s]))
+        keep_some = min(int(unseen[t].max()) for t in filled) + 1  # keeps the best sample of every split
+        if keep_all >= 2:
+            fix = f"pass --candidates {keep_all} (it keeps every sample)"
+        elif keep_some >= 2:
+            fix = (f"pass --candidates {keep_some} (it keeps some samples of every split; samples with fewer "
+                   f"unseen items are dropped and counted)")
+        else:
+            fix = (f"no --candidates value helps: every {s} sample's user had seen the whole catalog; remove "
+                   f"such users from the raw data")
+        raise DataError(f"--candidates {c} needs {k} unseen items per sample for the negatives, but no {s} sample "
+                        f"has that many: {who(s, best)} (the most of any {s} sample); {fix}")
+    worst_split = min(filled, key=lambda t: int(unseen[t].min()))
+    worst = int(np.argmin(unseen[worst_split]))
+    per_split = ", ".join(f"{s} {int((~keep[s]).sum())}" for s in SPLITS if len(keep[s]) and not keep[s].all())
+    raw_ids = sorted({user_raw[int(u) - 1] for s in filled for u in samples[s][0][~keep[s]]})
+    shown = ", ".join(repr(r) for r in raw_ids[:5]) + (f" and {len(raw_ids) - 5} more" if len(raw_ids) > 5 else "")
+    advice = (f"pass --candidates {keep_all} to keep every sample" if keep_all >= 2 else
+              "no --candidates value keeps them all, since a user had seen every item")
+    log.warning("dropped %d sample(s) (%s) whose user had seen so much of the catalog that fewer than the %d unseen "
+                "items --candidates %d needs were left: user(s) %s (e.g. %s); %s", n_short, per_split, k, c, shown,
+                who(worst_split, worst), advice)
+    dropped["samples_too_few_unseen_items"] = n_short
+    return keep
 
 
 def _positions_in_user(uid: np.ndarray) -> np.ndarray:

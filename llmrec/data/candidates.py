@@ -9,10 +9,18 @@ Each sample's random numbers are a function of (seed, user id, position) alone -
 - all samples are drawn at once with array operations (about a second for ML-100K's 100k samples).
 Negatives are drawn uniformly without replacement from the items that are neither among the user's earlier items
 (the whole earlier sequence, not only the truncated history) nor the target: rejection sampling over
-`DRAWS` hashed draws per sample, keeping the first distinct unseen ones; the rare sample that runs out (a user
-who has seen most of the catalog) falls back to an exact draw from the explicit complement, seeded from the same
-triple. The target is then put at a uniformly random slot, which shuffles the set (the negatives are already in
-random order).
+`DRAWS` hashed draws per sample, keeping the first distinct unseen ones. The rare sample that runs out, and every
+sample of a user who has seen more than half the catalog by then (so the choice of path depends on the data
+only), takes an exact draw instead: k ranks drawn without replacement by a Philox generator keyed by the sample's
+hash, among the unseen items in id order. The target is then put at a uniformly random slot, which shuffles the
+set (the negatives are already in random order).
+
+The exact draw never builds the unseen set of a sample (that was quadratic: a user with 100,000 items spent
+15 s there). A user's items in time order followed by the items they never saw, in id order, form a permutation
+S of the catalog in which the items unseen at position p are exactly the suffix S[p+1:]; the r-th unseen item
+in id order is the r-th smallest value of that suffix, answered for all of the user's exact samples at once by a
+wavelet matrix over S (`suffix_kth`: O(n_items log n_items) once per user, O(log n_items) per rank). The draws
+are the same as those of the explicit complement.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 CHUNK = 16384  # samples per vectorised batch (bounds memory: CHUNK x DRAWS x a few int64 arrays)
+FEW_EXACT = 8  # up to this many exact samples of one user are answered by sorting, more by `suffix_kth`
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -58,7 +67,8 @@ def sample_candidates(uid: np.ndarray, iid: np.ndarray, users: np.ndarray, posit
     users, positions: (N,) the samples: the target is the user's item at `position` (0-based, time order), the
         items at earlier positions are the ones the user has seen.
     Returns (N, n_candidates) int64 rows holding the target and n_candidates - 1 unseen items, shuffled.
-    Raises DataError when a user has seen so much of the catalog that too few items are left.
+    Raises DataError when a user has seen so much of the catalog that too few items are left (a guard: the
+    build step drops or reports such samples first, naming the user by raw id).
     """
     k = n_candidates - 1
     n = len(users)
@@ -77,19 +87,23 @@ def sample_candidates(uid: np.ndarray, iid: np.ndarray, users: np.ndarray, posit
     pair_sorted, pos_sorted = pair[order], item_pos[order]
 
     short = n_items - (positions + 1) < k
-    if short.any():
+    if short.any():  # callers drop or report these first (`llmrec.data.build`); a guard, not the user's message
         i = int(np.flatnonzero(short)[0])
         raise DataError(f"user {int(users[i])} position {int(positions[i])}: only "
                         f"{n_items - int(positions[i]) - 1} items are not in the user's history, but "
-                        f"{n_candidates} candidates need {k} negatives; lower --candidates (the catalog has "
-                        f"{n_items} items)")
+                        f"{n_candidates} candidates need {k} negatives (the catalog has {n_items} items)")
 
-    for lo in range(0, n, CHUNK):
-        sl = slice(lo, min(lo + CHUNK, n))
-        u, p = users[sl].astype(np.int64), positions[sl].astype(np.int64)
-        keys = sample_keys(seed, u, p)
-        targets = iid[starts[u] + p]
-        cand = 1 + (_uniform(keys, draws) * n_items).astype(np.int64)  # (B, draws) in 1..n_items
+    users64, pos64 = users.astype(np.int64), positions.astype(np.int64)
+    keys = sample_keys(seed, users64, pos64)
+    neg = np.empty((n, k), dtype=np.int64)
+    # a user who has seen more than half the catalog always takes the exact path, so the choice of path depends
+    # on the data only; those samples skip the hashed draws altogether
+    exact = (pos64 + 1) * 2 > n_items
+    hashed = np.flatnonzero(~exact)
+    for lo in range(0, len(hashed), CHUNK):
+        rows = hashed[lo:lo + CHUNK]
+        u, p = users64[rows], pos64[rows]
+        cand = 1 + (_uniform(keys[rows], draws) * n_items).astype(np.int64)  # (B, draws) in 1..n_items
         q = u[:, None] * (n_items + 1) + cand
         idx = np.minimum(np.searchsorted(pair_sorted, q), len(pair_sorted) - 1)
         seen = (pair_sorted[idx] == q) & (pos_sorted[idx] <= p[:, None])
@@ -102,28 +116,90 @@ def sample_candidates(uid: np.ndarray, iid: np.ndarray, users: np.ndarray, posit
         np.put_along_axis(dup, srt, dup_sorted, axis=1)
         valid = ~seen & ~dup
         csum = np.cumsum(valid, axis=1)
-        ok = csum[:, -1] >= k
-        # a user who has seen more than half the catalog always takes the exact path, so the choice of path
-        # depends on the data only
-        ok &= (p + 1) * 2 <= n_items
-        neg = np.empty((len(u), k), dtype=np.int64)
+        ok = csum[:, -1] >= k  # else: too few distinct unseen draws, the exact path
         take = valid & (csum <= k) & ok[:, None]
-        neg[ok] = cand[take].reshape(-1, k)
-        for r in np.flatnonzero(~ok):
-            neg[r] = _exact_negatives(iid[starts[u[r]]:starts[u[r]] + p[r] + 1], n_items, k, int(keys[r]))
-        slot = (_uniform(keys, 1, offset=draws)[:, 0] * n_candidates).astype(np.int64)  # (B,) in 0..k
+        neg[rows[ok]] = cand[take].reshape(-1, k)
+        exact[rows[~ok]] = True
+    rows = np.flatnonzero(exact)
+    if len(rows):
+        neg[rows] = _exact_negatives(iid, starts, users64[rows], pos64[rows], keys[rows], n_items, k)
+
+    for lo in range(0, n, CHUNK):
+        sl = slice(lo, min(lo + CHUNK, n))
+        targets = iid[starts[users64[sl]] + pos64[sl]]
+        slot = (_uniform(keys[sl], 1, offset=draws)[:, 0] * n_candidates).astype(np.int64)  # (B,) in 0..k
         col = np.arange(n_candidates)[None, :]
         gather = np.clip(col - (col > slot[:, None]), 0, k - 1)
-        rows = np.take_along_axis(neg, gather, axis=1)
-        out[sl] = np.where(col == slot[:, None], targets[:, None], rows)
+        rows_b = np.take_along_axis(neg[sl], gather, axis=1)
+        out[sl] = np.where(col == slot[:, None], targets[:, None], rows_b)
     return out
 
 
-def _exact_negatives(seen_items: np.ndarray, n_items: int, k: int, key: int) -> np.ndarray:
-    """k items drawn without replacement from the explicit complement of `seen_items` (deterministic in key)."""
-    mask = np.ones(n_items + 1, dtype=bool)
-    mask[0] = False
-    mask[seen_items] = False
-    pool = np.flatnonzero(mask)
-    rng = np.random.Generator(np.random.Philox(key=key))
-    return rng.choice(pool, size=k, replace=False)
+def _exact_negatives(iid: np.ndarray, starts: np.ndarray, users: np.ndarray, positions: np.ndarray,
+                     keys: np.ndarray, n_items: int, k: int) -> np.ndarray:
+    """(R, k) negatives of R samples, each drawn without replacement from its explicit complement.
+
+    Sample r takes the items of ranks `Philox(keys[r]).choice(pool, k, replace=False)` among its `pool`
+    unseen items in id order -- what `choice` on the sorted complement returns, without building it: one
+    permutation S (the user's items in time order, then the never-seen items) per user, whose suffix
+    S[p+1:] holds exactly the items unseen at position p (module docstring). A user with at most `FEW_EXACT`
+    such samples has each suffix sorted instead (the same items, without building the matrix).
+    """
+    out = np.empty((len(users), k), dtype=np.int64)
+    bits = np.random.Philox(key=0)
+    rng = np.random.Generator(bits)
+    order = np.argsort(users, kind="stable")
+    bounds = np.flatnonzero(np.diff(users[order])) + 1
+    for group in np.split(order, bounds):
+        u = int(users[group[0]])
+        sequence = iid[starts[u]:starts[u + 1]]
+        never_seen = np.ones(n_items + 1, dtype=bool)
+        never_seen[0] = False
+        never_seen[sequence] = False
+        perm = np.concatenate([sequence, np.flatnonzero(never_seen)])  # (n_items,) a permutation of 1..n_items
+        ranks = np.empty((len(group), k), dtype=np.int64)
+        for j, r in enumerate(group.tolist()):
+            _philox_key(bits, int(keys[r]))
+            ranks[j] = rng.choice(n_items - int(positions[r]) - 1, size=k, replace=False)
+        if len(group) <= FEW_EXACT:  # a few samples: sorting each one's complement is cheaper than the matrix
+            for j, r in enumerate(group.tolist()):
+                out[r] = np.sort(perm[int(positions[r]) + 1:])[ranks[j]]
+            continue
+        lo = np.repeat(positions[group] + 1, k)
+        out[group] = suffix_kth(perm, lo, ranks.ravel()).reshape(len(group), k)
+    return out
+
+
+def _philox_key(bits: np.random.Philox, key: int) -> None:
+    """Put `bits` in the state of a fresh `Philox(key=key)` (constructing one per sample costs 3x more)."""
+    bits.state = {"bit_generator": "Philox",
+                  "state": {"counter": np.zeros(4, dtype=np.uint64),
+                            "key": np.array([key & 0xFFFFFFFFFFFFFFFF, key >> 64], dtype=np.uint64)},
+                  "buffer": np.zeros(4, dtype=np.uint64), "buffer_pos": 4, "has_uint32": 0, "uinteger": 0}
+
+
+def suffix_kth(values: np.ndarray, lo: np.ndarray, kth: np.ndarray) -> np.ndarray:
+    """For each query q, the kth[q]-th smallest (0-based) of values[lo[q]:], for many queries at once.
+
+    values: (N,) non-negative integers; lo, kth: (Q,) with 0 <= kth[q] < N - lo[q]. A wavelet matrix, built
+    and queried level by level (one bit of the values per level, most significant first): at each level the
+    sequence is stably partitioned into the values whose bit is 0, then those whose bit is 1, and a query's
+    range [l, r) follows its answer's side. O((N + Q) * bits) time, O(N + Q) memory.
+    """
+    cur = values.astype(np.int64)
+    n = len(cur)
+    left = lo.astype(np.int64)
+    right = np.full(len(left), n, dtype=np.int64)
+    k = kth.astype(np.int64)
+    out = np.zeros(len(left), dtype=np.int64)
+    for b in range(max(int(cur.max()).bit_length(), 1) - 1, -1, -1):
+        one = ((cur >> b) & 1).astype(bool)
+        zeros = np.concatenate([[0], np.cumsum(~one)])  # (N+1,) zeros before each index
+        n_zeros = int(zeros[-1])
+        zl, zr = zeros[left], zeros[right]
+        go_one = k >= zr - zl  # fewer than k+1 values of this range have a 0 here: the answer has a 1
+        k = np.where(go_one, k - (zr - zl), k)
+        left, right = np.where(go_one, n_zeros + left - zl, zl), np.where(go_one, n_zeros + right - zr, zr)
+        out |= go_one.astype(np.int64) << b
+        cur = np.concatenate([cur[~one], cur[one]])
+    return out

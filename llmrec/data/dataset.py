@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +27,13 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from llmrec.atomic import atomic_directory, atomic_write_text, check_replaceable
+from llmrec.atomic import (
+    LegacyOutput,
+    PreviousOutput,
+    atomic_write_text,
+    check_output,
+    output_directory,
+)
 from llmrec.errors import DataError
 
 FORMAT_VERSION = 1
@@ -42,6 +49,28 @@ MARKER = "llmrec-processed-dataset"
 
 def _prepare_hint(path: Path) -> str:
     return f"run `llmrec prepare --dataset ml-100k --out {path}` (or another --dataset) first"
+
+
+def _rebuild_hint(folder: Path, damaged: Path | None = None) -> str:
+    """How to rebuild a damaged or incomplete prepare output, with the options saved beside it (config.yaml).
+
+    `prepare` refuses to overwrite a file changed since it wrote it (`llmrec.atomic.check_output`), so a
+    `damaged` file must first leave the folder; a damaged meta.json of a folder without llmrec's output marker
+    means prepare cannot prove the folder is its own at all, so the whole folder must be moved away.
+    """
+    from llmrec.atomic import read_output_marker
+
+    config = folder / "config.yaml"
+    rerun = (f"`llmrec prepare --config {config}`" if config.is_file() else
+             f"`llmrec prepare --out {folder}` with the options it was prepared with")
+    if damaged is None:
+        return f"it was written by `llmrec prepare`: re-run {rerun} to complete it"
+    if damaged.name == META_FILE and read_output_marker(folder) is None:
+        moved = folder.with_name(folder.name + ".damaged")
+        return (f"move the folder away (e.g. to {moved}), then re-run "
+                f"{rerun.replace(str(config), str(moved / 'config.yaml'))} to rebuild it")
+    return (f"it was written by `llmrec prepare`: move {damaged.name} out of the folder (or delete it), then "
+            f"re-run {rerun} to rebuild the folder")
 
 
 @dataclass
@@ -122,12 +151,13 @@ class ProcessedDataset:
         return self.samples[name]
 
     # ------------------------------------------------------------------ I/O
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the folder atomically; an existing folder must be a previous prepare output."""
+    def save(self, path: str | os.PathLike, extra_files: Callable[[Path], None] | None = None) -> Path:
+        """Write the folder atomically; an existing folder must be a previous prepare output (files a user added
+        to it are kept: `llmrec.atomic.output_directory`). `extra_files(tmp)` writes more files into the folder
+        before it is put in place (prepare's config.yaml)."""
         path = Path(path)
-        check_output_dir(path)
         meta = {**self.meta, "format": MARKER, "format_version": FORMAT_VERSION}
-        with atomic_directory(path) as tmp:
+        with output_directory(path, OUTPUT_COMMAND, legacy=LEGACY_OUTPUT, what=OUTPUT_WHAT, error=DataError) as tmp:
             self.items.loc[:, list(ITEM_COLUMNS)].to_parquet(tmp / "items.parquet", index=False)
             self.interactions.loc[:, list(INTERACTION_COLUMNS)].to_parquet(tmp / "interactions.parquet", index=False)
             self.users.loc[:, list(USER_COLUMNS)].to_parquet(tmp / "users.parquet", index=False)
@@ -135,12 +165,18 @@ class ProcessedDataset:
                 self.samples[split].loc[:, list(SAMPLE_COLUMNS)].to_parquet(tmp / f"samples_{split}.parquet",
                                                                              index=False)
             atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2, sort_keys=False) + "\n")
+            if extra_files is not None:
+                extra_files(tmp)
         self.meta, self.root = meta, path
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ProcessedDataset:
-        """Read a folder written by `llmrec prepare`; a clear error names what is missing."""
+        """Read a folder written by `llmrec prepare`; a clear error names what is missing.
+
+        A table that cannot be read (truncated by an interrupted copy, say) or whose row count differs from the
+        one meta.json records is named as damaged, with the way to rebuild the folder from its config.yaml.
+        """
         path = Path(path)
         if not path.is_dir():
             raise DataError(f"data folder {path} does not exist; {_prepare_hint(path)}")
@@ -150,14 +186,40 @@ class ProcessedDataset:
                               ("users", USER_COLUMNS)) + tuple((f"samples_{s}", SAMPLE_COLUMNS) for s in SPLITS):
             f = path / f"{name}.parquet"
             if not f.is_file():
-                raise DataError(f"{f} is missing: {path} is an incomplete prepare output; {_prepare_hint(path)}")
-            df = pd.read_parquet(f)
+                raise DataError(f"{f} is missing: {path} is an incomplete prepare output; {_rebuild_hint(path)}")
+            df = _read_table(f, path)
             missing = [c for c in columns if c not in df.columns]
             if missing:
-                raise DataError(f"{f}: missing column(s) {', '.join(missing)}; expected {', '.join(columns)}")
+                raise DataError(f"{f}: missing column(s) {', '.join(missing)}; expected {', '.join(columns)}; "
+                                f"{_rebuild_hint(path, f)}")
             tables[name] = df
+        _check_counts(path, meta, tables)
         return cls(meta=meta, items=tables["items"], interactions=tables["interactions"], users=tables["users"],
                    samples={s: tables[f"samples_{s}"] for s in SPLITS}, root=path)
+
+
+def _read_table(f: Path, folder: Path) -> pd.DataFrame:
+    """One parquet table of a processed folder; a damaged (e.g. truncated) file is named, never a traceback."""
+    import pyarrow as pa
+
+    try:
+        return pd.read_parquet(f)
+    except (OSError, ValueError, TypeError, NotImplementedError, pa.ArrowException) as e:
+        reason = " ".join(str(e).split())[:160]
+        raise DataError(f"{f} is damaged (not a readable parquet file: {reason}); {_rebuild_hint(folder, f)}") \
+            from None
+
+
+def _check_counts(path: Path, meta: dict[str, Any], tables: dict[str, pd.DataFrame]) -> None:
+    """Row counts against meta.json: a table damaged or swapped after `prepare` wrote it is caught here."""
+    expected = {"items": meta.get("n_items"), "interactions": meta.get("n_interactions"),
+                "users": meta.get("n_users")}
+    expected.update({f"samples_{s}": (meta.get("n_samples") or {}).get(s) for s in SPLITS})
+    for name, n in expected.items():
+        if isinstance(n, int) and len(tables[name]) != n:
+            f = path / f"{name}.parquet"
+            raise DataError(f"{f} has {len(tables[name])} rows but {path / META_FILE} records {n}: the folder "
+                            f"was damaged or edited after `llmrec prepare` wrote it; {_rebuild_hint(path, f)}")
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -168,7 +230,9 @@ def read_meta(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(f.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{f}: not valid JSON ({e})") from None
+        raise DataError(f"{f} is damaged (not valid JSON: {e}); {_rebuild_hint(Path(path), f)}") from None
+    except OSError as e:
+        raise DataError(f"cannot read {f}: {e.strerror or e}") from None
     if not isinstance(meta, dict) or meta.get("format") != MARKER:
         raise DataError(f"{f} was not written by `llmrec prepare`; {_prepare_hint(Path(path))}")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -185,6 +249,12 @@ def is_processed_dir(path: Path) -> bool:
         return False
 
 
-def check_output_dir(path: Path) -> None:
+OUTPUT_COMMAND = "prepare"
+OUTPUT_WHAT = "a previous `llmrec prepare` output"
+# prepare outputs written before `.llmrec-output.json`: proven by meta.json's format field
+LEGACY_OUTPUT = LegacyOutput(is_processed_dir, ("*.parquet", META_FILE, "config.yaml"))
+
+
+def check_output_dir(path: Path) -> PreviousOutput | None:
     """Refuse to replace a folder that is neither empty nor a previous prepare output (never deletes it)."""
-    check_replaceable(path, is_processed_dir, "a previous `llmrec prepare` output", DataError)
+    return check_output(path, OUTPUT_COMMAND, legacy=LEGACY_OUTPUT, what=OUTPUT_WHAT, error=DataError)

@@ -52,10 +52,12 @@ class PrepareConfig:
     eval_positions: Literal["last", "all"] = option(
         "last", "llara only: valid/test users contribute their final position (last) or every position with "
                 ">= 3 history items (all)")
-    seed: int = option(42, "seed of the user split and the candidate sets")
-    min_interactions: int = option(5, "drop users with fewer distinct items than this")
-    max_history: int | None = option(None, "history length of a sample; None = 10 for llara, 200 for loo")
-    candidates: int = option(20, "candidate set size: the target plus this many minus one unseen items")
+    seed: int = option(42, "seed of the user split and the candidate sets", min=0, max=2**32 - 1)
+    min_interactions: int = option(5, "drop users with fewer distinct items than this", min=1)
+    max_history: int | None = option(None, "history length of a sample; None = 10 for llara, 200 for loo",
+                                     min=1)
+    candidates: int = option(20, "candidate set size: the target plus this many minus one unseen items",
+                            min=2)
     domain: Literal["movies", "games", "music", "generic"] | None = option(
         None, "what the items are, for prompt wording; None = from the dataset")
     unknown_items: Literal["drop", "error"] = option(
@@ -186,8 +188,7 @@ def prepare(config: PrepareConfig) -> ProcessedDataset:
         "config": config_to_dict(config),
     }
     ds.meta["seconds"] = round(time.perf_counter() - started, 2)
-    ds.save(out)
-    save_config(config, out)
+    ds.save(out, extra_files=lambda tmp: save_config(config, tmp))
     log.info("wrote %s in %.1f s", out, time.perf_counter() - started)
     return ds
 

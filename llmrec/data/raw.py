@@ -9,13 +9,17 @@ protocol step maps them to contiguous integers. Everything that drops data happe
 
 Parsing is done line by line in Python for the fixed formats (not `pandas.read_csv`) because a bad line must
 be reported with its file and line number, and pandas silently fills short lines with NaN and shifts row
-numbers over blank lines.
+numbers over blank lines. Nothing damaged is read silently: a file without data rows is an error naming it
+(`no_data_rows`), a file mixing encodings is decoded line by line and logged (`decode`), a time that is not a
+finite number within int64 is an error naming its line (`parse_time`); each format's own repairs (a separator
+inside a title, say) are described in its module.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -26,6 +30,8 @@ from typing import Any
 import pandas as pd
 
 from llmrec.errors import DataError
+
+log = logging.getLogger(__name__)
 
 RAW_INTERACTION_COLUMNS: tuple[str, ...] = ("user", "item", "timestamp")
 RAW_ITEM_COLUMNS: tuple[str, ...] = ("item", "title", "genres", "where")
@@ -105,21 +111,52 @@ def make_raw(users: list[str], items: list[str], timestamps: list[Any],
 def decode(data: bytes, name: str, encoding: str = "utf-8", fallback: str | None = None) -> str:
     """Decode `data`; a bad byte raises `DataError` with the file and line, unless `fallback` is given.
 
-    The MovieLens files are latin-1, but users often re-save them as UTF-8; such loaders pass
-    `encoding="utf-8", fallback="latin-1"` (valid multi-byte UTF-8 essentially never occurs in latin-1 text,
-    and latin-1 decodes any byte), so both read correctly instead of giving mojibake.
+    The MovieLens files are latin-1, but users often re-save them as UTF-8, or paste a UTF-8 line into a latin-1
+    file; such loaders pass `encoding="utf-8", fallback="latin-1"`. Then each line is decoded by itself: as UTF-8
+    when it is valid UTF-8, else as latin-1 (valid multi-byte UTF-8 essentially never occurs in latin-1 text, and
+    latin-1 decodes any byte), so a mixed file reads correctly instead of turning every accented title into
+    mojibake; what was done is logged. A leading UTF-8 byte-order mark is dropped.
     """
+    utf8 = encoding.lower().replace("_", "-") in ("utf-8", "utf8")
+    if utf8 and data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as e:
-        if fallback is not None:
-            return data.decode(fallback)
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{name} line {line}: byte 0x{data[e.start]:02x} is not valid {encoding} text; expected "
-                        f"a {encoding} file (re-save it as {encoding}, or give its encoding with --encoding)") \
-            from None
+        if fallback is None:
+            line = data.count(b"\n", 0, e.start) + 1
+            raise DataError(f"{name} line {line}: byte 0x{data[e.start]:02x} is not valid {encoding} text; expected "
+                            f"a {encoding} file (re-save it as {encoding}, or give its encoding with --encoding)") \
+                from None
     except LookupError:
         raise DataError(f"{name}: unknown text encoding {encoding!r}") from None
+    return _decode_per_line(data, name, encoding, fallback)
+
+
+def _decode_per_line(data: bytes, name: str, encoding: str, fallback: str) -> str:
+    """Each line in `encoding` if it is valid there, else in `fallback` (logged; a warning if both occur)."""
+    out, in_fallback, non_ascii = [], [], []
+    for number, part in enumerate(data.split(b"\n"), 1):
+        try:
+            text = part.decode(encoding)
+            if not part.isascii():
+                non_ascii.append(number)
+        except UnicodeDecodeError:
+            try:
+                text = part.decode(fallback)
+            except UnicodeDecodeError as e:
+                raise DataError(f"{name} line {number}: byte 0x{part[e.start]:02x} is neither {encoding} nor "
+                                f"{fallback} text; expected a {encoding} or {fallback} file") from None
+            in_fallback.append(number)
+        out.append(text)
+    if non_ascii:
+        log.warning("%s mixes text encodings: %d line(s) are not valid %s and were read as %s (first: line %d), "
+                    "%d line(s) are %s text (first: line %d); decoded each line in its own encoding", name,
+                    len(in_fallback), encoding, fallback, in_fallback[0], len(non_ascii), encoding, non_ascii[0])
+    else:
+        log.info("%s is %s text, not %s (first such line: %d); read it as %s", name, fallback, encoding,
+                 in_fallback[0], fallback)
+    return "\n".join(out)
 
 
 def lines(text: str) -> Iterator[tuple[int, str]]:
@@ -165,6 +202,25 @@ def parse_number(value: str, name: str, number: int, field_name: str) -> float |
     if not math.isfinite(f):
         raise DataError(f"{name} line {number}: field {field_name!r} is {value!r}, expected a finite number")
     return int(f) if f.is_integer() else f
+
+
+TIME_LIMIT = 2 ** 63  # times become int64 seconds/ms/...: anything beyond cannot be stored (nor is a real time)
+
+
+def parse_time(value: str, name: str, number: int, field_name: str = "timestamp",
+               integer: bool = False) -> float | int:
+    """A finite number (an integer with `integer`) that fits the int64 the processed tables store (seconds,
+    milliseconds, ... as given)."""
+    t = parse_int(value, name, number, field_name) if integer else parse_number(value, name, number, field_name)
+    if not -TIME_LIMIT < t < TIME_LIMIT:
+        raise DataError(f"{name} line {number}: field {field_name!r} is {value.strip()!r}, out of range; expected "
+                        f"a time such as unix seconds or milliseconds (at most 18 digits)")
+    return t
+
+
+def no_data_rows(name: str, expected: str, detail: str = "") -> DataError:
+    """The error for a raw file that holds no data rows (empty, or a header line only)."""
+    return DataError(f"{name} has no data rows{f' ({detail})' if detail else ''}; expected {expected}")
 
 
 def require_id(value: str, name: str, number: int, field_name: str) -> str:

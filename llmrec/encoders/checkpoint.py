@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,16 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from llmrec.atomic import atomic_directory, atomic_write, check_replaceable
+from llmrec.atomic import (
+    LegacyOutput,
+    PreviousOutput,
+    atomic_write,
+    check_output,
+    output_directory,
+)
 from llmrec.config import config_to_dict, save_config
 from llmrec.data.dataset import ProcessedDataset
+from llmrec.data.fingerprint import split_fingerprint, split_mismatch
 from llmrec.encoders.base import SequentialEncoder
 from llmrec.encoders.index import INDEX_FILE, ItemIndex, faiss_available
 from llmrec.encoders.registry import build_encoder
@@ -54,6 +62,7 @@ def encoder_facts(encoder: SequentialEncoder, data: ProcessedDataset | None = No
                             "eval_positions": meta.get("eval_positions"),
                             "path": str(data.root) if data.root else None}
         facts["catalog_fingerprint"] = data.catalog_fingerprint()
+        facts["split"] = split_fingerprint(data)
     return facts
 
 
@@ -89,17 +98,29 @@ def is_encoder_checkpoint(path: str | os.PathLike) -> bool:
         return False
 
 
-def check_output_dir(path: Path) -> None:
+OUTPUT_COMMAND = "train-encoder"
+# encoder checkpoints written before `.llmrec-output.json`: proven by config.yaml's `encoder:` section
+LEGACY_OUTPUT = LegacyOutput(is_encoder_checkpoint, (WEIGHTS_FILE, CONFIG_FILE, "metrics.json", INDEX_FILE, "logs"))
+
+
+def check_output_dir(path: Path) -> PreviousOutput | None:
     """Refuse an output path that exists and is neither empty nor an encoder checkpoint (never deletes it)."""
-    check_replaceable(path, is_encoder_checkpoint, "an encoder checkpoint", CheckpointError)
+    return check_output(path, OUTPUT_COMMAND, legacy=LEGACY_OUTPUT, what="an encoder checkpoint",
+                        error=CheckpointError)
+
+
+def encoder_output_directory(path: Path) -> AbstractContextManager[Path]:
+    """`llmrec.atomic.output_directory` for an encoder checkpoint: yields the temporary folder to fill."""
+    return output_directory(path, OUTPUT_COMMAND, legacy=LEGACY_OUTPUT, what="an encoder checkpoint",
+                            error=CheckpointError)
 
 
 def save_encoder(encoder: SequentialEncoder, folder: str | os.PathLike, data: ProcessedDataset | None = None,
                  config: Any = None, index: bool = True) -> Path:
-    """Write an encoder checkpoint folder atomically (replacing only a previous encoder checkpoint)."""
+    """Write an encoder checkpoint folder atomically (replacing only a previous encoder checkpoint, and
+    keeping the files a user added to it: see `llmrec.atomic`)."""
     folder = Path(folder)
-    check_output_dir(folder)
-    with atomic_directory(folder) as tmp:
+    with encoder_output_directory(folder) as tmp:
         write_encoder_files(encoder, tmp, data, config, index)
     return folder
 
@@ -148,6 +169,11 @@ def load_encoder(path: str | os.PathLike, data: ProcessedDataset | None = None,
             raise CheckpointError(f"encoder checkpoint {path} was trained on another catalog (item ids/titles "
                                   f"differ from {data.root or 'the data'}: catalog fingerprint mismatch); "
                                   f"use the dataset it was trained on or retrain it")
+        why = split_mismatch(facts.get("split"), data)
+        if why:
+            raise CheckpointError(f"encoder checkpoint {path} cannot be used with {data.root or 'the data'}: {why}; "
+                                  f"train an encoder on it: `llmrec train-encoder --data {data.root or 'DATA'} "
+                                  f"--out DIR`")
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{path}: {WEIGHTS_FILE} is missing")

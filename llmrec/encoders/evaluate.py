@@ -9,6 +9,16 @@ and `full/ndcg@10_last` are computed on each user's final-position sample, which
 Which history the encoder reads: `sequence` = the user's whole earlier sequence cut to the encoder's
 `max_length` (most recent items); `sample` = the sample's stored `history` (for `llara`, the <= 10 items the
 LLM prompt shows). `auto` = `sequence` for `loo`, `sample` for `llara`.
+
+Item-side fairness (IFairLRS, DESIGN.md §7; `evaluate` only, not the per-epoch validation): `full/mgu@k`,
+`full/dgu@k`, `full/gu@k/<group>` for K in 1, 5, 10, 20 of the full-catalog ranking, `candidates/...` for K in
+1, 5, 10 of the stored candidates (at K = 20 with 20 candidates GP is the candidate distribution whatever the
+model does), and `gh/<group>`, over 5 popularity groups counted on training interactions
+(`llmrec.fairness.groups`). What is recommended at K: the K best-scored items, ties broken by item id (full
+ranking) or by the stored candidate order (candidates); items excluded from full ranking (padding, seen
+items) are never counted, even when fewer than K items remain. GH uses the samples' stored `history`
+column whichever `history` source the encoder reads, so that every model evaluated on a split (the LLMs
+included, `llmrec.fairness.evaluate`) is compared with the same histories.
 """
 
 from __future__ import annotations
@@ -24,10 +34,19 @@ from llmrec.data.dataset import ProcessedDataset
 from llmrec.encoders.base import SequentialEncoder, pad_left
 from llmrec.errors import DataError
 from llmrec.evaluation.metrics import candidate_metrics, mask_seen_items, target_ranks
+from llmrec.fairness.groups import ItemGroups, item_groups
+from llmrec.fairness.metrics import (
+    fairness_metrics,
+    group_share_of_history,
+    rank_candidates,
+)
 
 HistorySource = Literal["auto", "sequence", "sample"]
 FULL_KS: tuple[int, ...] = (5, 10, 20)
 CANDIDATE_KS: tuple[int, ...] = (1, 5, 10)
+FAIRNESS_FULL_KS: tuple[int, ...] = (1, 5, 10, 20)
+FAIRNESS_CANDIDATE_KS: tuple[int, ...] = (1, 5, 10)
+FAIRNESS_GROUPS = 5  # popularity groups (IFairLRS's default)
 
 
 def monitor_metric(protocol: str) -> str:
@@ -45,6 +64,8 @@ class EvalSet:
     seen: list[np.ndarray] | None  # per sample, items excluded from full ranking (None: exclude nothing)
     candidates: np.ndarray | None  # [N, C], or None when the split stores no candidates
     last: np.ndarray | None  # [N] bool: the user's final-position sample (only for the `all` eval set)
+    groups: ItemGroups | None = None  # item grouping of the fairness metrics (None: no fairness metrics)
+    sample_histories: list[np.ndarray] | None = None  # per sample, the stored `history` (GH of fairness)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -79,8 +100,11 @@ def build_eval_set(data: ProcessedDataset, split: str, max_length: int, history:
     if data.meta.get("eval_positions") == "all" and split in ("valid", "test"):
         max_pos = df.groupby("user_id")["position"].transform("max").to_numpy()
         last = positions == max_pos
+    groups = item_groups(data, "popularity", n_groups=min(FAIRNESS_GROUPS, data.n_items))
+    stored = [np.asarray(h, dtype=np.int64) for h in df["history"]]
     return EvalSet(split=split, histories=histories, targets=targets,
-                   seen=earlier if exclude_seen else None, candidates=candidates, last=last)
+                   seen=earlier if exclude_seen else None, candidates=candidates, last=last,
+                   groups=groups, sample_histories=stored)
 
 
 def _stack_candidates(column) -> np.ndarray | None:
@@ -95,26 +119,52 @@ def _stack_candidates(column) -> np.ndarray | None:
     return out
 
 
+@dataclass
+class RowRanking:
+    """What `rank_rows_with_lists` returns for R rows: target ranks, and the ranked lists fairness counts."""
+
+    full_ranks: torch.Tensor  # [R] 0-based rank of the target in the full ranking
+    cand_ranks: torch.Tensor | None  # [R] among the stored candidates (None: the split stores none)
+    full_top: np.ndarray | None  # [R, K] best K items of the full ranking, 0 where fewer items were rankable
+    cand_order: np.ndarray | None  # [R, C] candidate ids best first (ties: stored order; 0 = no candidate)
+
+
 @torch.no_grad()
-def rank_rows(encoder: SequentialEncoder, eval_set: EvalSet, rows: np.ndarray
-              ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """0-based target ranks for `rows` of `eval_set`: (full-ranking ranks [R], candidate ranks [R] or None)."""
+def rank_rows_with_lists(encoder: SequentialEncoder, eval_set: EvalSet, rows: np.ndarray, top: int = 0
+                         ) -> RowRanking:
+    """Target ranks for `rows` of `eval_set` and, when `top` > 0, the top-`top` full-ranking items and the
+    candidates in ranked order (for the fairness metrics)."""
     device = next(iter(encoder.state_dict().values())).device
     item_seq, lengths = pad_left([eval_set.histories[i] for i in rows], encoder.max_length, device=device)
     scores = encoder.score_all(encoder(item_seq, lengths)).float()  # [R, n_items + 1]
     targets = torch.as_tensor(eval_set.targets[rows], device=device)
-    cand_ranks = None
+    cand_ranks = cand_order = None
     if eval_set.candidates is not None:
         cands = torch.as_tensor(eval_set.candidates[rows], device=device)  # [R, C]
         cand_scores = scores.gather(1, cands).masked_fill(cands == 0, float("-inf"))  # 0 = no candidate
         cand_ranks = target_ranks(cand_scores, (cands == targets[:, None]).long().argmax(dim=1)).cpu()
+        if top > 0:
+            cand_order = rank_candidates(cand_scores.cpu().double().numpy(), eval_set.candidates[rows])
     full = scores.clone()
     if eval_set.seen is not None:
         mask_seen_items(full, [eval_set.seen[i] for i in rows], targets)
     else:
         full[:, 0] = float("-inf")
     full_ranks = target_ranks(full, targets).cpu()
-    return full_ranks, cand_ranks
+    full_top = None
+    if top > 0:
+        # A stable sort, not topk: equal scores (MostPop's equal counts) are ordered by item id, deterministic.
+        values, order = torch.sort(full, dim=1, descending=True, stable=True)
+        k = min(top, full.shape[1])
+        full_top = torch.where(torch.isfinite(values[:, :k]), order[:, :k], 0).cpu().numpy()
+    return RowRanking(full_ranks, cand_ranks, full_top, cand_order)
+
+
+def rank_rows(encoder: SequentialEncoder, eval_set: EvalSet, rows: np.ndarray
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """0-based target ranks for `rows` of `eval_set`: (full-ranking ranks [R], candidate ranks [R] or None)."""
+    r = rank_rows_with_lists(encoder, eval_set, rows)
+    return r.full_ranks, r.cand_ranks
 
 
 def metrics_from_ranks(eval_set: EvalSet, full_ranks: torch.Tensor, cand_ranks: torch.Tensor | None
@@ -152,20 +202,51 @@ def gather_ranks(eval_set: EvalSet, parts: list[tuple[np.ndarray, torch.Tensor, 
     return full, cand
 
 
+def fairness_from_lists(eval_set: EvalSet, full_top: np.ndarray | None, cand_order: np.ndarray | None
+                        ) -> dict[str, float]:
+    """`full/mgu@k` ..., `candidates/mgu@k` ... and `gh/<group>` from ranked lists in sample order."""
+    if eval_set.groups is None or eval_set.sample_histories is None:
+        return {}
+    out: dict[str, float] = {}
+    hist = eval_set.sample_histories
+    if full_top is not None:
+        ks = [k for k in FAIRNESS_FULL_KS if k <= full_top.shape[1]]
+        out.update({f"full/{k}": v for k, v in fairness_metrics(full_top, hist, eval_set.groups, ks).items()})
+    if cand_order is not None:
+        ks = [k for k in FAIRNESS_CANDIDATE_KS if k <= cand_order.shape[1]]
+        out.update({f"candidates/{k}": v for k, v in fairness_metrics(cand_order, hist, eval_set.groups, ks).items()})
+    for name, share in zip(eval_set.groups.names, group_share_of_history(hist, eval_set.groups).tolist()):
+        out[f"gh/{name}"] = float(share)
+    return out
+
+
 @torch.no_grad()
 def evaluate(encoder: SequentialEncoder, eval_set: EvalSet, batch_size: int = 1024) -> dict[str, float]:
-    """All metrics of `encoder` on `eval_set` (encoder put in eval mode); adds `eval_seconds`."""
+    """All metrics of `encoder` on `eval_set` (encoder put in eval mode), the fairness metrics included when
+    `eval_set.groups` is set; adds `eval_seconds`."""
     start = time.perf_counter()
     was_training = encoder.training
     encoder.eval()
     order = length_order(eval_set)
+    fair = eval_set.groups is not None
     parts = []
+    full_top = cand_order = None
     try:
         for s in range(0, len(eval_set), batch_size):
             rows = order[s:s + batch_size]
-            parts.append((rows, *rank_rows(encoder, eval_set, rows)))
+            r = rank_rows_with_lists(encoder, eval_set, rows, top=max(FAIRNESS_FULL_KS) if fair else 0)
+            parts.append((rows, r.full_ranks, r.cand_ranks))
+            if r.full_top is not None:
+                if full_top is None:
+                    full_top = np.zeros((len(eval_set), r.full_top.shape[1]), dtype=np.int64)
+                full_top[rows] = r.full_top
+            if r.cand_order is not None:
+                if cand_order is None:
+                    cand_order = np.zeros((len(eval_set), r.cand_order.shape[1]), dtype=np.int64)
+                cand_order[rows] = r.cand_order
     finally:
         encoder.train(was_training)
     out = metrics_from_ranks(eval_set, *gather_ranks(eval_set, parts))
+    out.update(fairness_from_lists(eval_set, full_top, cand_order))
     out["eval_seconds"] = time.perf_counter() - start
     return out

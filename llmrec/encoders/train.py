@@ -2,8 +2,9 @@
 
 The output folder gets `encoder.safetensors`, `config.yaml` (this resolved config plus the `encoder:`
 section `load_encoder` reads), `metrics.json` (valid and test), `items.faiss` (when faiss is installed) and
-`logs/` (Lightning CSV and TensorBoard logs). It is written atomically: a failed run leaves no half-written
-folder, and an existing `--out` is replaced only if it is itself an encoder checkpoint.
+`logs/` (Lightning CSV and TensorBoard logs). It is written atomically (`llmrec.atomic.output_directory`): a
+failed or diverged run leaves no half-written folder, an existing `--out` is replaced only if it is itself an
+encoder checkpoint, and files a user added to that checkpoint are kept.
 
 The epoch kept is the one with the best VALID metric (`full/ndcg@10` on `loo` data, `candidates/hr@1` on
 `llara` data); test metrics are computed once, on that epoch's weights, and never used for any choice.
@@ -22,12 +23,16 @@ from typing import Any, Literal
 
 import torch
 
-from llmrec.atomic import atomic_directory, atomic_write_text
-from llmrec.config import option
-from llmrec.device import lightning_accelerator
+from llmrec.atomic import atomic_write_text
+from llmrec.config import check_config, option
 from llmrec.data.dataset import ProcessedDataset
+from llmrec.device import check_device, lightning_accelerator
 from llmrec.encoders.base import SequentialEncoder
-from llmrec.encoders.checkpoint import check_output_dir, write_encoder_files
+from llmrec.encoders.checkpoint import (
+    check_output_dir,
+    encoder_output_directory,
+    write_encoder_files,
+)
 from llmrec.encoders.evaluate import (
     HistorySource,
     build_eval_set,
@@ -49,36 +54,40 @@ class TrainEncoderConfig:
     out: Path | None = option(None, "output folder for the encoder checkpoint (created; must be empty or a "
                                     "previous encoder checkpoint)")
     model: Literal["sasrec", "gru4rec", "caser", "mostpop"] = option("sasrec", "which encoder to train")
-    seed: int = option(42, "random seed (weights, shuffling, dropout)")
+    seed: int = option(42, "random seed (weights, shuffling, dropout)", min=0, max=2**32 - 1)
     # --- model hyperparameters (None = the model's own default; see each model's class)
-    hidden_size: int | None = option(None, "embedding / hidden size H")
-    num_layers: int | None = option(None, "Transformer blocks (sasrec) or GRU layers (gru4rec)")
-    num_heads: int | None = option(None, "attention heads (sasrec)")
-    ffn_size: int | None = option(None, "feed-forward width (sasrec; default 4 * hidden)")
-    gru_size: int | None = option(None, "GRU state size (gru4rec; default 2 * hidden)")
-    num_horizontal: int | None = option(None, "horizontal filters per height (caser)")
-    num_vertical: int | None = option(None, "vertical filters (caser)")
-    dropout: float | None = option(None, "dropout rate")
-    attn_dropout: float | None = option(None, "dropout on attention probabilities (sasrec)")
+    hidden_size: int | None = option(None, "embedding / hidden size H", min=1)
+    num_layers: int | None = option(None, "Transformer blocks (sasrec) or GRU layers (gru4rec)", min=1)
+    num_heads: int | None = option(None, "attention heads (sasrec)", min=1)
+    ffn_size: int | None = option(None, "feed-forward width (sasrec; default 4 * hidden)", min=1)
+    gru_size: int | None = option(None, "GRU state size (gru4rec; default 2 * hidden)", min=1)
+    num_horizontal: int | None = option(None, "horizontal filters per height (caser)", min=1)
+    num_vertical: int | None = option(None, "vertical filters (caser)", min=1)
+    dropout: float | None = option(None, "dropout rate", min=0, max=1, max_exclusive=True)
+    attn_dropout: float | None = option(None, "dropout on attention probabilities (sasrec)", min=0, max=1,
+                                        max_exclusive=True)
     max_length: int | None = option(None, "history length the encoder reads (most recent items; caser: its "
-                                          "window L). Longer histories are truncated to the most recent items")
+                                          "window L). Longer histories are truncated to the most recent items",
+                                    min=1)
     # --- optimisation
-    train_length: int | None = option(None, "training window length (default: max_length; caser: 50)")
+    train_length: int | None = option(None, "training window length (default: max_length; caser: 50)",
+                                      min=1)
     loss: Literal["ce", "bce"] = option("ce", "full-softmax cross-entropy, or BCE with sampled negatives")
-    num_negatives: int = option(1, "negatives per target for --loss bce")
-    lr: float = option(1e-3, "Adam learning rate")
-    weight_decay: float = option(0.0, "decoupled weight decay (AdamW) when > 0")
-    batch_size: int = option(64, "training windows per batch")
-    max_epochs: int = option(200, "upper bound on training epochs")
-    patience: int = option(10, "stop after this many validations without a better VALID metric")
-    min_epochs: int = option(1, "train at least this many epochs")
+    num_negatives: int = option(1, "negatives per target for --loss bce", min=1)
+    lr: float = option(1e-3, "Adam learning rate", min=0, min_exclusive=True)
+    weight_decay: float = option(0.0, "decoupled weight decay (AdamW) when > 0", min=0)
+    batch_size: int = option(64, "training windows per batch", min=1)
+    max_epochs: int = option(200, "upper bound on training epochs", min=1)
+    patience: int = option(10, "stop after this many validations without a better VALID metric",
+                           min=0)
+    min_epochs: int = option(1, "train at least this many epochs", min=1)
     # --- evaluation
     eval_history: HistorySource = option("auto", "history the encoder reads at evaluation: the user's whole "
                                                  "earlier `sequence`, the stored `sample` history, or `auto` "
                                                  "(sequence for loo, sample for llara)")
     exclude_seen: bool = option(True, "exclude the user's earlier items from full ranking")
     eval_batch_size: int = option(128, "samples per evaluation batch (sorted by history length: small "
-                                           "batches carry little padding)")
+                                           "batches carry little padding)", min=1)
     # --- machinery
     device: Literal["auto", "cpu", "gpu", "cuda"] = option("auto", "where to train (auto: a GPU if present)")
     progress_bar: bool = option(True, "show Lightning's progress bar")
@@ -89,17 +98,8 @@ def _validate(config: TrainEncoderConfig) -> None:
         raise ConfigError("--data is required: a folder written by `llmrec prepare`")
     if config.out is None:
         raise ConfigError("--out is required: the folder to write the encoder checkpoint to")
-    for name in ("batch_size", "max_epochs", "eval_batch_size", "num_negatives", "min_epochs"):
-        if getattr(config, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
-    if config.patience < 0:
-        raise ConfigError(f"--patience must be >= 0, got {config.patience}")
-    if config.lr <= 0:
-        raise ConfigError(f"--lr must be positive, got {config.lr}")
-    if config.weight_decay < 0:
-        raise ConfigError(f"--weight-decay must be >= 0, got {config.weight_decay}")
-    if config.train_length is not None and config.train_length < 1:
-        raise ConfigError(f"--train-length must be at least 1, got {config.train_length}")
+    check_config(config)  # every option's declared range (the Python API skips resolve_config)
+    check_device(config.device)
 
 
 def model_hparams(config: TrainEncoderConfig) -> dict[str, Any]:
@@ -139,6 +139,7 @@ def fit_encoder(encoder: SequentialEncoder, data: ProcessedDataset, config: Trai
 
     from llmrec.encoders.datamodule import EncoderDataModule
     from llmrec.encoders.module import EncoderModule
+    from llmrec.training.divergence import DivergenceGuard
 
     train_length = config.train_length or (50 if config.model == "caser" else encoder.max_length)
     if config.model == "sasrec" and train_length > encoder.max_length:
@@ -158,7 +159,8 @@ def fit_encoder(encoder: SequentialEncoder, data: ProcessedDataset, config: Trai
         min_epochs=config.min_epochs, deterministic=True, enable_checkpointing=False,
         enable_model_summary=False, enable_progress_bar=config.progress_bar, num_sanity_val_steps=0,
         logger=_loggers(log_dir) if log_dir is not None else False, log_every_n_steps=max(1, min(50, n_batches)),
-        callbacks=[EarlyStopping(monitor=f"valid/{monitor}", mode="max", patience=config.patience)],
+        callbacks=[EarlyStopping(monitor=f"valid/{monitor}", mode="max", patience=config.patience),
+                   DivergenceGuard(hint=f"lower --lr (it is {config.lr:g})")],
         default_root_dir=str(log_dir) if log_dir is not None else None)
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
@@ -184,7 +186,7 @@ def run_train_encoder(config: TrainEncoderConfig) -> int:
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
     encoder = build_encoder(config.model, data.n_items, **model_hparams(config))
-    with atomic_directory(out) as tmp:
+    with encoder_output_directory(out) as tmp:
         if isinstance(encoder, MostPop):
             start = time.perf_counter()
             sequences = data.train_sequences()

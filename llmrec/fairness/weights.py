@@ -17,7 +17,8 @@ Differs from the authors' released code, which computes
 i.e. every sample of a micro-batch is scaled by the micro-batch's MEAN weight. Then a sample's weight depends
 on which samples happen to share its micro-batch, and as batches grow it tends to the training mean (1): the
 reweighting fades away, and with micro-batch size 1 only it matches the paper. Here each sample's loss is
-multiplied by its own weight (`weighted_mean_loss`), which is what the paper's formula says.
+multiplied by its own weight, which is what the paper's formula says: `HybridLM.loss(batch, weights=w)` in SFT and
+`llmrec.preference.losses.weighted_mean(losses, w)` in S-DPO.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from llmrec.fairness.groups import ItemGroups
 
@@ -73,17 +73,3 @@ def sample_weights(targets: Sequence[int] | np.ndarray, weights: np.ndarray, gro
         if mean > 0:
             w = w / mean
     return w
-
-
-def weighted_mean_loss(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Batch loss with per-sample weights: (1/B) * sum_i w_i * L_i.
-
-    Args:
-        losses: [B] per-sample losses (e.g. each sample's mean token cross-entropy, or its S-DPO loss).
-        weights: [B] that batch's per-sample weights from `sample_weights` (normalised over the training set).
-    Divides by B, not by sum_i w_i: renormalising within each batch would scale a batch of heavy samples back
-    down and partly undo the reweighting.
-    """
-    if losses.shape != weights.shape or losses.dim() != 1:
-        raise ValueError(f"losses {list(losses.shape)} and weights {list(weights.shape)} must both be [B]")
-    return (losses * weights.to(losses.dtype)).mean()

@@ -10,11 +10,13 @@ ever downloaded: `local_files_only=True`.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers.utils import logging as hf_logging
@@ -43,9 +45,10 @@ class TinySpec:
     bpe_vocab: int = 2048
 
     def folder_name(self, fingerprint: str) -> str:
-        kind = f"-bpe{self.bpe_vocab}" if self.tokenizer == "bpe" else ""  # word-level keeps its original name
+        kind = {"bpe": f"-bpe{self.bpe_vocab}", "sentencepiece": f"-sp{self.bpe_vocab}"}.get(self.tokenizer, "")
+        # -t2: tokenizers that add <s> themselves (prompts are tokenized as whole texts); older folders are rebuilt
         return (f"tiny-llama-{fingerprint[:16]}-l{self.layers}-h{self.hidden}-a{self.heads}"
-                f"-p{self.max_length}-s{self.seed}{kind}")
+                f"-p{self.max_length}-s{self.seed}{kind}-t2")
 
 
 def build_tiny_llm(titles: list[str], fingerprint: str, cache_dir: Path, spec: TinySpec = TinySpec()) -> Path:
@@ -78,7 +81,7 @@ def build_tiny_llm(titles: list[str], fingerprint: str, cache_dir: Path, spec: T
 
 
 def check_model_folder(path: Path) -> Path:
-    """A clear error for a missing path or a folder that is not a Hugging Face model."""
+    """A clear error for a missing path or a folder that is not a Hugging Face causal-LM folder."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"--llm {path}: no such folder; give `tiny` or a local Hugging Face model folder "
@@ -88,12 +91,59 @@ def check_model_folder(path: Path) -> Path:
     if not (path / "config.json").is_file():
         raise CheckpointError(f"--llm {path}: not a Hugging Face model folder (no config.json); expected the "
                               f"output of `save_pretrained` with config.json, weights and tokenizer files")
+    check_causal_lm_config(path)
     return path
+
+
+def read_model_config(path: Path) -> dict[str, Any]:
+    """`config.json` of a model folder as a dict (clear error when it is not JSON)."""
+    f = Path(path) / "config.json"
+    try:
+        config = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{f}: not a readable JSON model config ({e})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{f}: expected a JSON object")
+    return config
+
+
+def check_causal_lm_config(path: Path) -> None:
+    """Refuse encoder-only (BERT-like) and encoder-decoder models: the recommender needs a decoder-only causal LM.
+
+    transformers maps `bert`, `roberta` ... to an `...LMHeadModel` that loads as a causal LM and then fails or
+    trains a model that cannot generate; they are recognised by having a masked-LM class and no `is_decoder`."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    config = read_model_config(path)
+    kind = config.get("model_type")
+    if config.get("is_encoder_decoder") or (kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not config.get("is_decoder")):
+        raise CheckpointError(f"--llm {path}: `{kind}` is an encoder(-decoder) model, not a decoder-only causal LM; "
+                              f"use a causal LM such as Llama, Qwen2, Mistral or GPT-2")
+    if kind is not None and kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise CheckpointError(f"--llm {path}: model type `{kind}` has no causal-LM class in transformers "
+                              f"{_transformers_version()}; use a causal LM such as Llama, Qwen2, Mistral or GPT-2")
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return str(transformers.__version__)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer_config.json")
 
 
 def load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
+    present = [f for f in TOKENIZER_FILES if (Path(path) / f).is_file()]
+    if not present:
+        raise CheckpointError(f"{path}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)}); copy the "
+                              f"tokenizer of the model into the folder (`tokenizer.save_pretrained(folder)`)")
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, TypeError) as e:
@@ -149,12 +199,68 @@ def four_bit_config(compute_dtype: torch.dtype):
 
 
 def add_slot_tokens(tokenizer, model: torch.nn.Module | None = None) -> SlotIds:
-    """Add the four slot tokens (idempotent) and resize the model's embeddings to the tokenizer."""
+    """Add the four slot tokens (idempotent); give `model` an embedding row for each, never shrinking it.
+
+    Many checkpoints pad their embedding matrix beyond the tokenizer (Qwen2: 151,936 rows for 151,665 tokens),
+    so new tokens can land in padding rows that hold arbitrary values. Every slot row that was not there before
+    (appended by a resize, or a padding row) starts as the mean of the real tokens' rows, as
+    `resize_token_embeddings(mean_resizing=True)` does for appended rows.
+    """
+    n_real = len(tokenizer)
     tokenizer.add_tokens(list(SLOT_TOKENS), special_tokens=True)  # special: never split, skipped in decode
-    if model is not None and model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-    ids = tokenizer.convert_tokens_to_ids(list(SLOT_TOKENS))
-    return SlotIds(*map(int, ids))
+    ids = SlotIds(*map(int, tokenizer.convert_tokens_to_ids(list(SLOT_TOKENS))))
+    if model is not None:
+        new = [i for i in (ids.history, ids.candidate, ids.text, ids.summary) if i >= n_real]
+        rows = embedding_rows(model)
+        if rows < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        if new:
+            with torch.no_grad():
+                for emb in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings())
+                            if m is not None}.values():
+                    w = emb.weight
+                    w[new] = w[:n_real].mean(0, dtype=torch.float32).to(w.dtype)  # no float32 copy of w
+    return ids
+
+
+def embedding_rows(model: torch.nn.Module) -> int:
+    """Rows of the input embedding matrix (may exceed the tokenizer's size: padded vocabularies)."""
+    return int(model.get_input_embeddings().weight.shape[0])
+
+
+_VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache",
+                         "_attn_implementation", "_attn_implementation_autoset", "quantization_config",
+                         "_commit_hash", "output_hidden_states", "output_attentions")
+PROBE_ROWS = 64
+
+
+def base_fingerprint(folder: Path, model: torch.nn.Module, tokenizer) -> dict[str, Any]:
+    """What identifies a base model, taken BEFORE slot tokens are added: its config (config.json without
+    run-time keys such as dtype), its tokenizer (vocabulary and special tokens) and a probe of its weights (the
+    first and last `PROBE_ROWS` rows of the input embedding, rounded to bf16 so that loading in float32, fp16 or
+    bf16 gives the same digest). A LoRA checkpoint refuses a base whose fingerprint differs: the same shape
+    with another tokenizer or other weights gives other scores."""
+    config = {k: v for k, v in read_model_config(folder).items() if k not in _VOLATILE_CONFIG_KEYS}
+    tok = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode())
+    tok.update(json.dumps({k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}).encode())
+    w = model.get_input_embeddings().weight.detach()
+    probe = torch.cat([w[:PROBE_ROWS], w[-PROBE_ROWS:]]).to("cpu", torch.bfloat16).view(torch.int16)
+    return {"model_type": config.get("model_type"),
+            "config_sha256": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest(),
+            "tokenizer_sha256": tok.hexdigest(), "tokenizer_size": len(tokenizer),
+            "embedding_rows": embedding_rows(model), "hidden_size": hidden_size(model),
+            "weights_probe_sha256": hashlib.sha256(probe.numpy().tobytes()).hexdigest()}
+
+
+def fingerprint_mismatch(recorded: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """What differs between two base fingerprints (None when they agree)."""
+    for key, what in (("model_type", "model type"), ("config_sha256", "config"),
+                      ("tokenizer_sha256", "tokenizer"), ("weights_probe_sha256", "weights")):
+        if recorded.get(key) != current.get(key):
+            if key == "model_type":
+                return f"model type {current.get(key)} but the checkpoint was trained on {recorded.get(key)}"
+            return f"its {what} differs from the base the checkpoint was trained on"
+    return None
 
 
 def hidden_size(model: torch.nn.Module) -> int:

@@ -1,16 +1,23 @@
-"""Saving and loading a trained LLM recommender: only what training changed, all in safetensors.
+"""Saving and loading a trained LLM recommender: a self-contained folder that can be moved or copied.
 
 A checkpoint folder holds
-    checkpoint.json       facts needed to rebuild the model and to refuse mismatches (format marker, base model
-                          path, base vocabulary and hidden size, prompt kind, catalog fingerprint, encoder path)
+    checkpoint.json       facts needed to rebuild the model and to refuse mismatches: format marker, prompt kind,
+                          catalog and split fingerprints, the base model's fingerprint (config, tokenizer, weight
+                          probe) and where it was, embedding rows, encoder fingerprint
     config.yaml           the resolved training config
+    catalog.parquet       item ids, titles (and genres) the prompts are built from, with the prompt domain
     tokenizer/            the tokenizer with the slot tokens (save_pretrained)
-    projector.safetensors the projector (absent for text-only prompts)
-    adapter/              LoRA adapter + trained slot-token rows (peft, safetensors)     -- finetune: lora
-    new_token_rows.safetensors  the slot tokens' initial input/output embedding rows      -- finetune: lora
-    model/                full weights (save_pretrained, safetensors)                    -- finetune: full
+    encoder/              a copy of the frozen encoder's checkpoint (weights, config, faiss index) -- hybrid prompts
+    projector.safetensors the projector                                                  -- hybrid prompts
+    model/                all weights of the fine-tuned LM (save_pretrained, safetensors)  -- finetune: full
+    adapter/              LoRA adapter + trained slot-token rows (peft, safetensors)        -- finetune: lora
+    new_token_rows.safetensors  input/output embedding rows from the first slot token on    -- finetune: lora
+    base/                 the tiny Llama's base weights (a few MB)                           -- finetune: lora, --llm tiny
     metrics.json
-Loading never unpickles: safetensors, JSON and YAML only.
+Nothing refers to a path outside the folder except the base model of a LoRA checkpoint on a real LLM, which is
+too large to copy: it is found at `--llm PATH`, else at its recorded path, else at its recorded path relative
+to the checkpoint folder, and it must have the recorded fingerprint. Loading never unpickles: safetensors,
+JSON, YAML and parquet only.
 """
 
 from __future__ import annotations
@@ -18,26 +25,34 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from llmrec.atomic import atomic_write_text
+from llmrec.data.catalog import Catalog
 from llmrec.data.dataset import ProcessedDataset
+from llmrec.data.fingerprint import split_mismatch
 from llmrec.encoders.base import SequentialEncoder
+from llmrec.encoders.checkpoint import load_encoder
 from llmrec.errors import CheckpointError
 from llmrec.llm import backbone
 from llmrec.llm.hybrid import HybridLM
 from llmrec.llm.lora import load_lora
-from llmrec.llm.projector import Projector
-from llmrec.llm.prompts import PromptBuilder
+from llmrec.llm.recommender import assemble_recommender
 
 MARKER = "llmrec-llm-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FACTS = "checkpoint.json"
 NEW_ROWS = "new_token_rows.safetensors"
+PROJECTOR = "projector.safetensors"
+ENCODER_DIR, BASE_DIR, MODEL_DIR, ADAPTER_DIR, TOKENIZER_DIR = "encoder", "base", "model", "adapter", "tokenizer"
+ENCODER_FILES = ("encoder.safetensors", "config.yaml", "items.faiss", "metrics.json")
 log = logging.getLogger(__name__)
 
 
@@ -61,26 +76,53 @@ def encoder_fingerprint(encoder: SequentialEncoder) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(folder: Path, lm: HybridLM, facts: dict[str, Any]) -> Path:
-    """Write the trainable state of `lm` and `facts` into `folder` (which the caller created)."""
+def _safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; the checkpoint folder {path.parent} is incomplete")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: damaged or not a safetensors file ({e}); re-run the command that wrote "
+                              f"{path.parent}") from None
+
+
+def save_checkpoint(folder: Path, lm: HybridLM, facts: dict[str, Any], catalog: Catalog,
+                    encoder_dir: Path | None = None) -> Path:
+    """Write the trainable state of `lm`, `facts` and copies of what loading needs into `folder`.
+
+    `facts` comes from `llmrec.llm.train.build_recommender`; `encoder_dir` is the encoder checkpoint folder of
+    a hybrid model (copied into `encoder/`).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    lm.builder.tokenizer.save_pretrained(folder / "tokenizer")
+    lm.builder.tokenizer.save_pretrained(folder / TOKENIZER_DIR)
+    catalog.save(folder)
     if facts["finetune"] == "lora":
-        lm.model.save_pretrained(folder / "adapter", save_embedding_layers=False)
-        # the rows `resize_token_embeddings` added for the slot tokens are random: keep them (a few rows) so the
-        # logits' normaliser is identical after loading
-        base_vocab = facts["base_vocab_size"]
-        rows = {"input": embedding_weight(lm.model.get_input_embeddings())[base_vocab:],
-                "output": embedding_weight(lm.model.get_output_embeddings())[base_vocab:]}
-        save_file({k: v.detach().float().cpu().clone() for k, v in rows.items()},
-                  str(folder / NEW_ROWS))
+        lm.model.save_pretrained(folder / ADAPTER_DIR, save_embedding_layers=False)
+        # rows from the first slot token to the end of the (possibly padded) matrix: the slot tokens' initial
+        # rows (their trained values live in the adapter) and, for a padded vocabulary, the padding rows, so
+        # the logits' normaliser is identical after loading
+        first = facts["first_new_row"]
+        rows = {"input": embedding_weight(lm.model.get_input_embeddings())[first:],
+                "output": embedding_weight(lm.model.get_output_embeddings())[first:]}
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in rows.items()}, str(folder / NEW_ROWS))
+        tiny_base = facts["base"].get("tiny_folder")
+        if tiny_base:
+            shutil.copytree(tiny_base, folder / BASE_DIR)
     else:
-        lm.model.save_pretrained(folder / "model")
+        lm.model.save_pretrained(folder / MODEL_DIR)
     if lm.projector is not None:
         save_file({k: v.detach().cpu().contiguous() for k, v in lm.projector.state_dict().items()},
-                  str(folder / "projector.safetensors"))
-    atomic_write_text(folder / FACTS, json.dumps({"format": MARKER, "format_version": FORMAT_VERSION, **facts},
+                  str(folder / PROJECTOR))
+        if encoder_dir is None:
+            raise CheckpointError("a hybrid checkpoint needs the encoder folder it was trained with")
+        (folder / ENCODER_DIR).mkdir()
+        for name in ENCODER_FILES:
+            if (Path(encoder_dir) / name).is_file():
+                shutil.copy2(Path(encoder_dir) / name, folder / ENCODER_DIR / name)
+    public = {k: v for k, v in facts.items()}
+    public["base"] = {k: v for k, v in facts["base"].items() if k != "tiny_folder"}
+    atomic_write_text(folder / FACTS, json.dumps({"format": MARKER, "format_version": FORMAT_VERSION, **public},
                                                  indent=2) + "\n")
     return folder
 
@@ -97,80 +139,107 @@ def read_facts(folder: Path) -> dict[str, Any]:
         facts = json.loads(f.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{f}: not valid JSON ({e})") from None
-    if facts.get("format") != MARKER or facts.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{f}: not a version-{FORMAT_VERSION} llmrec LLM checkpoint")
+    if not isinstance(facts, dict) or facts.get("format") != MARKER:
+        raise CheckpointError(f"{f}: not an llmrec LLM checkpoint")
+    if facts.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{f}: LLM checkpoint format version {facts.get('format_version')}, this llmrec reads "
+                              f"version {FORMAT_VERSION}; retrain it with `llmrec train-llm`")
     return facts
 
 
-def check_base_matches(model: torch.nn.Module, facts: dict[str, Any], where: str) -> None:
-    """The base model must be the one the checkpoint was trained on: same hidden size and vocabulary."""
-    hidden = backbone.hidden_size(model)
-    vocab = int(model.get_input_embeddings().weight.shape[0])
-    if hidden != facts["llm_hidden"]:
-        raise CheckpointError(f"{where}: base model hidden size {hidden} but the checkpoint was trained on hidden "
-                              f"size {facts['llm_hidden']} (base {facts['base_model']}); pass the matching --llm")
-    if vocab != facts["base_vocab_size"]:
-        raise CheckpointError(f"{where}: base model vocabulary {vocab} but the checkpoint was trained on a "
-                              f"vocabulary of {facts['base_vocab_size']} (base {facts['base_model']}); pass the "
-                              f"matching --llm")
+def is_llm_checkpoint(folder: Path) -> bool:
+    try:
+        read_facts(folder)
+        return True
+    except CheckpointError:
+        return False
 
 
-def load_recommender(folder: Path, data: ProcessedDataset, encoder: SequentialEncoder | None = None,
-                     llm: str | Path | None = None, device: str | torch.device = "cpu",
-                     dtype: str = "float32") -> HybridLM:
-    """Rebuild the `HybridLM` saved in `folder` for `data` (same catalog), on `device`, in eval mode.
-
-    `encoder` must be given for hybrid prompts (see `llmrec.llm.train.load_encoder_for`); `llm` overrides the
-    base model path recorded in the checkpoint (for LoRA checkpoints whose base moved).
-    """
-    folder = Path(folder)
-    facts = read_facts(folder)
+def check_data_matches(folder: Path, facts: dict[str, Any], data: ProcessedDataset) -> None:
+    """The data must be the catalog and the split the checkpoint was trained on."""
     if facts["catalog_fingerprint"] != data.catalog_fingerprint():
         raise CheckpointError(f"{folder} was trained on another catalog than {data.root} (catalog fingerprints "
                               f"differ); evaluate it on the dataset it was trained on")
-    tokenizer = backbone.load_tokenizer(folder / "tokenizer")
-    given = llm is not None and str(llm) != backbone.TINY
+    why = split_mismatch(facts.get("split"), data)
+    if why:
+        raise CheckpointError(f"{folder} cannot be used with {data.root}: {why}; use the prepared dataset it was "
+                              f"trained on, or train a model on {data.root} (`llmrec train-llm --data {data.root}`)")
+
+
+def base_folder(folder: Path, facts: dict[str, Any], llm: str | Path | None) -> Path:
+    """Where the base model of a LoRA checkpoint is: --llm, the bundled tiny base, the recorded path, or the
+    recorded path relative to the checkpoint folder (a checkpoint and its base moved together)."""
+    if llm is not None and str(llm) != backbone.TINY:
+        return backbone.check_model_folder(Path(llm))
+    if (folder / BASE_DIR / "config.json").is_file():
+        return folder / BASE_DIR
+    base = facts["base"]
+    for candidate in (Path(base["path"]), (folder / base["relative"]) if base.get("relative") else None):
+        if candidate is not None and (candidate / "config.json").is_file():
+            return candidate
+    raise CheckpointError(f"{folder}: its base model {base['path']} is not there (nor at {base.get('relative')} "
+                          f"relative to the checkpoint); pass the base model's folder with --llm PATH")
+
+
+def load_recommender(folder: Path, data: ProcessedDataset | None = None, encoder: SequentialEncoder | None = None,
+                     llm: str | Path | None = None, device: str | torch.device = "cpu",
+                     dtype: str = "float32") -> HybridLM:
+    """Rebuild the `HybridLM` saved in `folder`, on `device`, in eval mode.
+
+    Everything comes from the folder itself: catalog, tokenizer, encoder copy, weights. `data`, when given, must
+    be the catalog and split the model was trained on. `encoder` overrides the bundled encoder (it must be the
+    same weights); `llm` gives the base model folder of a LoRA checkpoint whose base moved.
+    """
+    folder = Path(folder)
+    facts = read_facts(folder)
+    if data is not None:
+        check_data_matches(folder, facts, data)
+    catalog = Catalog.load(folder)
+    if catalog.fingerprint() != facts["catalog_fingerprint"]:
+        raise CheckpointError(f"{folder / 'catalog.parquet'} was altered: its fingerprint differs from the one in "
+                              f"{FACTS}")
+    tokenizer = backbone.load_tokenizer(folder / TOKENIZER_DIR)
     if facts["finetune"] == "full":
-        if given:
+        if llm is not None and str(llm) != backbone.TINY:
             log.warning("--llm %s ignored: %s holds all weights of its model (full fine-tuning)", llm, folder)
-        model = backbone.load_causal_lm(folder / "model", dtype=dtype)
+        model = backbone.load_causal_lm(folder / MODEL_DIR, dtype=dtype)
     else:
-        base = backbone.check_model_folder(Path(llm)) if given else Path(facts["base_model"])
-        if not given and facts.get("tiny") and not base.exists():  # the tiny base is deterministic: rebuild it
-            spec = backbone.TinySpec(**facts["tiny"])
-            base = backbone.build_tiny_llm(data.titles(), data.catalog_fingerprint(), base.parent, spec)
-        model = backbone.load_causal_lm(base, dtype=dtype)
-        check_base_matches(model, facts, f"--llm {base}")
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        rows = load_file(str(folder / NEW_ROWS))
+        base_dir = base_folder(folder, facts, llm)
+        model = backbone.load_causal_lm(base_dir, dtype=dtype)
+        why = backbone.fingerprint_mismatch(facts["base"]["fingerprint"],
+                                            backbone.base_fingerprint(base_dir, model,
+                                                                      backbone.load_tokenizer(base_dir)))
+        if why:
+            raise CheckpointError(f"base model {base_dir} does not fit {folder}: {why} ({facts['base']['path']}); "
+                                  f"pass that base model with --llm PATH")
+        rows = facts["embedding_rows"]
+        if backbone.embedding_rows(model) < rows:  # never shrink: a padded vocabulary keeps its padding rows
+            model.resize_token_embeddings(rows, mean_resizing=False)
+        saved = _safetensors(folder / NEW_ROWS)
         with torch.no_grad():
             for key, emb in (("input", model.get_input_embeddings()), ("output", model.get_output_embeddings())):
                 w = embedding_weight(emb)
-                w[facts["base_vocab_size"]:] = rows[key].to(w.dtype)
-        model = load_lora(model, folder / "adapter")
-    if len(tokenizer) != facts["vocab_size"] or model.get_input_embeddings().weight.shape[0] != len(tokenizer):
-        raise CheckpointError(f"{folder}: tokenizer has {len(tokenizer)} tokens, model embeddings "
-                              f"{model.get_input_embeddings().weight.shape[0]}, checkpoint records "
-                              f"{facts['vocab_size']}; the folder is inconsistent")
-    slots = backbone.add_slot_tokens(tokenizer)  # already present: returns their ids
-    builder = PromptBuilder(tokenizer, data.titles(), facts["domain"], slots, facts["max_length"],
-                            summary=facts["prompt"] == "hybrid+summary", seed=facts["seed"])
-    projector = None
+                w[facts["first_new_row"]:] = saved[key].to(w.dtype)
+        model = load_lora(model, folder / ADAPTER_DIR)
+    if len(tokenizer) != facts["vocab_size"] or backbone.embedding_rows(model) != facts["embedding_rows"]:
+        raise CheckpointError(f"{folder}: tokenizer has {len(tokenizer)} tokens and the model "
+                              f"{backbone.embedding_rows(model)} embedding rows, the checkpoint records "
+                              f"{facts['vocab_size']} and {facts['embedding_rows']}; the folder is inconsistent")
     if facts["prompt"] != "text":
         if encoder is None:
-            raise CheckpointError(f"{folder}: {facts['prompt']} prompts need the encoder it was trained with")
-        if encoder.hidden_size != facts["encoder_hidden"]:
-            raise CheckpointError(f"{folder}: trained with an encoder of hidden size {facts['encoder_hidden']}, "
-                                  f"given one of {encoder.hidden_size}")
-        if facts.get("encoder_fingerprint") and encoder_fingerprint(encoder) != facts["encoder_fingerprint"]:
-            raise CheckpointError(f"{folder}: given encoder's weights differ from those it was trained with "
-                                  f"({facts.get('encoder')}); pass that encoder folder (--encoder), not a "
-                                  f"retrained or other one")
-        projector = Projector(facts["encoder_hidden"], facts["llm_hidden"])
-        state = load_file(str(folder / "projector.safetensors"))
-        try:
-            projector.load_state_dict(state)
-        except RuntimeError as e:
-            raise CheckpointError(f"{folder / 'projector.safetensors'}: does not fit the model ({e})") from None
-    lm = HybridLM(model, builder, facts["prompt"], projector, encoder)
+            encoder = load_encoder(folder / ENCODER_DIR, data)
+        if encoder_fingerprint(encoder) != facts["encoder_fingerprint"]:
+            raise CheckpointError(f"{folder}: the given encoder's weights differ from those it was trained with "
+                                  f"(bundled in {folder / ENCODER_DIR}); leave --encoder out to use the bundled one")
+    projector = _safetensors(folder / PROJECTOR) if facts["prompt"] != "text" else None
+    lm = assemble_recommender(model, tokenizer, catalog, facts["prompt"], encoder, facts["max_length"],
+                              facts["seed"], projector)
     return lm.to(device).eval()
+
+
+def relative_path(target: Path, start: Path) -> str | None:
+    """`target` relative to `start` (None across drives)."""
+    try:
+        return os.path.relpath(Path(target).resolve(), Path(start).resolve())
+    except ValueError:
+        return None

@@ -18,22 +18,23 @@ from llmrec.llm.prompts import Prompt, PromptBuilder
 
 
 class PromptDataset(Dataset):
-    """Samples of one split rendered as prompts by `builder` (answers attached when `with_answer`)."""
+    """Samples of one split rendered as prompts by `builder` (answers attached when `with_answer`).
+
+    Every prompt is built up front with one batched `build_many` (tokenizing whole prompt texts is the cost)."""
 
     def __init__(self, samples: pd.DataFrame, builder: PromptBuilder, with_answer: bool):
         self.builder, self.with_answer = builder, with_answer
         self.rows = list(zip(samples["user_id"].tolist(), samples["position"].tolist(),
                              samples["history"].tolist(), samples["target"].tolist(), samples["candidates"].tolist()))
-        self._prompts: dict[int, Prompt] = {}
+        self.prompts: list[Prompt] = builder.build_many([list(r[2]) for r in self.rows], [list(r[4]) for r in self.rows],
+                                                        [r[0] for r in self.rows], [r[1] for r in self.rows])
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int):
         user, position, history, target, candidates = self.rows[i]
-        if i not in self._prompts:
-            self._prompts[i] = self.builder.build(list(history), list(candidates), user, position)
-        return self._prompts[i], list(map(int, history)), int(target), list(map(int, candidates)), user, position
+        return self.prompts[i], list(map(int, history)), int(target), list(map(int, candidates)), user, position
 
 
 def collate(items, builder: PromptBuilder, with_answer: bool, summary_max_length: int = 50) -> PromptBatch:

@@ -45,6 +45,7 @@ class PromptBatch:
     labels: torch.Tensor | None = None      # [B, T] long, IGNORE everywhere but the answer tokens
     summary_seq: torch.Tensor | None = None     # [B, L] left-padded histories for the summary slot
     summary_lengths: torch.Tensor | None = None  # [B]
+    weights: torch.Tensor | None = None     # [B] per-sample loss weights (e.g. fairness), None = all 1
 
     def to(self, device: torch.device | str) -> PromptBatch:
         return PromptBatch(**{f.name: (v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
@@ -107,10 +108,32 @@ def fill_slots(embeds: torch.Tensor, input_ids: torch.Tensor, slot_id: int, vect
     return embeds.masked_scatter(mask.unsqueeze(-1), vectors.to(embeds.dtype))
 
 
-def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the answer tokens only ([B, K, V] logits, [B, K] labels, the same K
-    last positions of the sequence; K = T for the whole sequence)."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+def answer_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample: the summed next-token cross-entropy over its answer tokens and how many there are.
+
+    Args:
+        logits: [B, K, V] logits of the K last positions of the sequence (K = T for the whole sequence).
+        labels: [B, K] the same positions' labels, IGNORE outside the answer.
+    Returns:
+        ([B] float32 sums, [B] token counts).
+    """
+    target = labels[:, 1:]
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE,
+                         reduction="none").view(target.shape)  # [B, K-1], 0 where ignored
+    return ce.sum(1), (target != IGNORE).sum(1)
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token cross-entropy over the answer tokens: the mean over all answer tokens of the batch, each
+    sample's tokens multiplied by its own weight (`weights` [B], e.g. fairness weights) when given.
+
+    Per sample, not per batch: sample i contributes w_i * (its summed token loss) / (answer tokens in the batch),
+    so two samples of one batch with different weights pull with different strength; scaling the batch loss by
+    the batch's mean weight would not. Without weights this is the usual token-mean loss."""
+    sums, counts = answer_token_losses(logits, labels)
+    if weights is not None:
+        sums = sums * weights.to(sums.dtype)
+    return sums.sum() / counts.sum().clamp(min=1)
 
 
 def answer_window(labels: torch.Tensor) -> int:
@@ -162,6 +185,11 @@ class HybridLM(nn.Module):
         return self._encoder[0] if self._encoder else None
 
     @property
+    def windowed_logits(self) -> bool:
+        """Whether the LM can compute logits for its last positions only (`logits_to_keep`)."""
+        return self._windowed_logits
+
+    @property
     def uses_slots(self) -> bool:
         return self.prompt != "text"
 
@@ -192,13 +220,22 @@ class HybridLM(nn.Module):
         return self.model(inputs_embeds=self.inputs_embeds(batch, hybrid), attention_mask=batch.attention_mask,
                           position_ids=position_ids(batch.attention_mask), **kwargs)
 
-    def loss(self, batch: PromptBatch, hybrid: bool = True) -> torch.Tensor:
-        """Cross-entropy on the answer (target title + terminator) tokens only.
+    def answer_logits(self, batch: PromptBatch, hybrid: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and labels of the positions the answer loss needs ([B, K, V], [B, K]).
 
         Only the last `answer_window` positions get logits: the answers end every left-padded row, and the
         vocabulary projection of the ~300 prompt positions would be thrown away (it cost ~27% of a CPU training
         step of the tiny model)."""
         if not self._windowed_logits:
-            return answer_loss(self(batch, hybrid, use_cache=False).logits, batch.labels)
+            return self(batch, hybrid, use_cache=False).logits, batch.labels
         k = answer_window(batch.labels)
-        return answer_loss(self(batch, hybrid, use_cache=False, logits_to_keep=k).logits, batch.labels[:, -k:])
+        return self(batch, hybrid, use_cache=False, logits_to_keep=k).logits, batch.labels[:, -k:]
+
+    def loss(self, batch: PromptBatch, hybrid: bool = True, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy on the answer (target title + terminator) tokens only; `weights` [B] per sample."""
+        return answer_loss(*self.answer_logits(batch, hybrid), weights)
+
+    def sample_losses(self, batch: PromptBatch, hybrid: bool = True) -> torch.Tensor:
+        """[B] each sample's mean cross-entropy over its own answer tokens."""
+        sums, counts = answer_token_losses(*self.answer_logits(batch, hybrid))
+        return sums / counts.clamp(min=1)

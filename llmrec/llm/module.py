@@ -2,14 +2,13 @@
 
 Per training batch a seeded coin with probability `hybrid_probability` (set by `CurriculumCallback`) picks a
 hybrid or a text-only prompt; a text-only batch never calls the projector, so its gradients stay None and
-AdamW skips it (no weight decay either). Validation ranks the valid candidates in `score` mode with hybrid
-prompts and logs `valid/hr@1`; the best trainable weights by that metric are kept in memory and restored at
-the end of training (checkpoint choice on VALID, never on test).
+AdamW skips it (no weight decay either). A batch's per-sample `weights` (fairness reweighting) multiply each
+sample's loss. Validation ranks the valid candidates in `score` mode with hybrid prompts and logs `valid/hr@1`;
+`llmrec.training.keep_best.KeepBest` keeps the best round's trainable weights (choice on VALID, never on test).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 
 import pytorch_lightning as pl
@@ -18,8 +17,6 @@ import torch
 from llmrec.evaluation.metrics import hit_ratio_at_k, ndcg_at_k, target_ranks
 from llmrec.llm.hybrid import HybridLM, PromptBatch
 from llmrec.llm.ranking import score_candidates
-
-log = logging.getLogger(__name__)
 
 
 def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
@@ -39,9 +36,6 @@ class LLMRecModule(pl.LightningModule):
         self.hybrid_probability = 1.0
         self._coin = torch.Generator().manual_seed(seed)
         self._val_ranks: list[torch.Tensor] = []
-        self.best_hr1 = -1.0
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.history: list[dict[str, float]] = []
 
     def trainable_named_parameters(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.lm.named_parameters() if p.requires_grad}
@@ -49,7 +43,7 @@ class LLMRecModule(pl.LightningModule):
     # ------------------------------------------------------------------ train
     def training_step(self, batch: PromptBatch, batch_idx: int) -> torch.Tensor:
         hybrid = self.lm.uses_slots and float(torch.rand(1, generator=self._coin)) < self.hybrid_probability
-        loss = self.lm.loss(batch, hybrid=hybrid)
+        loss = self.lm.loss(batch, hybrid=hybrid, weights=batch.weights)
         bs = batch.input_ids.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/hybrid", float(hybrid), batch_size=bs)
@@ -65,27 +59,8 @@ class LLMRecModule(pl.LightningModule):
             return
         ranks = torch.cat(self._val_ranks)
         self._val_ranks = []
-        hr1, ndcg5 = hit_ratio_at_k(ranks, 1), ndcg_at_k(ranks, 5)
-        self.log("valid/hr@1", hr1, prog_bar=True)
-        self.log("valid/ndcg@5", ndcg5)
-        if self.trainer.sanity_checking:
-            return
-        self.history.append({"step": int(self.global_step), "valid/hr@1": hr1, "valid/ndcg@5": ndcg5})
-        # one line per round: long CPU runs have no progress bar in a log file
-        log.info("step %d/%s (epoch %d): valid hr@1 %.4f, ndcg@5 %.4f, P(hybrid) %.2f", self.global_step,
-                 self.trainer.estimated_stepping_batches, self.current_epoch, hr1, ndcg5, self.hybrid_probability)
-        if hr1 > self.best_hr1:
-            self.best_hr1 = hr1
-            self.best_state = {n: p.detach().cpu().clone() for n, p in self.trainable_named_parameters().items()}
-
-    def restore_best(self) -> None:
-        """Load the trainable weights of the best validation round back into the model."""
-        if self.best_state is None:
-            return
-        params = self.trainable_named_parameters()
-        with torch.no_grad():
-            for n, v in self.best_state.items():
-                params[n].copy_(v.to(params[n].device))
+        self.log("valid/hr@1", hit_ratio_at_k(ranks, 1), prog_bar=True)
+        self.log("valid/ndcg@5", ndcg_at_k(ranks, 5))
 
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self):

@@ -1,16 +1,41 @@
-"""Prompt templates and their assembly into token ids (DESIGN.md §5).
+"""Prompt templates, rendered as text and tokenized in one call (DESIGN.md §5).
 
-An item is rendered as its title followed by ONE slot token: a behavioural slot (`<|hist|>` for a history
+An item is rendered as its title, a space and ONE slot token: a behavioural slot (`<|hist|>` for a history
 item, `<|cand|>` for a candidate) whose embedding is later replaced by `projector(encoder item embedding)`,
 or, in text-only prompts, the `<|text|>` slot that is kept as a learned token. An optional `<|summary|>` slot
-after the history carries `projector(encoder seq_repr)`.
+after the history carries `projector(encoder seq_repr)`. A prompt reads as a person would write it:
 
-Prompts are assembled at the token-id level from pieces tokenized once: each template's literal text, the
-item separator, and each item's title. An item's title ids are computed ONCE (`PromptBuilder.title_ids`) and
-its answer ids are the same title ids plus the terminator (`PromptBuilder.answer_ids`), so training, scoring
-and decoding all see exactly the same tokens for an item, whatever the tokenizer (a BPE tokenizer may split
-" Title" and "Title" differently; here there is only one way). Prompts are built with the behavioural slots;
-a text-only batch swaps every slot id for the text slot id (`to_text_only`), which keeps lengths identical.
+    A viewer watched these films in order: Toy Story (1995) <|hist|>, Fire Moon (2000) <|hist|>. Which one of
+    these films will they watch next: Heat (1995) <|cand|>, Babe (1995) <|cand|>? Answer with one title. Next film:
+
+`PromptBuilder.render` writes that text and `PromptBuilder.build` tokenizes it in ONE tokenizer call, so a
+pretrained tokenizer sees exactly the text (no double spaces, no stray word-start markers before punctuation).
+The slot tokens are special tokens of the tokenizer (`llmrec.llm.backbone.add_slot_tokens`): they are never
+split, each is one id, and the items behind them are found by id, in order.
+
+The answer follows the template's last word ("Next film:") after one space. An item's answer ids are built
+ONCE (`title_ids` + the EOS terminator = `answer_ids`) and reused by training, scoring and decoding. They are
+what the tokenizer produces for " <title>" in that position, i.e.
+
+    tokenize(prompt_text + " " + title) == prompt_ids + title_ids
+
+which holds for word-level tokenizers, byte-level BPE with a GPT-2/Llama-3/Qwen2 pre-tokenizer (words are split
+before the space that starts the answer) and SentencePiece BPE with a Metaspace pre-tokenizer (Llama-2, Mistral:
+no piece spans a word boundary). Where a tokenizer cannot give this, the builder says so when it is built:
+- a tokenizer with a piece spanning the prompt's last word and the answer's first (e.g. ":▁"): no fixed answer
+  ids can match every prompt. Every item is checked after the end of every template; the mismatching items are
+  logged and listed in `answer_mismatches`, and keep the ids their title gets after the FIRST template's ending
+  (or, where appending the title changes the prompt's own ids, the ids of " <title>" alone);
+- a word-level tokenizer keeps no spacing: its ids are those of the rendered text's words, but it decodes them
+  joined by one space ("Toy Story ( 1995 ) <|hist|> ,");
+- a SentencePiece tokenizer loaded with `legacy: true` (Metaspace prepend_scheme "always") starts the text after
+  every special token with a word-start marker, so the model sees "<|hist|> ▁, Fire" for "<|hist|>, Fire"; the
+  builder logs it (`marks_text_after_slots`) and leaves the model's tokenizer as it is.
+
+Titles are rendered with their whitespace collapsed to single spaces. The tokenizer's own `add_special_tokens`
+behaviour decides the BOS (Llama adds `<s>`, Qwen2 and GPT-2 add nothing); an EOS that a tokenizer would append
+is not added, since the answer must follow the prompt directly. A text-only batch swaps every behavioural slot
+id for the text slot id (`to_text_only`): all slots are single special tokens, so lengths stay identical.
 """
 
 from __future__ import annotations
@@ -30,7 +55,8 @@ HISTORY_SLOT, CANDIDATE_SLOT, TEXT_SLOT, SUMMARY_SLOT = "<|hist|>", "<|cand|>", 
 SLOT_TOKENS: tuple[str, ...] = (HISTORY_SLOT, CANDIDATE_SLOT, TEXT_SLOT, SUMMARY_SLOT)
 
 # Written for this project. Each template holds {history} and {candidates}, and {summary} right after the
-# history (empty unless the prompt kind is `hybrid+summary`); the answer follows the template's last word.
+# history's full stop (empty unless the prompt kind is `hybrid+summary`); the answer follows the template's last
+# word after one space.
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "movies": (
         ("A viewer watched these films in order: {history}.{summary} Which one of these films will they "
@@ -65,8 +91,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
          "is:"),
     ),
 }
-SUMMARY_TEXT = " Their taste in one token:"  # followed by the summary slot and "."
-ITEM_SEPARATOR = ","
+SUMMARY_TEXT = " Their taste in one token:"  # followed by " <|summary|>."
+ITEM_SEPARATOR = ", "
 _FIELDS = {"history", "candidates", "summary"}
 
 
@@ -82,6 +108,41 @@ def template_corpus() -> list[str]:
         for t in group:
             texts.append(t.format(history="", candidates="", summary=""))
     return texts
+
+
+def clean_title(title: str) -> str:
+    """A title as it is rendered: whitespace runs collapsed to one space, none at either end."""
+    return " ".join(str(title).split())
+
+
+def render_items(titles: Sequence[str], slot: str) -> str:
+    """`"<title> <slot>, <title> <slot>"`: each item its title, a space and one slot token."""
+    return ITEM_SEPARATOR.join(f"{t} {slot}" for t in titles)
+
+
+def render_prompt(template: str, history_titles: Sequence[str], candidate_titles: Sequence[str],
+                  summary: bool = False, history_slot: str = HISTORY_SLOT, candidate_slot: str = CANDIDATE_SLOT,
+                  summary_slot: str = SUMMARY_SLOT) -> str:
+    """The prompt text of one template (no answer): history oldest -> newest, candidates in the given order."""
+    return template.format(history=render_items(history_titles, history_slot),
+                           candidates=render_items(candidate_titles, candidate_slot),
+                           summary=f"{SUMMARY_TEXT} {summary_slot}." if summary else "")
+
+
+def check_template(template: str) -> str:
+    """The text after `{candidates}` that the answer follows; refuses templates the builder cannot use."""
+    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    unknown = sorted(set(fields) - _FIELDS)
+    if unknown:
+        raise ConfigError(f"prompt template field {{{unknown[0]}}} is unknown; expected {sorted(_FIELDS)}")
+    if sorted(fields) != sorted(_FIELDS):
+        raise ConfigError(f"prompt template {template[:40]!r}...: needs each of {{history}}, {{candidates}} and "
+                          f"{{summary}} exactly once")
+    tail = template.rsplit("{candidates}", 1)[1]
+    if "{" in tail or not tail.strip() or tail != tail.rstrip() or "  " in template:
+        raise ConfigError(f"prompt template {template[:40]!r}...: must end with words after {{candidates}} (the "
+                          f"answer follows them after one space), no trailing or double spaces")
+    return tail
 
 
 @dataclass(frozen=True)
@@ -106,6 +167,7 @@ class Prompt:
     history: list[int]          # history items kept after truncation, oldest -> newest (one slot each)
     candidates: list[int]       # candidate items in prompt order (one slot each)
     dropped: int                # oldest history items dropped to fit the model's length
+    template: int = 0           # index of the template in `PromptBuilder.templates`
 
 
 def choose_template(n_templates: int, seed: int, user_id: int, position: int) -> int:
@@ -114,10 +176,10 @@ def choose_template(n_templates: int, seed: int, user_id: int, position: int) ->
 
 
 class PromptBuilder:
-    """Assembles prompts as token ids for one tokenizer, catalog and domain.
+    """Renders prompts as text and tokenizes them, for one tokenizer, catalog and domain.
 
     Args:
-        tokenizer: a Hugging Face tokenizer that already holds the slot tokens.
+        tokenizer: a Hugging Face tokenizer that already holds the slot tokens as special tokens.
         titles: titles indexed by item id (index 0 = padding, unused).
         domain: chooses the template wording (`movies`, `games`, `music`, `generic`).
         slots: ids of the slot tokens in `tokenizer`.
@@ -133,79 +195,210 @@ class PromptBuilder:
         self.tokenizer, self.slots, self.max_length, self.summary, self.seed = (
             tokenizer, slots, max_length, summary, seed)
         self.eos = int(tokenizer.eos_token_id)
-        self.bos = [int(tokenizer.bos_token_id)] if tokenizer.bos_token_id is not None else []
-        self._piece_cache: dict[str, list[int]] = {}
-        encoded = tokenizer([" " + t for t in titles[1:]], add_special_tokens=False)["input_ids"]
-        self.title_ids: list[list[int]] = [[]] + [list(map(int, ids)) for ids in encoded]
-        for item, (title, ids) in enumerate(zip(titles[1:], self.title_ids[1:]), start=1):
-            if not ids:
-                raise DataError(f"item {item}: title {title!r} tokenizes to nothing; every item needs at least "
-                                f"one title token (fix the title in items.parquet)")
+        self.templates: tuple[str, ...] = tuple(templates_for(domain))
+        tails = [check_template(t) for t in self.templates]
+        self.titles: list[str] = [""] + [clean_title(t) for t in list(titles)[1:]]
+        for item, title in enumerate(self.titles[1:], start=1):
+            if any(s in title for s in SLOT_TOKENS):
+                raise DataError(f"item {item}: title {title!r} contains a slot token {SLOT_TOKENS}; rename the "
+                                f"item in items.parquet")
+        self._backend = self._fast_backend()
+        self.bos = self._bos()
+        self._check_slots()
+        self.marks_text_after_slots = self._marks_text_after_slots()
+        self.title_ids, self.answer_mismatches = self._title_ids(list(titles), tails)
         self.answer_ids: list[list[int]] = [[]] + [ids + [self.eos] for ids in self.title_ids[1:]]
         self.max_answer_length = max((len(a) for a in self.answer_ids), default=1)
         self._answer_tables: dict[str, tuple] = {}
         self._answer_texts: dict[int, str] = {}
-        self.templates = [self._parse(t) for t in templates_for(domain)]
         self.n_truncated = 0
 
-    # ------------------------------------------------------------------ pieces
-    def _piece(self, text: str) -> list[int]:
-        if text not in self._piece_cache:
-            self._piece_cache[text] = list(map(int, self.tokenizer(text, add_special_tokens=False)["input_ids"]))
-        return self._piece_cache[text]
+    # ------------------------------------------------------------------ tokenizer
+    def _fast_backend(self):
+        """The Rust tokenizer behind a fast HF tokenizer, when calling it directly gives the same ids as the HF
+        call (it skips ~100 us of Python per call); None otherwise. Never used when the tokenizer file enables
+        truncation or padding, which the HF call turns off but a direct call would apply."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None) if getattr(self.tokenizer, "is_fast", False) \
+            else None
+        if backend is None or backend.truncation is not None or backend.padding is not None:
+            return None
+        some = self.titles[1:4] or ["Heat (1995)"]
+        probes = [render_prompt(t, some, some[::-1], summary=True) for t in self.templates]
+        slow = self.tokenizer(probes, add_special_tokens=False)["input_ids"]
+        fast = [e.ids for e in backend.encode_batch(probes, add_special_tokens=False)]
+        return backend if [list(map(int, s)) for s in slow] == fast else None
 
-    def _parse(self, template: str) -> list[tuple[str, str | None]]:
-        parts = []
-        for literal, field, _, _ in string.Formatter().parse(template):
-            if field is not None and field not in _FIELDS:
-                raise ConfigError(f"prompt template field {{{field}}} is unknown; expected {sorted(_FIELDS)}")
-            parts.append((literal, field))
-        return parts
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, without special tokens (one batched tokenizer call)."""
+        if not texts:
+            return []
+        if self._backend is not None:
+            return [e.ids for e in self._backend.encode_batch(list(texts), add_special_tokens=False)]
+        return [list(map(int, ids)) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
-    def _items(self, items: Sequence[int], slot: int) -> list[int]:
-        out: list[int] = []
-        sep = self._piece(ITEM_SEPARATOR)
-        for k, item in enumerate(items):
-            if k:
-                out += sep
-            out += self.title_ids[int(item)] + [slot]
-        return out
+    def _encode_one(self, text: str) -> list[int]:
+        if self._backend is not None:
+            return self._backend.encode(text, add_special_tokens=False).ids
+        return list(map(int, self.tokenizer(text, add_special_tokens=False)["input_ids"]))
 
-    def _assemble(self, template: int, history: Sequence[int], candidates: Sequence[int]) -> list[int]:
-        ids = list(self.bos)
-        for literal, field in self.templates[template]:
-            if literal:
-                ids += self._piece(literal)
-            if field == "history":
-                ids += self._items(history, self.slots.history)
-            elif field == "candidates":
-                ids += self._items(candidates, self.slots.candidate)
-            elif field == "summary" and self.summary:
-                ids += self._piece(SUMMARY_TEXT) + [self.slots.summary] + self._piece(".")
-        return ids
+    def _bos(self) -> list[int]:
+        """The ids the tokenizer itself puts before a text (Llama: [<s>]; Qwen2, GPT-2: none). What it would
+        put after the text (an EOS, for `add_eos_token=True` tokenizers) is left out: the answer follows."""
+        probe = "Heat (1995)"
+        plain = list(map(int, self.tokenizer(probe, add_special_tokens=False)["input_ids"]))
+        full = list(map(int, self.tokenizer(probe, add_special_tokens=True)["input_ids"]))
+        for start in range(len(full) - len(plain) + 1):
+            if full[start:start + len(plain)] == plain:
+                return full[:start]
+        raise ConfigError(f"tokenizer {type(self.tokenizer).__name__}: adding its special tokens changes the "
+                          f"text's own tokens ({plain} -> {full}); expected special tokens only around the text")
+
+    def _check_slots(self) -> None:
+        """Every slot must be ONE special token found by id; a tokenizer without them would split the text."""
+        probe = render_prompt(self.templates[0], ["Heat (1995)", "Babe (1995)"], ["Heat (1995)"], summary=True)
+        ids = self._encode_one(probe)
+        counts = [ids.count(self.slots.history), ids.count(self.slots.candidate), ids.count(self.slots.summary)]
+        if counts != [2, 1, 1] or self._encode_one(TEXT_SLOT) != [self.slots.text]:
+            raise ConfigError(f"the slot tokens {SLOT_TOKENS} are not single special tokens of this tokenizer (found "
+                              f"{counts} of [2, 1, 1] slots in a probe prompt); add them with "
+                              f"`llmrec.llm.backbone.add_slot_tokens` and pass the ids it returns")
+
+    def _marks_text_after_slots(self) -> bool:
+        """Whether the tokenizer starts the text after a special token with a word-start marker that the same text
+        would not get mid-sentence, e.g. a Llama-2 / Mistral tokenizer loaded with `legacy: true` (Metaspace
+        prepend_scheme "always"): then "<|hist|>, Fire" is tokenized as "<|hist|>", "▁,", "▁Fire" and decodes
+        as "<|hist|> , Fire" whatever the text says. Logged, not changed: the tokenizer is the model's own. Not
+        checked for tokenizers that do not give back spacing at all (word-level)."""
+        plain, slotted = "Heat, Heat", f"Heat{HISTORY_SLOT}, Heat"
+
+        def round_trip(text: str) -> str:
+            return self.tokenizer.decode(self._encode_one(text), skip_special_tokens=False,
+                                         clean_up_tokenization_spaces=False)
+
+        if round_trip(plain) != plain or round_trip(slotted) == slotted:
+            return False
+        log.warning("this tokenizer adds a word-start marker to the text after every special token (%r decodes as "
+                    "%r; a SentencePiece tokenizer saved with `legacy: true`), so prompts read \"<|hist|> , \" "
+                    "after each slot; set \"legacy\": false in the model's tokenizer_config.json to tokenize "
+                    "them as written", slotted, round_trip(slotted))
+        return True
+
+    def _title_ids(self, raw_titles: list[str], tails: list[str]) -> tuple[list[list[int]], list[int]]:
+        """Each title's ids as the tokenizer produces them right after a prompt's last word and one space, taken
+        after the first template's ending; items whose ids differ after another template's ending (or whose
+        prompt ids change when the title is appended) are returned as mismatches."""
+        contexts = [CANDIDATE_SLOT + tail for tail in tails]  # the prompt's last segment, exactly as rendered
+        context_ids = self.encode(contexts)
+        n = len(contexts)
+        for item, title in enumerate(self.titles[1:], start=1):
+            if not title:
+                raise DataError(f"item {item}: title {raw_titles[item]!r} tokenizes to nothing; every item needs a "
+                                f"non-blank title (fix the title in items.parquet)")
+        encoded = self.encode([c + " " + t for t in self.titles[1:] for c in contexts])
+        title_ids: list[list[int]] = [[]]
+        mismatches: list[int] = []
+        for item, title in enumerate(self.titles[1:], start=1):
+            after = []
+            for k, ctx in enumerate(context_ids):
+                full = encoded[(item - 1) * n + k]
+                after.append(full[len(ctx):] if full[:len(ctx)] == ctx else None)
+            ids = after[0] if after[0] is not None else self._encode_one(" " + title)
+            if not ids:
+                raise DataError(f"item {item}: title {raw_titles[item]!r} tokenizes to nothing; every item needs at "
+                                f"least one title token (fix the title in items.parquet)")
+            if any(a != ids for a in after):
+                mismatches.append(item)
+            title_ids.append(ids)
+        if mismatches:
+            item = mismatches[0]
+            log.warning("this tokenizer merges a prompt's last word with the answer: for %d of %d items (e.g. item "
+                        "%d %r) the title's tokens after some template's ending are not %s; those items' answers "
+                        "use the ids they get after the first template's ending", len(mismatches),
+                        len(self.titles) - 1, item, self.titles[item], title_ids[item])
+        return title_ids, mismatches
 
     # ------------------------------------------------------------------ prompts
+    def render(self, history: Sequence[int], candidates: Sequence[int], template: int, text_only: bool = False
+               ) -> str:
+        """The prompt text for items `history` (oldest -> newest) and `candidates` with template number
+        `template`; `text_only` writes the `<|text|>` slot instead of the behavioural ones."""
+        slot = {"history_slot": TEXT_SLOT, "candidate_slot": TEXT_SLOT, "summary_slot": TEXT_SLOT} if text_only else {}
+        return render_prompt(self.templates[template], [self.titles[int(i)] for i in history],
+                             [self.titles[int(i)] for i in candidates], self.summary, **slot)
+
+    def _fits(self, ids: list[int]) -> bool:
+        return len(ids) + self.max_answer_length <= self.max_length
+
     def build(self, history: Sequence[int], candidates: Sequence[int], user_id: int = 0,
               position: int = 0) -> Prompt:
         """The prompt for one sample; the oldest history items are dropped until prompt + the longest answer
         in the catalog fit `max_length` (the same budget in training and ranking, so both truncate alike)."""
         template = choose_template(len(self.templates), self.seed, user_id, position)
-        history = [int(i) for i in history]
-        for start in range(len(history)):
-            ids = self._assemble(template, history[start:], candidates)
-            if len(ids) + self.max_answer_length <= self.max_length:
-                if start:
-                    self.n_truncated += 1
-                    if self.n_truncated == 1:
-                        log.warning("prompt for user %s at position %s is longer than the %d-token limit "
-                                "(--max-length, at most the model's context): dropped its %d oldest history "
-                                "item(s) (further truncations are counted, not logged)", user_id, position,
-                                self.max_length, start)
-                return Prompt(ids, history[start:], [int(c) for c in candidates], start)
-        raise DataError(f"user {user_id} position {position}: even with one history item the prompt "
-                        f"({len(self._assemble(template, history[-1:], candidates))} tokens) plus an answer "
-                        f"({self.max_answer_length}) exceeds max length {self.max_length}; raise --max-length "
-                        f"or use a model with a longer context")
+        history, candidates = [int(i) for i in history], [int(c) for c in candidates]
+        ids = self.bos + self._encode_one(self.render(history, candidates, template))
+        if self._fits(ids):
+            return Prompt(ids, history, candidates, 0, template)
+        return self._truncated(template, history, candidates, ids, user_id, position)
+
+    def build_many(self, histories: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]],
+                   user_ids: Sequence[int], positions: Sequence[int]) -> list[Prompt]:
+        """`build` for many samples at once: one batched tokenizer call (parallel in Rust for fast tokenizers)
+        for all untruncated prompts; equal, prompt for prompt, to calling `build` on each sample."""
+        rows = [([int(i) for i in h], [int(c) for c in cs], choose_template(len(self.templates), self.seed, u, p))
+                for h, cs, u, p in zip(histories, candidates, user_ids, positions, strict=True)]
+        encoded = self.encode([self.render(h, cs, t) for h, cs, t in rows])
+        out = []
+        for (h, cs, t), ids, u, p in zip(rows, encoded, user_ids, positions):
+            ids = self.bos + ids
+            out.append(Prompt(ids, h, cs, 0, t) if self._fits(ids) else self._truncated(t, h, cs, ids, u, p))
+        return out
+
+    def _truncated(self, template: int, history: list[int], candidates: list[int], full: list[int], user_id: int,
+                   position: int) -> Prompt:
+        """Drop the fewest oldest history items that make the prompt fit (`full` = the ids with none dropped).
+
+        The history slots' positions in `full` give each item's token count, hence a guess of how many to drop;
+        the guess is checked (and the one before it), with a binary search over the rest when it was wrong
+        (dropping items never lengthens a prompt): about 2 tokenizer calls per truncated prompt, at most
+        ~log2(len(history)) + 3, never one per dropped item."""
+        found: dict[int, list[int]] = {0: full}
+
+        def fits(dropped: int) -> bool:
+            if dropped not in found:
+                text = self.render(history[dropped:], candidates, template)
+                found[dropped] = self.bos + self._encode_one(text)
+            return self._fits(found[dropped])
+
+        n = len(history)
+        slots = [k for k, t in enumerate(full) if t == self.slots.history]  # one per history item, in order
+        excess = len(full) + self.max_answer_length - self.max_length
+        guess = next((d for d in range(1, n) if slots[d] - slots[0] >= excess), n - 1)
+        if n >= 2 and fits(guess):
+            lo, hi = 1, guess
+        else:
+            lo, hi = guess + 1, n - 1
+            if n < 2 or lo > hi or not fits(hi):
+                tokens = len(found.get(max(n - 1, 0), full))
+                raise DataError(f"user {user_id} position {position}: even with one history item the prompt "
+                                f"({tokens} tokens) plus an answer ({self.max_answer_length}) exceeds max length "
+                                f"{self.max_length}; raise --max-length or use a model with a longer context")
+        if hi > lo:  # the guess is usually exact: then dropping one fewer does not fit
+            if fits(hi - 1):
+                hi -= 1
+            else:
+                lo = hi
+        while lo < hi:  # invariant: `hi` fits, fewer than `lo` does not
+            mid = (lo + hi) // 2
+            if fits(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        self.n_truncated += 1
+        if self.n_truncated == 1:
+            log.warning("prompt for user %s at position %s is longer than the %d-token limit (--max-length, at most "
+                        "the model's context): dropped its %d oldest history item(s) (further truncations are "
+                        "counted, not logged)", user_id, position, self.max_length, lo)
+        return Prompt(found[lo], history[lo:], candidates, lo, template)
 
     def to_text_only(self, ids):
         """Swap every behavioural slot id for the text slot id (works on lists and tensors)."""
@@ -216,6 +409,7 @@ class PromptBuilder:
             return torch.where(is_slot, torch.full_like(ids, self.slots.text), ids)
         return [self.slots.text if i in self.slots.behavioural else i for i in ids]
 
+    # ------------------------------------------------------------------ answers
     def answer_text(self, item: int) -> str:
         """The item's title as the tokenizer decodes its answer ids: what generated text is matched against."""
         item = int(item)

@@ -12,13 +12,19 @@
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from llmrec.llm.hybrid import HybridLM, PromptBatch, position_ids
+from llmrec.llm.logprobs import (
+    additive_mask,
+    answer_positions,
+    answers_see,
+    gather_logprobs,
+    pack_answers,
+)
 
 Mode = Literal["score", "generate", "constrained"]
 MODES: tuple[str, ...] = ("score", "generate", "constrained")
@@ -37,52 +43,7 @@ class Ranking:
 
 def _last_logits_only(lm: HybridLM) -> dict:
     """`logits_to_keep=1` where the model supports it: the prompt pass needs only its last position's logits."""
-    model = lm.model.get_base_model() if hasattr(lm.model, "get_base_model") else lm.model
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-
-
-def _packed_answers(lm: HybridLM, batch: PromptBatch) -> tuple[torch.Tensor, ...]:
-    """All candidates' answers of each prompt packed into ONE row, for a single pass over the shared prompt cache.
-
-    Row b holds, one candidate after another, the answer tokens that are fed to the model (every answer token
-    but the last; the first is predicted from the prompt itself) of the C candidates of prompt b, without
-    padding between candidates; rows are right-padded to the longest. Returns
-    `ans` [B, C, A] answer ids (terminator-padded), `lengths` [B, C], `inp` [B, W] fed ids, `tgt` [B, W] the
-    id each fed token predicts, `block` [B, W] the candidate column each token belongs to (-1 on padding) and
-    `offset` [B, W] its index inside its answer. Vectorised: no Python loop over candidates.
-    """
-    table, table_lengths = lm.builder.answer_table(batch.candidates.device)
-    B, C = batch.candidates.shape
-    lengths = table_lengths[batch.candidates]  # [B, C]
-    A = int(lengths.max())
-    ans = table[batch.candidates][..., :A]  # [B, C, A]
-    dev = ans.device
-    fed = (torch.arange(A - 1, device=dev) < (lengths - 1)[..., None]).view(B, -1)  # [B, C*(A-1)]
-    W = max(int(fed.sum(1).max()), 1)
-    col = fed.long().cumsum(1) - 1  # packed column of each fed token
-    row = torch.arange(B, device=dev)[:, None].expand_as(col)
-    where = (row[fed], col[fed])
-    inp = torch.full((B, W), lm.builder.eos, dtype=torch.long, device=dev)
-    tgt = torch.zeros((B, W), dtype=torch.long, device=dev)
-    block = torch.full((B, W), -1, dtype=torch.long, device=dev)
-    offset = torch.zeros((B, W), dtype=torch.long, device=dev)
-    inp[where] = ans[..., :-1].reshape(B, -1)[fed]
-    tgt[where] = ans[..., 1:].reshape(B, -1)[fed]
-    block[where] = torch.arange(C, device=dev).view(1, C, 1).expand(B, C, A - 1).reshape(B, -1)[fed]
-    offset[where] = torch.arange(A - 1, device=dev).view(1, 1, A - 1).expand(B, C, A - 1).reshape(B, -1)[fed]
-    return ans, lengths, inp, tgt, block, offset
-
-
-def _answers_mask(prompt_mask: torch.Tensor, block: torch.Tensor, offset: torch.Tensor,
-                  dtype: torch.dtype) -> torch.Tensor:
-    """[B, 1, W, T + W] additive attention mask of the packed answers: each answer token sees the (unpadded)
-    prompt and the earlier tokens of its OWN answer only, so every candidate is scored as if alone after the
-    prompt. Padding tokens (block -1) see the prompt only; nothing sees them."""
-    sees_prompt = prompt_mask.bool()[:, None, :].expand(-1, block.shape[1], -1)  # [B, W, T]
-    sees_answer = ((block[:, :, None] == block[:, None, :]) & (offset[:, None, :] <= offset[:, :, None])
-                   & (block[:, None, :] >= 0))  # [B, W, W]
-    allowed = torch.cat([sees_prompt, sees_answer], dim=2)[:, None]
-    return torch.zeros(allowed.shape, dtype=dtype, device=block.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    return {"logits_to_keep": 1} if lm.windowed_logits else {}
 
 
 @torch.inference_mode()
@@ -90,25 +51,19 @@ def score_candidates(lm: HybridLM, batch: PromptBatch, hybrid: bool = True) -> t
     """[B, C] sum of answer-token log-probs per candidate, with the prompt's KV cache shared by its candidates.
 
     Two model passes per batch: the prompts (left-padded, logits of the last position only), then all B*C
-    answers at once, packed per prompt (`_packed_answers`) on top of the prompts' cache, which is neither
-    copied nor repeated per candidate; a block-diagonal causal mask keeps candidates apart. Log-softmax
-    normalisers are computed for the answer positions only.
+    answers at once, packed per prompt (`llmrec.llm.logprobs.pack_answers`) on top of the prompts' cache, which
+    is neither copied nor repeated per candidate; a block-diagonal causal mask keeps candidates apart.
+    Equal to `sequence_logprobs(lm, batch, batch.candidates)` (which runs one pass, with gradients).
     """
-    B, C = batch.candidates.shape
     out = lm(batch, hybrid, use_cache=True, **_last_logits_only(lm))
-    ans, lengths, inp, tgt, block, offset = _packed_answers(lm, batch)
-    first = out.logits[:, -1].float().log_softmax(-1)  # [B, V]: the first answer token, straight from the prompt
-    scores = first.gather(1, ans[:, :, 0])  # [B, C]
-    if ans.shape[2] == 1:
-        return scores
+    packed = pack_answers(lm, batch.candidates)
+    if packed.ids.shape[2] == 1:
+        return gather_logprobs(out.logits[:, -1], None, packed)
     dtype = lm.model.get_input_embeddings().weight.dtype
-    mask = _answers_mask(batch.attention_mask, block, offset, dtype if dtype.is_floating_point else torch.float32)
-    pos = position_ids(batch.attention_mask)[:, -1:] + 1 + offset  # [B, W]: each answer restarts after its prompt
-    logits = lm.model(input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=out.past_key_values,
-                      use_cache=True).logits.float()  # [B, W, V]
-    tok = logits.gather(2, tgt[..., None]).squeeze(2) - logits.logsumexp(-1)  # [B, W]
-    tok = tok.masked_fill(block < 0, 0.0)
-    return scores.scatter_add(1, block.clamp(min=0), tok)
+    mask = additive_mask(answers_see(batch.attention_mask, packed), dtype)
+    logits = lm.model(input_ids=packed.fed, attention_mask=mask, position_ids=answer_positions(batch.attention_mask,
+                      packed), past_key_values=out.past_key_values, use_cache=True).logits  # [B, W, V]
+    return gather_logprobs(out.logits[:, -1], logits, packed)
 
 
 class CandidateTrie:

@@ -5,7 +5,9 @@ Tab-separated with a typed header, e.g.
     ml-100k.item    item_id:token  movie_title:token_seq  release_year:token  class:token_seq
 Columns are found by name (the part before ':'), so reordered or extra columns are fine. RecBole stores the
 year apart from the title ("Toy Story" + "1995"); the title is rebuilt as "Toy Story (1995)" so both ML-100K
-sources give the same titles. `class` is a space-separated genre list. Files are UTF-8.
+sources give the same titles. `class` is a space-separated genre list. Files are UTF-8 (RecBole reads them so):
+a byte that is not UTF-8 is an error naming its line. The format has no quoting; RecBole itself splits lines
+on every tab, so a line with more or fewer fields than the header is an error, never a title cut at a tab.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from llmrec.data.raw import (
     decode,
     lines,
     make_raw,
-    parse_number,
+    no_data_rows,
+    parse_time,
     require_id,
 )
 from llmrec.errors import DataError
@@ -39,7 +42,7 @@ def _rows(f: RawFile, required: tuple[str, ...]) -> tuple[dict[str, int], list[t
     it = lines(text)
     first = next(it, None)
     if first is None:
-        raise DataError(f"{f.name} is empty; expected a RecBole header line and data lines")
+        raise no_data_rows(f.name, "a RecBole header line and one line per row", "the file is empty")
     cols = _header(first[1], f, required)
     rows = []
     for number, line in it:
@@ -48,6 +51,8 @@ def _rows(f: RawFile, required: tuple[str, ...]) -> tuple[dict[str, int], list[t
             raise DataError(f"{f.name} line {number}: expected {len(cols)} tab-separated fields "
                             f"({', '.join(cols)}), found {len(fields)}: {line[:120]!r}")
         rows.append((number, fields))
+    if not rows:
+        raise no_data_rows(f.name, "one tab-separated line per row after the header", "only a header line")
     return cols, rows
 
 
@@ -56,7 +61,7 @@ def load_recbole_ml100k(inter: RawFile, item: RawFile) -> RawData:
     u, i, t = cols["user_id"], cols["item_id"], cols["timestamp"]
     users = [require_id(r[u], inter.name, n, "user_id") for n, r in rows]
     items = [require_id(r[i], inter.name, n, "item_id") for n, r in rows]
-    times = [parse_number(r[t], inter.name, n, "timestamp") for n, r in rows]
+    times = [parse_time(r[t], inter.name, n) for n, r in rows]
 
     cols, rows = _rows(item, ("item_id", "movie_title"))
     ids, titles, genres, where = [], [], [], []

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from typing import Any
 
-from llmrec.data.raw import RawData, RawFile, make_raw
+from llmrec.data.raw import RawData, RawFile, make_raw, no_data_rows
 from llmrec.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -57,12 +57,19 @@ def _records(f: RawFile) -> Iterator[tuple[int, dict[str, Any]]]:
 REVIEW_FIELDS = ("username", "product_id", "date")
 
 
+def _text(value: Any) -> str:
+    """A field as text; a missing value (absent, None, empty) is "" (0 is a value, not a missing one)."""
+    return "" if value is None else str(value).strip()
+
+
 def load_steam(reviews: RawFile, games: RawFile) -> RawData:
     users, items, times = [], [], []
     day_seconds: dict[str, int] = {}
     incomplete, first_incomplete = 0, ""
+    n_reviews = 0
     for number, rec in _records(reviews):
-        values = [str(rec.get(k) or "").strip() for k in REVIEW_FIELDS]
+        n_reviews += 1
+        values = [_text(rec.get(k)) for k in REVIEW_FIELDS]
         if not all(values):  # cannot be placed in a sequence: counted, reported, skipped
             incomplete += 1
             first_incomplete = first_incomplete or (
@@ -79,19 +86,28 @@ def load_steam(reviews: RawFile, games: RawFile) -> RawData:
                     from None
             day_seconds[day] = int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp())
         times.append(day_seconds[day])
+    if not users:
+        raise no_data_rows(reviews.name, "one review dict with 'username', 'product_id' and 'date' per line",
+                           f"all {n_reviews} review(s) lack one of them; first: {first_incomplete}" if n_reviews
+                           else "the file holds no review")
     ids, titles, genres, where = [], [], [], []
     no_id = 0
+    n_games = 0
     for number, rec in _records(games):
-        gid = rec.get("id")
-        if gid is None or str(gid).strip() == "":
+        n_games += 1
+        gid = _text(rec.get("id"))
+        if not gid:
             no_id += 1
             continue
-        ids.append(str(gid).strip())
-        title = rec.get("app_name") or rec.get("title") or ""
-        titles.append(str(title))
+        ids.append(gid)
+        title = _text(rec.get("app_name")) or _text(rec.get("title"))
+        titles.append(title)
         g = rec.get("genres") or []
-        genres.append([str(x) for x in g] if isinstance(g, (list, tuple)) else [str(g)])
+        genres.append([str(x) for x in g if x is not None] if isinstance(g, (list, tuple)) else [str(g)])
         where.append(f"{games.name} line {number}")
+    if not ids:
+        raise no_data_rows(games.name, "one game dict with an 'id' per line",
+                           f"all {n_games} game(s) lack an 'id'" if n_games else "the file holds no game")
     if incomplete:
         log.warning("skipped %d review(s) without a username, product_id or date (first: %s)", incomplete,
                     first_incomplete)

@@ -1,0 +1,284 @@
+"""S-DPO and the DPO family after SFT, on ML-100K `llara`, at a stated CPU scale; and the cost of one step.
+
+    .venv/bin/python bench/sdpo.py quality --seeds 0 1 2 --write    # SFT, then DPO / S-DPO / variants, per seed
+    .venv/bin/python bench/sdpo.py step-cost --write                 # SFT vs S-DPO (N=3, 19) vs naive step, same run
+
+quality, per seed (every model ranks the SAME stored 20 candidates of the `all` test set):
+  1. MostPop and SASRec (hidden 64, at most 15 epochs) with `llmrec train-encoder`;
+  2. SFT: `llmrec train-llm` with `llmrec/configs/llm-tiny-cpu.yaml` (tiny Llama 2 x 128, all weights trained,
+     hybrid prompts, SASRec frozen) on a seeded subset of `--sft-samples` training samples, one epoch;
+  3. from that SFT checkpoint, `llmrec train-sdpo` on a seeded subset of `--sdpo-samples` training samples, one
+     epoch, beta 1, for: dpo (N=1), sdpo (N=3), sdpo_all (N=19), dr_sdpo, beta_sdpo, alpha_sdpo (N=3);
+  4. test `hr@1` in score mode on the whole `all` test set, `hr@1_last` (users' final samples), and `hr@1` and
+     `valid_ratio` in generate mode on a seeded subset of `--generate-samples` test samples.
+Trained models are kept under `--work` and reused by a re-run; results are written after every seed.
+
+step-cost: one optimiser step (forward + backward + AdamW) on the same batches of 16 prompts, timed side by side
+in one run: SFT (prompt + target answer), S-DPO with N=3 and N=19 (one prompt pass, packed answers) and the naive
+N=3 layout of the authors' code (N+1 full prompt+answer sequences); the reference log-prob precomputation of the
+same batches, peak memory (resident set), and the FLOP-count bound of each step from its token counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from machine import cpu_name, update_results  # bench/machine.py (scripts run from bench/)
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from llmrec.config import resolve_config
+from llmrec.data.dataset import ProcessedDataset
+
+RESULTS = ROOT / "bench" / "results" / "sdpo.json"
+LLM_PRESET = ROOT / "llmrec" / "configs" / "llm-tiny-cpu.yaml"
+VARIANTS = {  # name -> train-sdpo options
+    "dpo": {"negatives": 1, "loss": "sdpo"},
+    "sdpo": {"negatives": 3, "loss": "sdpo"},
+    "sdpo_all": {"negatives": "all", "loss": "sdpo"},
+    "dr_sdpo": {"negatives": 3, "loss": "dr-sdpo"},
+    "beta_sdpo": {"negatives": 3, "loss": "beta-sdpo"},
+    "alpha_sdpo": {"negatives": 3, "loss": "alpha-sdpo"},
+}
+log = logging.getLogger("bench.sdpo")
+
+
+def machine() -> dict:
+    import platform
+
+    import transformers
+
+    return {"cpu": cpu_name(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def summary(values: list[float], seeds: list[int]) -> dict:
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "seeds": dict(zip(map(str, seeds), values))}
+
+
+def train_encoder(model: str, data_dir: Path, out: Path, seed: int) -> Path:
+    from llmrec.encoders.train import TrainEncoderConfig, run_train_encoder
+
+    if not (out / "metrics.json").is_file():
+        run_train_encoder(TrainEncoderConfig(data=data_dir, out=out, model=model, seed=seed, max_epochs=15,
+                                             device="cpu", progress_bar=False,
+                                             hidden_size=64 if model != "mostpop" else None,
+                                             max_length=10 if model != "mostpop" else None))
+    return out
+
+
+def train_sft(args, encoder: Path, out: Path, seed: int, prompt: str = "hybrid", extra: dict | None = None) -> Path:
+    from llmrec.llm.train import TrainLLMConfig, run_train_llm
+
+    if not (out / "metrics.json").is_file():
+        run_train_llm(resolve_config(TrainLLMConfig, {
+            "data": args.data, "encoder": encoder, "out": out, "seed": seed, "device": "cpu", "prompt": prompt,
+            "max_train_samples": args.sft_samples, "cache_dir": args.work / "cache", **(extra or {})}, LLM_PRESET))
+    return out
+
+
+def train_sdpo(args, sft: Path, out: Path, seed: int, options: dict) -> Path:
+    from llmrec.preference.train import TrainSDPOConfig, run_train_sdpo
+
+    if not (out / "metrics.json").is_file():
+        run_train_sdpo(resolve_config(TrainSDPOConfig, {
+            "sft": sft, "data": args.data, "out": out, "seed": seed, "device": "cpu", "epochs": 1,
+            "max_train_samples": args.sdpo_samples, "batch_size": 16, "eval_batch_size": 32, "lr": args.lr,
+            "val_check_interval": 0.5, "beta": 1.0, **options}))
+    return out
+
+
+def cached(folder: Path, key: str, compute) -> dict:
+    """A figure of one trained model computed once and kept beside it, so that a re-run re-evaluates nothing."""
+    path = folder / "bench-results.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    if key not in results:
+        results[key] = compute()
+        path.write_text(json.dumps(results, indent=2) + "\n")
+    return results[key]
+
+
+def generate_metrics(folder: Path, data: ProcessedDataset, n: int, seed: int) -> dict:
+    from llmrec.evaluation.llm_split import evaluate_split
+    from llmrec.llm.checkpoint import load_recommender
+
+    lm = load_recommender(folder, data)
+    m, _ = evaluate_split(lm, data, "test", "generate", 32, n, seed)
+    return {"hr@1": m["hr@1"], "valid_ratio": m["valid_ratio"], "n_samples": m["n_samples"]}
+
+
+def encoder_hr1(folder: Path) -> tuple[float, float]:
+    m = json.loads((folder / "metrics.json").read_text())["test"]
+    return m["candidates/hr@1"], m.get("candidates/hr@1_last", float("nan"))
+
+
+def quality(args) -> int:
+    data = ProcessedDataset.load(args.data)
+    names = ["sft", *VARIANTS]
+    rows: dict[str, dict[str, list[float]]] = {n: {} for n in [*names, "sasrec", "mostpop"]}
+    seconds: dict[str, dict[str, list[float]]] = {n: {} for n in VARIANTS}
+
+    def add(name: str, key: str, value: float) -> None:
+        rows[name].setdefault(key, []).append(value)
+
+    done: list[int] = []
+    for seed in args.seeds:
+        work = args.work / f"seed{seed}"
+        enc = {m: train_encoder(m, args.data, work / m, seed) for m in ("mostpop", "sasrec")}
+        for m in enc:
+            hr1, last = encoder_hr1(enc[m])
+            add(m, "hr@1", hr1)
+            add(m, "hr@1_last", last)
+        sft = train_sft(args, enc["sasrec"], work / "sft-hybrid", seed)
+        models = {"sft": sft} | {n: train_sdpo(args, sft, work / n, seed, o) for n, o in VARIANTS.items()
+                                 if n in args.variants}
+        for name, folder in models.items():
+            m = json.loads((folder / "metrics.json").read_text())
+            add(name, "hr@1", m["test/hr@1"])
+            add(name, "hr@1_last", m["test/hr@1_last"])
+            g = cached(folder, f"generate:{args.generate_samples}:{seed}",
+                       lambda f=folder: generate_metrics(f, data, args.generate_samples, seed))
+            add(name, "generate_hr@1", g["hr@1"])
+            add(name, "valid_ratio", g["valid_ratio"])
+            add(name, "train_seconds", m["train_seconds"])
+            if name != "sft":
+                seconds[name].setdefault("reference_seconds", []).append(m["reference_seconds"])
+        done.append(seed)
+        result = {n: {k: summary(v, done) for k, v in r.items()} for n, r in rows.items() if r}
+        for n, s in seconds.items():
+            if n in result:
+                result[n].update({k: summary(v, done) for k, v in s.items()})
+        result.update({
+            "device": f"cpu ({machine()['cpu']}, {torch.get_num_threads()} torch threads)", "machine": machine(),
+            "scale": (f"cpu: tiny Llama 2x128 ({LLM_PRESET.name}), hybrid prompts; SFT one epoch on "
+                      f"{args.sft_samples} training samples; S-DPO one epoch on {args.sdpo_samples} samples, beta 1, "
+                      f"lr {args.lr}, batch 16; score-mode hr@1 on the whole `all` test set "
+                      f"({len(data.split('test'))} samples); generate-mode metrics on {args.generate_samples} "
+                      f"seeded test samples; seeds {done}"),
+            "n_test": len(data.split("test")), "date": time.strftime("%Y-%m-%d"),
+            "command": "python bench/sdpo.py quality " + " ".join(sys.argv[2:])})
+        print(json.dumps({n: {k: v["mean"] for k, v in r.items() if isinstance(v, dict) and "mean" in v}
+                          for n, r in result.items() if n in rows}, indent=1))
+        if args.write:
+            update_results(RESULTS, "quality", result)
+            for n in rows:
+                if n in result:
+                    update_results(RESULTS, n, result[n])
+            for key in ("device", "scale", "date", "command"):
+                update_results(RESULTS, key, result[key])
+    return 0
+
+
+def step_cost(args) -> int:
+    """One training step of each kind on the same batches (see the module docstring)."""
+    from llmrec.data.sampling import subset
+    from llmrec.encoders.checkpoint import load_encoder
+    from llmrec.llm.datamodule import prompt_loader
+    from llmrec.llm.logprobs import sequence_logprobs
+    from llmrec.llm.train import TrainLLMConfig, build_recommender
+    from llmrec.preference.losses import sdpo_loss
+    from llmrec.preference.naive import concatenated_logprobs
+    from llmrec.preference.negatives import preference_items
+
+    data = ProcessedDataset.load(args.data)
+    encoder = load_encoder(train_encoder("sasrec", args.data, args.work / "seed0" / "sasrec", 0), data)
+    config = resolve_config(TrainLLMConfig, {"data": args.data, "out": args.work / "unused", "device": "cpu",
+                                             "cache_dir": args.work / "cache", "seed": 0}, LLM_PRESET)
+    lm, _ = build_recommender(config, data, encoder)
+    lm.train()
+    train = subset(data.split("train"), args.batches * 16, 0)
+    items = {n: torch.as_tensor(preference_items(train, n, 0)) for n in (3, "all")}
+    sft_batches = list(prompt_loader(train, lm.builder, 16, with_answer=True))
+    prompt_batches = list(prompt_loader(train, lm.builder, 16, with_answer=False))
+    opt = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=1e-5)
+
+    def step(kind: str, i: int) -> None:
+        if kind == "sft":
+            loss = lm.loss(sft_batches[i])
+        else:
+            n = 3 if kind in ("sdpo_n3", "naive_n3") else "all"
+            its = items[n][16 * i:16 * (i + 1)]
+            fn = concatenated_logprobs if kind.startswith("naive") else sequence_logprobs
+            logps = fn(lm, prompt_batches[i], its)
+            ref = logps.detach()
+            loss = sdpo_loss(logps[:, 0], logps[:, 1:], ref[:, 0], ref[:, 1:], 1.0).losses.mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    kinds = ["sft", "sdpo_n3", "sdpo_n19", "naive_n3"]
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    for i in range(len(prompt_batches)):  # interleaved: every kind sees the same machine load
+        for k in kinds:
+            started = time.perf_counter()
+            step(k, i)
+            if i > 0:  # the first round warms up allocators and caches
+                times[k].append(time.perf_counter() - started)
+    lm.eval()
+    started = time.perf_counter()
+    with torch.no_grad():
+        for i, batch in enumerate(prompt_batches):
+            sequence_logprobs(lm, batch, items[3][16 * i:16 * (i + 1)])
+    reference_s = (time.perf_counter() - started) / len(prompt_batches)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    # FLOP bound: a decoder step costs ~ (tokens through the layers) x (per-token cost of layers) + (positions with
+    # logits) x (output layer); report both token counts so the bound can be read for any model size
+    b = prompt_batches[1]
+    prompt_tokens = int(b.attention_mask.sum())
+    ans = {n: int(lm.builder.answer_table()[1][items[n][16:32]].sum()) for n in (3, "all")}
+    result = {
+        "sft_s": med["sft"], "sdpo_n3_s": med["sdpo_n3"], "sdpo_n19_s": med["sdpo_n19"], "naive_n3_s": med["naive_n3"],
+        "ratio_n3": med["sdpo_n3"] / med["sft"], "ratio_n19": med["sdpo_n19"] / med["sft"],
+        "naive_ratio_n3": med["naive_n3"] / med["sft"], "reference_per_batch_s": reference_s,
+        "tokens_per_batch": {"prompt": prompt_tokens, "answers_n3": ans[3], "answers_n19": ans["all"],
+                             "sft_answer": int((sft_batches[1].labels != -100).sum())},
+        "flop_bound": ("layers: S-DPO runs prompt + all 1+N answers once, (prompt + answers_nN) / (prompt + "
+                       "sft_answer) tokens of an SFT step; logits: answers_nN / sft_answer positions. For the tiny "
+                       "2x128 model the output layer (vocabulary x 128) costs about as much per position as both "
+                       "decoder layers, so the answer-heavy N=19 step costs more here than on a 7B model"),
+        "layer_token_ratio_n3": (prompt_tokens + ans[3]) / (prompt_tokens + int((sft_batches[1].labels != -100).sum())),
+        "layer_token_ratio_n19": (prompt_tokens + ans["all"]) / (prompt_tokens + int((sft_batches[1].labels != -100).sum())),
+        "batches": len(prompt_batches) - 1, "batch_size": 16,
+        "peak_mem_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "model": "tiny Llama 2x128 (llm-tiny-cpu.yaml), hybrid prompts, all weights trained",
+        "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+        "command": "python bench/sdpo.py step-cost " + " ".join(sys.argv[2:])}
+    print(json.dumps(result, indent=2))
+    if args.write:
+        update_results(RESULTS, "step_cost", {k: result[k] for k in ("sft_s", "sdpo_n3_s", "sdpo_n19_s", "naive_n3_s",
+                                                                      "ratio_n3", "ratio_n19")})
+        update_results(RESULTS, "step_cost_details", result)
+        update_results(RESULTS, "peak_mem_gib", result["peak_mem_gib"])
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("what", choices=["quality", "step-cost"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--data", type=Path, default=ROOT / "data/processed/ml-100k-llara-all")
+    p.add_argument("--work", type=Path, default=ROOT / "checkpoints/bench-sdpo")
+    p.add_argument("--sft-samples", type=int, default=20000)
+    p.add_argument("--sdpo-samples", type=int, default=4000)
+    p.add_argument("--generate-samples", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batches", type=int, default=6, help="step-cost: timed batches of 16 (+1 warm-up)")
+    p.add_argument("--write", action="store_true")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return quality(args) if args.what == "quality" else step_cost(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

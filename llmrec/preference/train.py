@@ -1,0 +1,274 @@
+"""`llmrec train-sdpo`: preference-train an SFT recommender with S-DPO or a DPO-family variant (DESIGN.md §6).
+
+    llmrec train-sdpo --sft DIR --data DIR --out DIR [--negatives 3|all] [--loss sdpo|dr-sdpo|beta-sdpo|alpha-sdpo]
+                      [--beta 1.0] [--config FILE]
+
+1. Loads the SFT checkpoint (`llmrec train-llm` output) and refuses data of another catalog or split.
+2. Draws N negatives per training sample from its other stored candidates, fixed per (seed, user, position)
+   (`llmrec.preference.negatives`); `--negatives 1` with `--loss sdpo` is the DPO baseline.
+3. Measures the SFT model's valid `hr@1` (the start), then computes the reference log-probs of every sample's
+   chosen answer and negatives ONCE with that model (eval mode, no gradients) and stores them
+   (`reference_logprobs.safetensors`); the same model then becomes the policy: one model resident.
+4. Trains with Lightning (one prompt pass per sample for all 1 + N answers), keeping the best round on valid
+   `hr@1` (the SFT start is measured but is not a candidate: the output is always preference-trained).
+5. Writes a regular LLM checkpoint folder (`llmrec.llm.checkpoint`: weights, tokenizer, catalog, encoder copy),
+   so `llmrec evaluate` works on it unchanged, with `config.yaml`, `metrics.json` (best valid `hr@1`, the SFT
+   start's valid `hr@1`, reference and training time, test metrics in `score` mode), `eval-test-score/`,
+   `logs/` (loss and `rewards/*` curves) and the stored reference log-probs.
+
+Per-sample loss weights (`--fairness-weights`, DESIGN.md §7) enter every loss per sample; `none` for now.
+Defaults follow S-DPO's authors (beta 1, N = 3, 3 epochs, no weight decay) except the learning rate: they used
+1e-5 for LoRA on a 7B Llama; 1e-4 suits the small models this project trains on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from llmrec.atomic import atomic_write_text, check_output, output_directory
+from llmrec.config import check_config, option, save_config
+from llmrec.data.catalog import Catalog
+from llmrec.data.dataset import ProcessedDataset
+from llmrec.data.sampling import subset
+from llmrec.device import lightning_accelerator
+from llmrec.errors import CheckpointError, ConfigError
+from llmrec.evaluation.llm_split import evaluate_split, write_evaluation
+from llmrec.llm.checkpoint import (
+    BASE_DIR,
+    ENCODER_DIR,
+    base_folder,
+    check_data_matches,
+    load_recommender,
+    read_facts,
+    relative_path,
+    save_checkpoint,
+)
+from llmrec.llm.hybrid import HybridLM
+from llmrec.preference.datamodule import PreferenceDataModule, PreferenceDataset
+from llmrec.preference.module import LossName, PreferenceModule, PreferenceSettings, disable_dropout, set_trainable
+from llmrec.preference.negatives import ALL, NegativeSetting, check_negatives, preference_items
+from llmrec.preference.reference import REFERENCE_FILE, compute_reference, save_reference
+from llmrec.training.divergence import DivergenceGuard
+from llmrec.training.keep_best import KeepBest
+from llmrec.training.loggers import training_loggers
+from llmrec.training.progress import trainer_progress
+
+log = logging.getLogger(__name__)
+METRICS_FILE = "metrics.json"
+INDEX_COLUMN = "sample_index"  # a training sample's row in the FULL train split: the reference file's key
+
+
+class NegativeCount(str):
+    """Type of `--negatives` on the command line: the flag's text, which `TrainSDPOConfig` turns into an integer
+    >= 1 or the string `all` (a YAML file or Python code may give the integer directly)."""
+
+
+def parse_negatives(value: Any) -> NegativeSetting:
+    """`3`, `"3"` -> 3; `"all"` -> `"all"`; anything else (0, -1, 2.5, "x") -> one-line ConfigError."""
+    if isinstance(value, str) and value.strip().lower() == ALL:
+        return ALL
+    n = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    elif isinstance(value, str) and value.strip().lstrip("+").isdigit():
+        n = int(value.strip())
+    if n is None or n < 1:
+        raise ConfigError(f"option --negatives: got {str(value)!r}, expected an integer >= 1 or all")
+    return n
+
+
+@dataclass
+class TrainSDPOConfig:
+    sft: Path | None = option(None, "the SFT checkpoint folder to start from (a `llmrec train-llm` output); its "
+                                    "frozen copy is the reference model")
+    data: Path | None = option(None, "processed dataset folder the SFT model was trained on")
+    out: Path | None = option(None, "output checkpoint folder (must not exist or be empty, or be a previous "
+                                    "train-sdpo output)")
+    negatives: NegativeCount = option(3, "negatives per sample, drawn from its other stored candidates and fixed "
+                                         "per sample and seed: an integer >= 1 (1 = DPO) or `all`")
+    loss: LossName = option("sdpo", "sdpo (softmax DPO), dr-sdpo (distributionally robust batch aggregation), "
+                                    "beta-sdpo (dynamic beta + filtering) or alpha-sdpo (adaptive margin)")
+    beta: float = option(1.0, "beta of the implicit reward (S-DPO's authors: 1; alpha-DPO's: 2.5)", min=0,
+                         min_exclusive=True)
+    beta_prime: float = option(1.0, "dr-sdpo: beta' of the robust aggregation (large values give the plain mean)",
+                               min=0, min_exclusive=True)
+    beta_rho: float = option(0.2, "beta-sdpo: share of each batch dropped by beta-guided filtering", min=0, max=1,
+                             max_exclusive=True)
+    beta_alpha: float = option(0.6, "beta-sdpo: how strongly beta follows the batch's mean margin (the paper's a)",
+                               min=0)
+    alpha: float = option(0.2, "alpha-sdpo: weight of the adaptive reward margin (0 gives SimPO)", min=0)
+    gamma_beta_ratio: float = option(0.6, "alpha-sdpo: target reward margin gamma / beta", min=0)
+    epochs: int = option(3, "training epochs", min=1)
+    max_steps: int = option(-1, "stop after this many optimiser steps (-1: no limit)", min=1, also=(-1,))
+    batch_size: int = option(8, "training prompts per batch (each with 1 + N answers)", min=1)
+    eval_batch_size: int = option(8, "prompts per ranking / reference batch", min=1)
+    lr: float = option(1e-4, "peak learning rate (warmup + cosine), projector included", min=0, min_exclusive=True)
+    weight_decay: float = option(0.0, "AdamW weight decay", min=0)
+    warmup_ratio: float = option(0.05, "share of steps spent in linear warmup", min=0, max=1)
+    val_check_interval: float = option(1.0, "validate every this share of an epoch", min=0, max=1,
+                                       min_exclusive=True)
+    max_train_samples: int | None = option(None, "use a seeded random subset of the training samples", min=1)
+    max_valid_samples: int | None = option(1000, "rank a seeded random subset of the valid samples (checkpoint "
+                                                 "choice); None: all", min=1)
+    max_test_samples: int | None = option(None, "rank a seeded random subset of the test samples; None: all", min=1)
+    fairness_weights: Literal["none"] = option("none", "per-sample loss weights of the training samples (fairness "
+                                                       "reweighting, DESIGN.md §7); none: every sample weighs 1")
+    llm: str | None = option(None, "base model folder of a LoRA SFT checkpoint whose base moved (default: the "
+                                   "recorded one)")
+    dtype: Literal["float32", "bfloat16", "float16"] = option("float32", "weights dtype of the LLM (bf16 on GPU)")
+    device: Literal["auto", "cpu", "gpu", "cuda"] = option("auto", "where to train (auto: a GPU if present)")
+    precision: str = option("32-true", "Lightning precision (e.g. bf16-mixed on a GPU)", choices=(
+        "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true", "64",
+        "transformer-engine", "transformer-engine-float16"))
+    seed: int = option(0, "random seed (negatives, shuffling, subsets, beta-sdpo's filter)", min=0, max=2**32 - 1)
+    progress_bar: bool | None = option(None, "Lightning's progress bar (default: on a terminal; periodic log "
+                                             "lines otherwise)")
+
+    def __post_init__(self) -> None:
+        self.negatives = parse_negatives(self.negatives)  # type: ignore[assignment]
+
+    def settings(self) -> PreferenceSettings:
+        return PreferenceSettings(self.loss, self.beta, self.beta_prime, self.beta_rho, self.beta_alpha, self.alpha,
+                                  self.gamma_beta_ratio)
+
+
+def training_weights(config: TrainSDPOConfig, data: ProcessedDataset, train: pd.DataFrame) -> np.ndarray | None:
+    """[M] per-sample loss weights of the training samples `train` (rows of the train split), or None for all 1.
+
+    The hook of fairness reweighting (DESIGN.md §7): weights are computed over the FULL train split (normalising
+    over a subset or a batch would make a sample's weight depend on its neighbours) and picked by
+    `train[INDEX_COLUMN]`; they reach the loss per sample through `PromptBatch.weights`.
+    """
+    if config.fairness_weights == "none":
+        return None
+    raise ConfigError(f"option --fairness-weights {config.fairness_weights!r}: expected none")
+
+
+def _torch_device(device: str) -> str:
+    return "cuda" if lightning_accelerator(device) == "gpu" else "cpu"
+
+
+def _check_out(out: Path, sft: Path) -> None:
+    if out.resolve() == sft.resolve():
+        raise ConfigError(f"--out {out} is the --sft folder; write the preference-trained model to another folder")
+    check_output(out, "train-sdpo", error=CheckpointError)
+
+
+def output_facts(sft: Path, facts: dict[str, Any], out: Path, config: TrainSDPOConfig, negatives: int,
+                 ) -> dict[str, Any]:
+    """The checkpoint facts of the S-DPO output: the SFT's (same model layout, prompts, data fingerprints), where
+    the base model of a LoRA checkpoint is found from `out`, `"stage": "sdpo"` and the S-DPO options."""
+    new = {k: v for k, v in facts.items() if k not in ("format", "format_version")}
+    base = dict(facts["base"])
+    if facts["finetune"] == "lora":
+        base_dir = base_folder(sft, facts, config.llm)
+        if base_dir == sft / BASE_DIR:  # the tiny base bundled in the SFT folder: copied into the new one
+            base["tiny_folder"] = str(base_dir)
+        else:
+            base["path"] = str(base_dir.resolve())
+            base["relative"] = relative_path(base_dir, out)
+    new["base"] = base
+    new["stage"] = "sdpo"
+    new["sdpo"] = {"sft": str(sft.resolve()), "loss": config.loss, "negatives": negatives,
+                   "negatives_option": config.negatives, "beta": config.beta, "beta_prime": config.beta_prime,
+                   "beta_rho": config.beta_rho, "beta_alpha": config.beta_alpha, "alpha": config.alpha,
+                   "gamma_beta_ratio": config.gamma_beta_ratio, "seed": config.seed,
+                   "fairness_weights": config.fairness_weights}
+    return new
+
+
+def fit_preference(lm: HybridLM, data: ProcessedDataset, train_set: PreferenceDataset, config: TrainSDPOConfig,
+                   log_dir: Path | None = None) -> tuple[PreferenceModule, KeepBest]:
+    """Train the policy `lm` (already trainable) with Lightning; the best valid round's weights are restored."""
+    import pytorch_lightning as pl
+
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    valid = subset(data.split("valid"), config.max_valid_samples, config.seed + 1)
+    dm = PreferenceDataModule(train_set, valid, config.batch_size, config.eval_batch_size,
+                              summary_max_length=getattr(lm.encoder, "max_length", 50), seed=config.seed)
+    module = PreferenceModule(lm, config.settings(), config.lr, config.weight_decay, config.warmup_ratio, config.seed)
+    keep_best = KeepBest("valid/hr@1")
+    show_bar, progress = trainer_progress(config.progress_bar, what="train-sdpo")
+    trainer = pl.Trainer(accelerator=lightning_accelerator(config.device), devices=1, precision=config.precision,
+                         max_epochs=config.epochs, max_steps=config.max_steps,
+                         logger=training_loggers(log_dir) if log_dir is not None else False,
+                         enable_checkpointing=False, enable_progress_bar=show_bar, enable_model_summary=False,
+                         callbacks=[keep_best, DivergenceGuard(hint=f"lower --lr (it is {config.lr:g}) or --beta"),
+                                    *progress], num_sanity_val_steps=0,
+                         val_check_interval=config.val_check_interval, log_every_n_steps=1,  # rewards/* every step
+                         deterministic=False, default_root_dir=str(log_dir) if log_dir is not None else None)
+    lm.train()
+    trainer.fit(module, datamodule=dm)
+    if keep_best.last_validated_step < trainer.global_step:
+        trainer.validate(module, datamodule=dm, verbose=False)  # stopped mid-epoch (max_steps): judge the end too
+        keep_best.restore(module)
+    if lm.builder.n_truncated:
+        log.warning("%d prompts were truncated (oldest history items dropped) to fit %d tokens",
+                    lm.builder.n_truncated, lm.builder.max_length)
+    return module, keep_best
+
+
+def run_train_sdpo(config: TrainSDPOConfig) -> int:
+    check_config(config)
+    if config.sft is None or config.data is None or config.out is None:
+        raise ConfigError("train-sdpo needs --sft DIR (a `llmrec train-llm` output), --data DIR and --out DIR")
+    sft, out = Path(config.sft), Path(config.out)
+    try:
+        facts = read_facts(sft)  # refuses a missing folder or one that is not an LLM checkpoint
+    except CheckpointError as e:
+        raise CheckpointError(f"option --sft: {e}") from None
+    _check_out(out, sft)
+    data = ProcessedDataset.load(config.data)
+    check_data_matches(sft, facts, data)
+    full_train = data.split("train")
+    full_train = full_train.assign(**{INDEX_COLUMN: np.arange(len(full_train), dtype=np.int64)})
+    n_negatives = check_negatives(config.negatives, full_train, str(data.root))
+    train = subset(full_train, config.max_train_samples, config.seed)
+    weights = training_weights(config, data, train)
+    items = preference_items(train, config.negatives, config.seed)  # [M, 1+N], chosen first
+
+    lm = load_recommender(sft, data, llm=config.llm, device=_torch_device(config.device), dtype=config.dtype)
+    new_facts = output_facts(sft, facts, out, config, n_negatives)
+    with output_directory(out, "train-sdpo", error=CheckpointError) as tmp:
+        start, _ = evaluate_split(lm, data, "valid", "score", config.eval_batch_size, config.max_valid_samples,
+                                  config.seed + 1)  # the same valid subset as every validation round
+        log.info("SFT start: valid hr@1 %.4f", start["hr@1"])
+        started = time.perf_counter()
+        reference = compute_reference(lm, train, items, config.eval_batch_size)
+        reference_seconds = time.perf_counter() - started
+        save_reference(tmp / REFERENCE_FILE, train[INDEX_COLUMN].to_numpy(), items, reference,
+                       {"sft": str(sft.resolve()), "negatives": str(n_negatives), "seed": str(config.seed)})
+        log.info("reference log-probs of %d samples x %d answers in %.1fs", len(train), items.shape[1],
+                 reference_seconds)
+
+        set_trainable(lm, facts["finetune"])
+        disable_dropout(lm)
+        train_set = PreferenceDataset(train, lm.builder, items, reference, train[INDEX_COLUMN].to_numpy(), weights)
+        started = time.time()
+        _, keep_best = fit_preference(lm, data, train_set, config, log_dir=tmp)
+        train_seconds = time.time() - started
+        lm.eval()
+        test, ranked = evaluate_split(lm, data, "test", "score", config.eval_batch_size, config.max_test_samples,
+                                      config.seed)
+        metrics = {"valid/hr@1": keep_best.best_score, "best_step": keep_best.best_step,
+                   "valid/history": keep_best.history, "sft/valid/hr@1": start["hr@1"],
+                   "reference_seconds": reference_seconds, "train_seconds": train_seconds,
+                   "n_train_samples": len(train), "negatives": n_negatives, "loss": config.loss,
+                   "device": lightning_accelerator(config.device), **{f"test/{k}": v for k, v in test.items()}}
+        encoder_dir = sft / ENCODER_DIR if lm.projector is not None else None
+        save_checkpoint(tmp, lm.cpu(), new_facts, Catalog.from_dataset(data), encoder_dir)
+        save_config(config, tmp)
+        atomic_write_text(tmp / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+        write_evaluation(tmp / "eval-test-score", test, ranked, nested=True)
+    log.info("saved %s: valid hr@1 %.4f (SFT start %.4f), test hr@1 %.4f", out, keep_best.best_score, start["hr@1"],
+             test["hr@1"])
+    print(json.dumps({k: v for k, v in metrics.items() if k != "valid/history"}, indent=2))
+    return 0

@@ -1,0 +1,66 @@
+"""Ranking a split with an LLM: `last` decided on the full split, progress lines, metrics from the ranked rows."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_llm_support import MeanEncoder, tiny_config, tiny_dataset
+
+from llmrec.data.sampling import final_position_mask, ranked_subset
+from llmrec.evaluation.llm_split import INVALID, evaluate_split, split_metrics
+from llmrec.llm.train import build_recommender
+from llmrec.training.progress import progress_line, track
+
+
+def test_last_is_the_users_final_sample_in_the_full_split_not_in_the_subset():
+    split = pd.DataFrame({"user_id": [1, 1, 1, 2, 2, 3], "position": [3, 4, 5, 3, 4, 3]})
+    assert final_position_mask(split).tolist() == [False, False, True, False, True, True]
+    sub = ranked_subset(split, 4, seed=0)
+    full = {(u, p) for u, p in zip(split["user_id"], split["position"])}
+    assert len(sub) == 4 and {(u, p) for u, p in zip(sub["user_id"], sub["position"])} <= full
+    truly_final = {(1, 5), (2, 4), (3, 3)}
+    assert sub["is_last"].tolist() == [(u, p) in truly_final for u, p in zip(sub["user_id"], sub["position"])]
+
+
+def test_hr1_last_of_a_ranked_subset_counts_only_truly_final_samples(tmp_path):
+    data = tiny_dataset(n_users=18, n_items=24, seq_len=7, n_candidates=6)  # 4 test positions per test user
+    lm, _ = build_recommender(tiny_config(tmp_path), data, MeanEncoder(data.n_items))
+    test = data.split("test")
+    final = set(zip(test["user_id"], test["position"])) & {
+        (u, p) for u, p, last in zip(test["user_id"], test["position"], final_position_mask(test)) if last}
+    metrics, ranked = evaluate_split(lm.eval(), data, "test", max_samples=5, seed=3)
+    sampled = set(zip(ranked["user_id"], ranked["position"]))
+    assert metrics["n_users_last"] == len(sampled & final)
+    # the old rule (latest sampled row per user) would call more rows "last" here
+    latest_sampled = ranked.groupby("user_id")["position"].transform("max") == ranked["position"]
+    assert int(latest_sampled.sum()) > metrics["n_users_last"]
+    hits = ranked["chosen"].to_numpy() == ranked["target"].to_numpy()
+    assert metrics["hr@1_last"] == pytest.approx(hits[ranked["is_last"].to_numpy()].mean())
+
+
+def test_metrics_from_ranked_rows_by_hand():
+    ranked = pd.DataFrame({"user_id": [1, 2, 3, 4], "position": [3, 3, 3, 3], "target": [5, 6, 7, 8],
+                           "candidates": [[5, 1, 2], [1, 6, 2], [1, 2, 7], [8, 1, 2]],
+                           "scores": [[0.0, -1.0, -2.0], [0.0, -1.0, -2.0], [0.0, -1.0, -2.0], [-3.0, -1.0, -2.0]],
+                           "chosen": [5, 1, 1, 1], "is_last": [True] * 4, "text": [""] * 4})
+    m = split_metrics(ranked, "score")
+    # target ranks 0, 1, 2, 2 -> hr@1 1/4, ndcg@5 (1 + 1/log2(3) + 2/log2(4)) / 4
+    assert m["hr@1"] == 0.25 and m["candidates/ndcg@5"] == pytest.approx((1 + 1 / np.log2(3) + 1.0) / 4)
+    assert "hr@1_last" not in m  # one sample per user, all final: the `last` set is the whole set
+    generated = ranked.assign(chosen=[5, INVALID, 7, 1])
+    g = split_metrics(generated, "generate")
+    assert (g["hr@1"], g["valid_ratio"], g["hr@1_valid"]) == (0.5, 0.75, pytest.approx(2 / 3))
+
+
+def test_long_loops_report_rate_and_time_left_as_plain_lines_off_a_terminal(caplog):
+    assert progress_line("ranking test", 120, 1200, 10.0, "samples") == \
+        "ranking test: 120/1,200 samples (10%), 12.0 samples/s, 1m30s left"
+    with caplog.at_level(logging.INFO, logger="llmrec.progress"):
+        assert list(track(range(5), "ranking", total=10, unit="samples", size=lambda i: 2, every=0.0, bar=False)) \
+            == list(range(5))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 6 and lines[0].startswith("ranking: 2/10 samples (20%)") and lines[-1].endswith("(done)")
+    assert all("\r" not in line and "\x1b" not in line for line in lines)  # no terminal control characters
