@@ -61,9 +61,11 @@ def machine() -> dict:
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
-def summary(values: list[float], seeds: list[int]) -> dict:
-    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "seeds": dict(zip(map(str, seeds), values))}
+def summary(values: list[float | None], seeds: list[int]) -> dict:
+    """mean, std and per-seed values (a value that could not be measured, None, is left out of mean and std)."""
+    known = [v for v in values if v is not None]
+    return {"mean": statistics.mean(known) if known else None,
+            "std": statistics.stdev(known) if len(known) > 1 else 0.0, "seeds": dict(zip(map(str, seeds), values))}
 
 
 def train_encoder(model: str, data_dir: Path, out: Path, seed: int) -> Path:
@@ -83,7 +85,9 @@ def train_sft(args, encoder: Path, out: Path, seed: int, prompt: str = "hybrid",
     if not (out / "metrics.json").is_file():
         run_train_llm(resolve_config(TrainLLMConfig, {
             "data": args.data, "encoder": encoder, "out": out, "seed": seed, "device": "cpu", "prompt": prompt,
-            "max_train_samples": args.sft_samples, "cache_dir": args.work / "cache", **(extra or {})}, LLM_PRESET))
+            "max_train_samples": args.sft_samples, "cache_dir": args.work / "cache",
+            "max_valid_samples": args.max_valid_samples, "max_test_samples": args.max_test_samples, **(extra or {})},
+            LLM_PRESET))
     return out
 
 
@@ -94,7 +98,8 @@ def train_sdpo(args, sft: Path, out: Path, seed: int, options: dict) -> Path:
         run_train_sdpo(resolve_config(TrainSDPOConfig, {
             "sft": sft, "data": args.data, "out": out, "seed": seed, "device": "cpu", "epochs": 1,
             "max_train_samples": args.sdpo_samples, "batch_size": 16, "eval_batch_size": 32, "lr": args.lr,
-            "val_check_interval": 0.5, "beta": 1.0, **options}))
+            "val_check_interval": 0.5, "beta": 1.0, "max_valid_samples": args.max_valid_samples,
+            "max_test_samples": args.max_test_samples, **options}))
     return out
 
 
@@ -165,7 +170,7 @@ def quality(args) -> int:
                       f"lr {args.lr}, batch 16; score-mode hr@1 on the whole `all` test set "
                       f"({len(data.split('test'))} samples); generate-mode metrics on {args.generate_samples} "
                       f"seeded test samples; seeds {done}"),
-            "n_test": len(data.split("test")), "date": time.strftime("%Y-%m-%d"),
+            "n_test": args.max_test_samples or len(data.split("test")), "date": time.strftime("%Y-%m-%d"),
             "command": "python bench/sdpo.py quality " + " ".join(sys.argv[2:])})
         print(json.dumps({n: {k: v["mean"] for k, v in r.items() if isinstance(v, dict) and "mean" in v}
                           for n, r in result.items() if n in rows}, indent=1))
@@ -273,6 +278,8 @@ def main() -> int:
     p.add_argument("--sdpo-samples", type=int, default=4000)
     p.add_argument("--generate-samples", type=int, default=1000)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--max-valid-samples", type=int, default=1000, help="valid samples ranked per validation round")
+    p.add_argument("--max-test-samples", type=int, default=None, help="smoke runs only: a test subset")
     p.add_argument("--batches", type=int, default=6, help="step-cost: timed batches of 16 (+1 warm-up)")
     p.add_argument("--write", action="store_true")
     args = p.parse_args()

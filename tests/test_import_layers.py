@@ -7,9 +7,10 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "llmrec"
 LAYERS = {"data": 0, "encoders": 1, "llm": 2, "preference": 3, "fairness": 3, "serving": 4}
-# The fairness metric definitions (groups, GP/GH/GU/MGU/DGU) are evaluation every stage reports, like HR and NDCG:
-# pure modules that any stage may import, as long as they themselves import nothing above the data layer.
-SHARED_METRICS = {"llmrec.fairness.groups", "llmrec.fairness.metrics"}
+# The fairness definitions (groups, GP/GH/GU/MGU/DGU, the per-sample weight formula) are science every stage
+# uses, like HR and NDCG: pure modules that any stage may import, as long as they themselves import nothing above
+# the data layer. The fairness STAGE (re-ranking command, report) stays above the LLM stages.
+SHARED_METRICS = {"llmrec.fairness.groups", "llmrec.fairness.metrics", "llmrec.fairness.weights"}
 
 
 def module_name(path: Path) -> str:

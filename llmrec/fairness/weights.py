@@ -27,7 +27,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from llmrec.fairness.groups import ItemGroups
+from llmrec.data.dataset import ProcessedDataset
+from llmrec.fairness.groups import ItemGroups, item_groups
 
 
 def group_weights(train_histories: Sequence[Sequence[int] | np.ndarray], train_targets: Sequence[int] | np.ndarray,
@@ -73,3 +74,14 @@ def sample_weights(targets: Sequence[int] | np.ndarray, weights: np.ndarray, gro
         if mean > 0:
             w = w / mean
     return w
+
+
+def training_sample_weights(data: ProcessedDataset, kind: str, n_groups: int = 5, split_multi: bool = False,
+                            normalise: bool = True) -> np.ndarray:
+    """[M] the loss weight of every sample of the FULL train split (row order), for `train-llm` and `train-sdpo`
+    `--fairness-weights KIND`: groups and W_G from the training samples only, w_i per sample, normalised to mean 1
+    over the whole training set (never over a subset or a batch)."""
+    groups = item_groups(data, kind, n_groups, split_multi)
+    train = data.split("train")
+    w = group_weights(train["history"].tolist(), train["target"].to_numpy(), groups)
+    return sample_weights(train["target"].to_numpy(), w, groups, normalise)

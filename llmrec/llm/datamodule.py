@@ -11,6 +11,7 @@ from functools import partial
 
 import pandas as pd
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from llmrec.llm.hybrid import PromptBatch, collate_prompts
@@ -26,6 +27,8 @@ class PromptDataset(Dataset):
         self.builder, self.with_answer = builder, with_answer
         self.rows = list(zip(samples["user_id"].tolist(), samples["position"].tolist(),
                              samples["history"].tolist(), samples["target"].tolist(), samples["candidates"].tolist()))
+        # per-sample loss weights (fairness reweighting), when the samples carry them
+        self.weights = samples["weight"].astype(float).tolist() if "weight" in samples.columns else None
         self.prompts: list[Prompt] = builder.build_many([list(r[2]) for r in self.rows], [list(r[4]) for r in self.rows],
                                                         [r[0] for r in self.rows], [r[1] for r in self.rows])
 
@@ -34,15 +37,19 @@ class PromptDataset(Dataset):
 
     def __getitem__(self, i: int):
         user, position, history, target, candidates = self.rows[i]
-        return self.prompts[i], list(map(int, history)), int(target), list(map(int, candidates)), user, position
+        weight = self.weights[i] if self.weights is not None else None
+        return self.prompts[i], list(map(int, history)), int(target), list(map(int, candidates)), user, position, weight
 
 
 def collate(items, builder: PromptBuilder, with_answer: bool, summary_max_length: int = 50) -> PromptBatch:
-    prompts, histories, targets, candidates, users, positions = map(list, zip(*items))
+    prompts, histories, targets, candidates, users, positions, weights = map(list, zip(*items))
     answers = [builder.answer_ids[t] for t in targets] if with_answer else None
-    return collate_prompts(prompts, int(builder.tokenizer.pad_token_id), targets, candidates, users, positions,
-                           answers=answers, summary_histories=histories if builder.summary else None,
-                           summary_max_length=summary_max_length)
+    batch = collate_prompts(prompts, int(builder.tokenizer.pad_token_id), targets, candidates, users, positions,
+                            answers=answers, summary_histories=histories if builder.summary else None,
+                            summary_max_length=summary_max_length)
+    if weights[0] is not None:
+        batch.weights = torch.tensor(weights, dtype=torch.float32)
+    return batch
 
 
 def prompt_loader(samples: pd.DataFrame, builder: PromptBuilder, batch_size: int, with_answer: bool,

@@ -31,6 +31,7 @@ from llmrec.encoders.base import SequentialEncoder
 from llmrec.encoders.checkpoint import load_encoder
 from llmrec.errors import CheckpointError, ConfigError
 from llmrec.evaluation.llm_split import evaluate_split, write_evaluation
+from llmrec.fairness.weights import training_sample_weights
 from llmrec.llm import backbone
 from llmrec.llm.checkpoint import (
     encoder_fingerprint,
@@ -84,6 +85,9 @@ class TrainLLMConfig:
     max_length: int | None = option(None, "longest prompt + answer in tokens; oldest history items are dropped "
                                           "beyond (default: the model's context; 512 for tiny)", min=1)
     cache_dir: Path = option(Path("data/cache/llm"), "where the tiny backbone is built (once per catalog/size)")
+    fairness_weights: Literal["none", "popularity", "genre"] = option(
+        "none", "per-sample loss weights from item groups (IFairLRS, DESIGN.md §7): each training sample's loss is "
+                "multiplied by its target group's weight, normalised to mean 1 over the training set")
     epochs: int = option(4, "training epochs", min=1)
     max_steps: int = option(-1, "stop after this many optimiser steps (-1: no limit)", min=1, also=(-1,))
     batch_size: int = option(16, "training prompts per batch", min=1)
@@ -174,7 +178,10 @@ def fit(lm: HybridLM, data: ProcessedDataset, config: TrainLLMConfig, log_dir: P
     import pytorch_lightning as pl
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    train = subset(data.split("train"), config.max_train_samples, config.seed)
+    full_train = data.split("train")
+    if config.fairness_weights != "none":  # weights of the WHOLE training set, then the same subset
+        full_train = full_train.assign(weight=training_sample_weights(data, config.fairness_weights))
+    train = subset(full_train, config.max_train_samples, config.seed)
     valid = subset(data.split("valid"), config.max_valid_samples, config.seed + 1)
     dm = LLMDataModule(train, valid, lm.builder, config.batch_size, config.eval_batch_size,
                        summary_max_length=getattr(lm.encoder, "max_length", 50), seed=config.seed)

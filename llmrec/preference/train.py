@@ -16,7 +16,7 @@
    start's valid `hr@1`, reference and training time, test metrics in `score` mode), `eval-test-score/`,
    `logs/` (loss and `rewards/*` curves) and the stored reference log-probs.
 
-Per-sample loss weights (`--fairness-weights`, DESIGN.md §7) enter every loss per sample; `none` for now.
+Per-sample loss weights (`--fairness-weights popularity|genre`, DESIGN.md §7) enter every loss per sample.
 Defaults follow S-DPO's authors (beta 1, N = 3, 3 epochs, no weight decay) except the learning rate: they used
 1e-5 for LoRA on a 7B Llama; 1e-4 suits the small models this project trains on a CPU.
 """
@@ -41,6 +41,7 @@ from llmrec.data.sampling import subset
 from llmrec.device import lightning_accelerator
 from llmrec.errors import CheckpointError, ConfigError
 from llmrec.evaluation.llm_split import evaluate_split, write_evaluation
+from llmrec.fairness.weights import training_sample_weights
 from llmrec.llm.checkpoint import (
     BASE_DIR,
     ENCODER_DIR,
@@ -119,8 +120,9 @@ class TrainSDPOConfig:
     max_valid_samples: int | None = option(1000, "rank a seeded random subset of the valid samples (checkpoint "
                                                  "choice); None: all", min=1)
     max_test_samples: int | None = option(None, "rank a seeded random subset of the test samples; None: all", min=1)
-    fairness_weights: Literal["none"] = option("none", "per-sample loss weights of the training samples (fairness "
-                                                       "reweighting, DESIGN.md §7); none: every sample weighs 1")
+    fairness_weights: Literal["none", "popularity", "genre"] = option(
+        "none", "per-sample loss weights from item groups (IFairLRS, DESIGN.md §7): each training sample's loss is "
+                "multiplied by its target group's weight, normalised to mean 1 over the training set")
     llm: str | None = option(None, "base model folder of a LoRA SFT checkpoint whose base moved (default: the "
                                    "recorded one)")
     dtype: Literal["float32", "bfloat16", "float16"] = option("float32", "weights dtype of the LLM (bf16 on GPU)")
@@ -149,7 +151,7 @@ def training_weights(config: TrainSDPOConfig, data: ProcessedDataset, train: pd.
     """
     if config.fairness_weights == "none":
         return None
-    raise ConfigError(f"option --fairness-weights {config.fairness_weights!r}: expected none")
+    return training_sample_weights(data, config.fairness_weights)[train[INDEX_COLUMN].to_numpy()]
 
 
 def _torch_device(device: str) -> str:
