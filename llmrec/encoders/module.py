@@ -1,14 +1,13 @@
 """`EncoderModule`: wires any trainable `SequentialEncoder` to Adam, a loss and validation metrics.
 
 The encoder itself stays a pure `nn.Module`; this module only optimises it, logs `train/loss` and the
-`valid/...` metrics, and keeps an in-memory copy of the weights of the best validation epoch (chosen on the
-VALID metric only; no pickled Lightning checkpoint is written).
+`valid/...` metrics; the best validation epoch's weights are kept by the shared
+`llmrec.training.keep_best.KeepBest` callback (chosen on the VALID metric only; nothing is pickled).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Literal
 
 import numpy as np
@@ -34,19 +33,9 @@ class EncoderModule(pl.LightningModule):
         super().__init__()
         self.encoder, self.valid_set, self.monitor = encoder, valid_set, monitor
         self.lr, self.weight_decay, self.loss_name, self.num_negatives = lr, weight_decay, loss, num_negatives
-        self.best_score = float("-inf")
-        self.best_epoch = -1
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.best_valid: dict[str, float] = {}
-        self.seconds_to_best = 0.0
-        self.history: list[dict[str, float]] = []
-        self._fit_start = time.perf_counter()
         self._ranks: list[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]] = []
 
     # ------------------------------------------------------------------ training
-    def on_fit_start(self) -> None:
-        self._fit_start = time.perf_counter()
-
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         inputs, targets = batch  # [B, L], [B, L]
         out = self.encoder.forward_all(inputs)  # [B, L, H]
@@ -80,19 +69,6 @@ class EncoderModule(pl.LightningModule):
             return
         metrics = metrics_from_ranks(self.valid_set, *gather_ranks(self.valid_set, self._ranks))
         metrics = {k: v for k, v in metrics.items() if not k.startswith("n_samples")}
-        score = metrics[self.monitor]
         for k, v in metrics.items():
             self.log(f"valid/{k}", v, prog_bar=k == self.monitor)
-        self.history.append({"epoch": self.current_epoch, **metrics})
-        if np.isfinite(score) and score > self.best_score:
-            self.best_score, self.best_epoch, self.best_valid = score, self.current_epoch, metrics
-            self.best_state = {k: v.detach().clone() for k, v in self.encoder.state_dict().items()}
-            self.seconds_to_best = time.perf_counter() - self._fit_start
-        log.info("epoch %d: valid %s = %.4f (best %.4f at epoch %d), %.1fs since start", self.current_epoch,
-                 self.monitor, score, self.best_score, self.best_epoch, time.perf_counter() - self._fit_start)
         self._ranks = []
-
-    def restore_best(self) -> None:
-        """Load the best validation epoch's weights into the encoder (no-op if never validated)."""
-        if self.best_state is not None:
-            self.encoder.load_state_dict(self.best_state)

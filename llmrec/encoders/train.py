@@ -42,6 +42,8 @@ from llmrec.encoders.evaluate import (
 from llmrec.encoders.mostpop import MostPop
 from llmrec.encoders.registry import build_encoder, encoder_hparam_names
 from llmrec.errors import ConfigError
+from llmrec.training.keep_best import KeepBest
+from llmrec.training.loggers import training_loggers
 
 log = logging.getLogger(__name__)
 
@@ -117,20 +119,6 @@ def model_hparams(config: TrainEncoderConfig) -> dict[str, Any]:
 _accelerator = lightning_accelerator
 
 
-def _loggers(folder: Path) -> list[Any]:
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-
-    loggers: list[Any] = [CSVLogger(save_dir=str(folder), name="logs", version="csv")]
-    try:
-        import tensorboard  # noqa: F401
-
-        loggers.append(TensorBoardLogger(save_dir=str(folder), name="logs", version="tensorboard",
-                                         default_hp_metric=False))
-    except ImportError:
-        pass
-    return loggers
-
-
 def fit_encoder(encoder: SequentialEncoder, data: ProcessedDataset, config: TrainEncoderConfig,
                 log_dir: Path | None = None) -> dict[str, Any]:
     """Train `encoder` in place, restoring the best-VALID epoch's weights. Returns training facts."""
@@ -154,23 +142,25 @@ def fit_encoder(encoder: SequentialEncoder, data: ProcessedDataset, config: Trai
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")  # raised inside Lightning itself with recent torch
+    keep_best = KeepBest(f"valid/{monitor}")  # restores the best epoch's weights when fit ends
     trainer = pl.Trainer(
         accelerator=_accelerator(config.device), devices=1, max_epochs=config.max_epochs,
         min_epochs=config.min_epochs, deterministic=True, enable_checkpointing=False,
         enable_model_summary=False, enable_progress_bar=config.progress_bar, num_sanity_val_steps=0,
-        logger=_loggers(log_dir) if log_dir is not None else False, log_every_n_steps=max(1, min(50, n_batches)),
-        callbacks=[EarlyStopping(monitor=f"valid/{monitor}", mode="max", patience=config.patience),
+        logger=training_loggers(log_dir) if log_dir is not None else False, log_every_n_steps=max(1, min(50, n_batches)),
+        callbacks=[keep_best, EarlyStopping(monitor=f"valid/{monitor}", mode="max", patience=config.patience),
                    DivergenceGuard(hint=f"lower --lr (it is {config.lr:g})")],
         default_root_dir=str(log_dir) if log_dir is not None else None)
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     seconds = time.perf_counter() - start
-    module.restore_best()
     encoder.cpu()
-    return {"best_epoch": module.best_epoch, "epochs": trainer.current_epoch, "train_seconds": seconds,
-            "seconds_to_best_epoch": module.seconds_to_best, "monitor": f"valid/{monitor}",
+    history = [{"epoch": h["epoch"], **{k.removeprefix("valid/"): v for k, v in h.items() if k.startswith("valid/")}}
+               for h in keep_best.history]
+    return {"best_epoch": keep_best.best_epoch, "epochs": trainer.current_epoch, "train_seconds": seconds,
+            "seconds_to_best_epoch": keep_best.seconds_to_best, "monitor": f"valid/{monitor}",
             "n_train_targets": dm.n_train_targets, "n_train_windows": len(dm.windows),
-            "train_length": train_length, "valid_history": module.history}
+            "train_length": train_length, "valid_history": history}
 
 
 def run_train_encoder(config: TrainEncoderConfig) -> int:
