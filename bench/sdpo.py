@@ -127,60 +127,67 @@ def encoder_hr1(folder: Path) -> tuple[float, float]:
     return m["candidates/hr@1"], m.get("candidates/hr@1_last", float("nan"))
 
 
+def model_figures(name: str, folder: Path, data: ProcessedDataset, args, seed: int) -> dict[str, float]:
+    """The figures of one trained model (the generate-mode ones computed once and cached beside it)."""
+    if name in ("mostpop", "sasrec"):
+        hr1, last = encoder_hr1(folder)
+        return {"hr@1": hr1, "hr@1_last": last}
+    m = json.loads((folder / "metrics.json").read_text())
+    g = cached(folder, f"generate:{args.generate_samples}:{seed}",
+               lambda: generate_metrics(folder, data, args.generate_samples, seed))
+    out = {"hr@1": m["test/hr@1"], "hr@1_last": m["test/hr@1_last"], "generate_hr@1": g["hr@1"],
+           "valid_ratio": g["valid_ratio"], "train_seconds": m["train_seconds"]}
+    if name != "sft":
+        out["reference_seconds"] = m["reference_seconds"]
+    return out
+
+
+def collect(args, data: ProcessedDataset) -> dict:
+    """Mean/std/per-seed figures of every model trained so far under `--work` (each model over the seeds it has),
+    so that an interrupted or partial run still reports everything measured, with its seeds."""
+    folders = {"mostpop": "mostpop", "sasrec": "sasrec", "sft": "sft-hybrid"} | {n: n for n in VARIANTS}
+    result: dict = {}
+    for name, sub in folders.items():
+        per_seed = {seed: model_figures(name, args.work / f"seed{seed}" / sub, data, args, seed)
+                    for seed in args.seeds if (args.work / f"seed{seed}" / sub / "metrics.json").is_file()}
+        if per_seed:
+            seeds = list(per_seed)
+            keys = list(next(iter(per_seed.values())))
+            result[name] = {k: summary([per_seed[s][k] for s in seeds], seeds) for k in keys}
+    result.update({
+        "device": f"cpu ({machine()['cpu']}, {torch.get_num_threads()} torch threads)", "machine": machine(),
+        "scale": (f"cpu: tiny Llama 2x128 ({LLM_PRESET.name}), hybrid prompts; SFT one epoch on {args.sft_samples} "
+                  f"training samples; S-DPO one epoch on {args.sdpo_samples} samples, beta 1, lr {args.lr}, batch "
+                  f"16, best of 2 validation rounds on {args.max_valid_samples} valid samples; score-mode hr@1 on the "
+                  f"whole `all` test set ({args.max_test_samples or len(data.split('test'))} samples); generate-mode "
+                  f"metrics on {args.generate_samples} seeded test samples; each model's seeds are listed with it"),
+        "n_test": args.max_test_samples or len(data.split("test")), "date": time.strftime("%Y-%m-%d"),
+        "command": "python bench/sdpo.py quality " + " ".join(sys.argv[2:])})
+    return result
+
+
+def write_quality(args, data: ProcessedDataset) -> None:
+    result = collect(args, data)
+    print(json.dumps({n: {k: v["mean"] for k, v in r.items()} for n, r in result.items()
+                      if isinstance(r, dict) and "hr@1" in r}, indent=1))
+    if args.write:
+        for key, value in result.items():
+            update_results(RESULTS, key, value)
+
+
 def quality(args) -> int:
+    """Train what is missing, seed by seed, and rewrite the results after every trained model."""
     data = ProcessedDataset.load(args.data)
-    names = ["sft", *VARIANTS]
-    rows: dict[str, dict[str, list[float]]] = {n: {} for n in [*names, "sasrec", "mostpop"]}
-    seconds: dict[str, dict[str, list[float]]] = {n: {} for n in VARIANTS}
-
-    def add(name: str, key: str, value: float) -> None:
-        rows[name].setdefault(key, []).append(value)
-
-    done: list[int] = []
     for seed in args.seeds:
         work = args.work / f"seed{seed}"
         enc = {m: train_encoder(m, args.data, work / m, seed) for m in ("mostpop", "sasrec")}
-        for m in enc:
-            hr1, last = encoder_hr1(enc[m])
-            add(m, "hr@1", hr1)
-            add(m, "hr@1_last", last)
         sft = train_sft(args, enc["sasrec"], work / "sft-hybrid", seed)
-        models = {"sft": sft} | {n: train_sdpo(args, sft, work / n, seed, o) for n, o in VARIANTS.items()
-                                 if n in args.variants}
-        for name, folder in models.items():
-            m = json.loads((folder / "metrics.json").read_text())
-            add(name, "hr@1", m["test/hr@1"])
-            add(name, "hr@1_last", m["test/hr@1_last"])
-            g = cached(folder, f"generate:{args.generate_samples}:{seed}",
-                       lambda f=folder: generate_metrics(f, data, args.generate_samples, seed))
-            add(name, "generate_hr@1", g["hr@1"])
-            add(name, "valid_ratio", g["valid_ratio"])
-            add(name, "train_seconds", m["train_seconds"])
-            if name != "sft":
-                seconds[name].setdefault("reference_seconds", []).append(m["reference_seconds"])
-        done.append(seed)
-        result = {n: {k: summary(v, done) for k, v in r.items()} for n, r in rows.items() if r}
-        for n, s in seconds.items():
-            if n in result:
-                result[n].update({k: summary(v, done) for k, v in s.items()})
-        result.update({
-            "device": f"cpu ({machine()['cpu']}, {torch.get_num_threads()} torch threads)", "machine": machine(),
-            "scale": (f"cpu: tiny Llama 2x128 ({LLM_PRESET.name}), hybrid prompts; SFT one epoch on "
-                      f"{args.sft_samples} training samples; S-DPO one epoch on {args.sdpo_samples} samples, beta 1, "
-                      f"lr {args.lr}, batch 16; score-mode hr@1 on the whole `all` test set "
-                      f"({len(data.split('test'))} samples); generate-mode metrics on {args.generate_samples} "
-                      f"seeded test samples; seeds {done}"),
-            "n_test": args.max_test_samples or len(data.split("test")), "date": time.strftime("%Y-%m-%d"),
-            "command": "python bench/sdpo.py quality " + " ".join(sys.argv[2:])})
-        print(json.dumps({n: {k: v["mean"] for k, v in r.items() if isinstance(v, dict) and "mean" in v}
-                          for n, r in result.items() if n in rows}, indent=1))
-        if args.write:
-            update_results(RESULTS, "quality", result)
-            for n in rows:
-                if n in result:
-                    update_results(RESULTS, n, result[n])
-            for key in ("device", "scale", "date", "command"):
-                update_results(RESULTS, key, result[key])
+        write_quality(args, data)
+        for name, options in VARIANTS.items():
+            if name in args.variants and not (work / name / "metrics.json").is_file():
+                train_sdpo(args, sft, work / name, seed, options)
+                write_quality(args, data)
+    write_quality(args, data)
     return 0
 
 

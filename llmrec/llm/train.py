@@ -44,10 +44,8 @@ from llmrec.llm.hybrid import HybridLM
 from llmrec.llm.lora import DEFAULT_TARGETS, apply_lora
 from llmrec.llm.module import LLMRecModule
 from llmrec.llm.recommender import assemble_recommender
-from llmrec.training.divergence import DivergenceGuard
+from llmrec.training.fit import FitSettings, fit_keeping_best
 from llmrec.training.keep_best import KeepBest
-from llmrec.training.loggers import training_loggers
-from llmrec.training.progress import trainer_progress
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
@@ -186,25 +184,14 @@ def fit(lm: HybridLM, data: ProcessedDataset, config: TrainLLMConfig, log_dir: P
     dm = LLMDataModule(train, valid, lm.builder, config.batch_size, config.eval_batch_size,
                        summary_max_length=getattr(lm.encoder, "max_length", 50), seed=config.seed)
     module = LLMRecModule(lm, config.lr, config.projector_lr, config.weight_decay, config.warmup_ratio, config.seed)
-    keep_best = KeepBest("valid/hr@1")
-    show_bar, progress = trainer_progress(config.progress_bar, what="train-llm")
-    callbacks = [keep_best, DivergenceGuard(hint=f"lower --lr (it is {config.lr:g})"), *progress]
-    if lm.uses_slots:
-        callbacks.append(CurriculumCallback(config.curriculum, config.curriculum_constant))
     steps = -(-len(train) // config.batch_size) * config.epochs
     steps = min(steps, config.max_steps) if config.max_steps > 0 else steps
-    trainer = pl.Trainer(accelerator=lightning_accelerator(config.device), devices=1, precision=config.precision,
-                         max_epochs=config.epochs, max_steps=config.max_steps,
-                         logger=training_loggers(log_dir) if log_dir is not None else False,
-                         enable_checkpointing=False, enable_progress_bar=show_bar, enable_model_summary=False,
-                         callbacks=callbacks, num_sanity_val_steps=0, val_check_interval=config.val_check_interval,
-                         log_every_n_steps=max(1, min(10, steps)), deterministic=False,
-                         default_root_dir=str(log_dir) if log_dir is not None else None)
+    settings = FitSettings(config.device, config.precision, config.epochs, config.max_steps,
+                           config.val_check_interval, config.progress_bar, max(1, min(10, steps)), "train-llm",
+                           f"lower --lr (it is {config.lr:g})",
+                           [CurriculumCallback(config.curriculum, config.curriculum_constant)] if lm.uses_slots else [])
     lm.train()  # from_pretrained returns eval-mode models; the frozen encoder is not a submodule and stays eval
-    trainer.fit(module, datamodule=dm)
-    if keep_best.last_validated_step < trainer.global_step:
-        trainer.validate(module, datamodule=dm, verbose=False)  # stopped mid-epoch (max_steps): judge the end too
-        keep_best.restore(module)
+    keep_best = fit_keeping_best(module, dm, settings, "valid/hr@1", log_dir)
     if lm.builder.n_truncated:
         log.warning("%d prompts were truncated (oldest history items dropped) to fit %d tokens",
                     lm.builder.n_truncated, lm.builder.max_length)

@@ -54,13 +54,26 @@ from llmrec.llm.checkpoint import (
 )
 from llmrec.llm.hybrid import HybridLM
 from llmrec.preference.datamodule import PreferenceDataModule, PreferenceDataset
-from llmrec.preference.module import LossName, PreferenceModule, PreferenceSettings, disable_dropout, set_trainable
-from llmrec.preference.negatives import ALL, NegativeSetting, check_negatives, preference_items
-from llmrec.preference.reference import REFERENCE_FILE, compute_reference, save_reference
-from llmrec.training.divergence import DivergenceGuard
+from llmrec.preference.module import (
+    LossName,
+    PreferenceModule,
+    PreferenceSettings,
+    disable_dropout,
+    set_trainable,
+)
+from llmrec.preference.negatives import (
+    ALL,
+    NegativeSetting,
+    check_negatives,
+    preference_items,
+)
+from llmrec.preference.reference import (
+    REFERENCE_FILE,
+    compute_reference,
+    save_reference,
+)
+from llmrec.training.fit import FitSettings, fit_keeping_best
 from llmrec.training.keep_best import KeepBest
-from llmrec.training.loggers import training_loggers
-from llmrec.training.progress import trainer_progress
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
@@ -197,21 +210,11 @@ def fit_preference(lm: HybridLM, data: ProcessedDataset, train_set: PreferenceDa
     dm = PreferenceDataModule(train_set, valid, config.batch_size, config.eval_batch_size,
                               summary_max_length=getattr(lm.encoder, "max_length", 50), seed=config.seed)
     module = PreferenceModule(lm, config.settings(), config.lr, config.weight_decay, config.warmup_ratio, config.seed)
-    keep_best = KeepBest("valid/hr@1")
-    show_bar, progress = trainer_progress(config.progress_bar, what="train-sdpo")
-    trainer = pl.Trainer(accelerator=lightning_accelerator(config.device), devices=1, precision=config.precision,
-                         max_epochs=config.epochs, max_steps=config.max_steps,
-                         logger=training_loggers(log_dir) if log_dir is not None else False,
-                         enable_checkpointing=False, enable_progress_bar=show_bar, enable_model_summary=False,
-                         callbacks=[keep_best, DivergenceGuard(hint=f"lower --lr (it is {config.lr:g}) or --beta"),
-                                    *progress], num_sanity_val_steps=0,
-                         val_check_interval=config.val_check_interval, log_every_n_steps=1,  # rewards/* every step
-                         deterministic=False, default_root_dir=str(log_dir) if log_dir is not None else None)
+    settings = FitSettings(config.device, config.precision, config.epochs, config.max_steps,
+                           config.val_check_interval, config.progress_bar, 1, "train-sdpo",  # rewards/* every step
+                           f"lower --lr (it is {config.lr:g}) or --beta")
     lm.train()
-    trainer.fit(module, datamodule=dm)
-    if keep_best.last_validated_step < trainer.global_step:
-        trainer.validate(module, datamodule=dm, verbose=False)  # stopped mid-epoch (max_steps): judge the end too
-        keep_best.restore(module)
+    keep_best = fit_keeping_best(module, dm, settings, "valid/hr@1", log_dir)
     if lm.builder.n_truncated:
         log.warning("%d prompts were truncated (oldest history items dropped) to fit %d tokens",
                     lm.builder.n_truncated, lm.builder.max_length)

@@ -1,0 +1,143 @@
+"""The model card `README.md` of an LLM checkpoint folder: data, protocol, base model, training, metrics, usage.
+
+`write_model_card(folder, facts, config_dict, metrics)` is called by `llmrec train-llm` and `llmrec train-sdpo`
+inside their output folder after the checkpoint, `config.yaml` and `metrics.json` are written and before the
+output marker, so the card is listed (with its sha256) in the bundle manifest like every other file.
+
+Everything on the card comes from what the folder itself records (checkpoint facts, the resolved config, the
+metrics, the bundled encoder's `config.yaml`, the catalog's row count): it describes the bundle, never a
+folder elsewhere. It imports nothing from the training stages, so any stage may call it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmrec.atomic import atomic_write_text
+
+CARD_FILE = "README.md"
+PROMPTS = {"hybrid": "hybrid (each item: its title + one behavioural token projected from the encoder's item "
+                     "embedding; LLaRA)",
+           "text": "text only (each item: its title + one learned text token; no encoder)",
+           "hybrid+summary": "hybrid, plus one token projected from the encoder's representation of the whole "
+                             "history"}
+
+
+def _encoder_facts(folder: Path) -> dict[str, Any] | None:
+    path = folder / "encoder" / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return None
+    return data.get("encoder") if isinstance(data, dict) and isinstance(data.get("encoder"), dict) else None
+
+
+def _catalog_size(folder: Path) -> int | None:
+    path = folder / "catalog.parquet"
+    if not path.is_file():
+        return None
+    import pyarrow.parquet as pq
+
+    return int(pq.read_metadata(path).num_rows)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _base_model(facts: dict[str, Any]) -> str:
+    base = facts.get("base") or {}
+    tiny = base.get("tiny")
+    if tiny:
+        return (f"a tiny Llama built locally by llmrec ({tiny.get('layers')} layers, hidden size {tiny.get('hidden')}, "
+                f"{tiny.get('heads')} heads, {tiny.get('tokenizer')} tokenizer trained on the catalog titles and "
+                f"prompt templates; random initialisation, then trained here)")
+    return f"`{base.get('path')}` (Hugging Face causal LM; fingerprint recorded in checkpoint.json)"
+
+
+def _metric_rows(metrics: dict[str, Any]) -> list[str]:
+    rows = []
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)) or value is None:
+            continue  # curves (valid/history) and nested values stay in metrics.json
+        rows.append(f"| `{key}` | {_fmt(value)} |")
+    return rows
+
+
+def model_card(folder: str | os.PathLike, facts: dict[str, Any], config_dict: dict[str, Any],
+               metrics: dict[str, Any]) -> str:
+    """The card's Markdown text (see `write_model_card`)."""
+    folder = Path(folder)
+    stage = facts.get("stage", "sft")
+    split = facts.get("split") or {}
+    encoder = _encoder_facts(folder)
+    n_items = _catalog_size(folder)
+    command = "llmrec train-sdpo" if stage == "sdpo" else "llmrec train-llm"
+    lines = [f"# LLM recommender `{folder.name}`", ""]
+    if stage == "sdpo":
+        sdpo = facts.get("sdpo") or {}
+        lines += [f"A next-item recommender preference-trained by `{command}` ({sdpo.get('loss')}, "
+                  f"{sdpo.get('negatives')} negative(s) per prompt, beta {sdpo.get('beta')}) from the SFT checkpoint "
+                  f"`{Path(str(sdpo.get('sft'))).name}`.", ""]
+    else:
+        lines += [f"A next-item recommender fine-tuned by `{command}` (supervised: the answer is the target's "
+                  f"title).", ""]
+    dataset = (encoder or {}).get("dataset") or {}
+    lines += ["## Data", "",
+              f"- dataset: `{dataset.get('name') or Path(str(config_dict.get('data'))).name}` "
+              f"({facts.get('domain', 'generic')} domain"
+              + (f", {n_items} items" if n_items is not None else "") + ")",
+              f"- protocol: `{facts.get('protocol')}` (split seed {split.get('seed')}, evaluation positions "
+              f"`{split.get('eval_positions')}`); users are split 8:1:1 into train/valid/test, the model saw train "
+              f"users only",
+              f"- catalog fingerprint: `{str(facts.get('catalog_fingerprint'))[:16]}...` (sha256 over item ids and "
+              f"titles; `catalog.parquet` travels with the model)", ""]
+    lines += ["## Model", "",
+              f"- base model: {_base_model(facts)}",
+              f"- fine-tuning: {'all weights' if facts.get('finetune') == 'full' else 'LoRA adapters'}"
+              + (f" (r {config_dict.get('lora_r')}, alpha {config_dict.get('lora_alpha')})"
+                 if facts.get("finetune") == "lora" and config_dict.get("lora_r") else ""),
+              f"- prompts: {PROMPTS.get(facts.get('prompt'), facts.get('prompt'))}; at most {facts.get('max_length')} "
+              f"tokens (prompt + answer), oldest history items dropped beyond"]
+    if encoder:
+        lines.append(f"- encoder (frozen, bundled in `encoder/`): {encoder.get('model')} with hidden size "
+                     f"{encoder.get('hidden_size')} and histories of up to {encoder.get('max_length')} items")
+    lines += ["", "## Training", "", f"Resolved options of `{command}` (also in `config.yaml`):", "", "```yaml",
+              yaml.safe_dump(config_dict, sort_keys=False, allow_unicode=True).rstrip(), "```", ""]
+    rows = _metric_rows(metrics)
+    lines += ["## Metrics", "",
+              "`test/...` ranks each test sample's stored candidates in `score` mode (sum of the answer's token "
+              "log-probs); `hr@1` = correct / all samples; `valid/hr@1` chose the kept weights. Keys as in "
+              "DESIGN.md §8.", ""]
+    lines += (["| metric | value |", "| --- | --- |", *rows] if rows else ["(no metrics recorded)"]) + [""]
+    lines += ["## Use", "", "```python", "from llmrec.serving import Recommender", "",
+              f"rec = Recommender.from_pretrained(\"{folder.name}\")  # checks every file against the manifest",
+              "rec.recommend([1, 2, 3], k=10)  # item ids or exact titles, oldest first", "```", "",
+              "```sh", f"llmrec predict --ckpt {folder.name} --history 1,2,3 --k 10",
+              f"llmrec serve --ckpt {folder.name}   # http://127.0.0.1:8000/docs", "```", "",
+              "## Files", "",
+              "`checkpoint.json` (facts to rebuild the model), `config.yaml`, `metrics.json`, `catalog.parquet`, "
+              "`tokenizer/`, the weights (safetensors only: nothing is unpickled), `encoder/` for hybrid prompts. "
+              "`.llmrec-output.json` lists every file with its size and sha256; loading for serving checks them "
+              "and names any missing or altered file.", ""]
+    return "\n".join(lines)
+
+
+def write_model_card(folder: str | os.PathLike, facts: dict[str, Any], config_dict: dict[str, Any],
+                     metrics: dict[str, Any]) -> Path:
+    """Write `README.md` into the checkpoint folder `folder` (atomically); returns its path.
+
+    `facts`: the checkpoint facts (`checkpoint.json` contents or the dict given to `save_checkpoint`);
+    `config_dict`: `llmrec.config.config_to_dict(config)`; `metrics`: what `metrics.json` holds.
+    """
+    text = model_card(folder, json.loads(json.dumps(facts, default=str)), config_dict, metrics)
+    return atomic_write_text(Path(folder) / CARD_FILE, text)

@@ -1,0 +1,320 @@
+"""The HTTP API of a `Recommender` (FastAPI + uvicorn, the `serve` extra): `llmrec serve` runs it.
+
+Endpoints (OpenAPI at `/openapi.json`, interactive docs at `/docs`):
+    POST /recommend          {"history": [50, "Heat (1995)"], "candidates": null, "k": 10, "exclude_history": true}
+                             -> {"items": [{"id", "title", "score", "rank"}, ...], "retrieved": true}
+    POST /recommend/batch    {"requests": [<as above>, ...]} -> {"results": [<as above>, ...]}
+    GET  /items?query=heat&limit=20   title search -> {"items": [{"id", "title"}], "total": n}
+    GET  /health             200 {"status": "ok", ...what is served} once the model is loaded
+
+Errors are JSON `{"detail": "<one line naming the field>"}`: 400 malformed JSON; 401 missing or wrong bearer token;
+413 body larger than `max_body_bytes`; 422 a request the model cannot answer (unknown id or title, empty history,
+too many items, k out of 1..min(max_k, catalog size), unknown fields); 503 while shutting down.
+
+Security: the server binds 127.0.0.1 unless told otherwise. When the environment variable `LLMREC_TOKEN` is set
+(non-empty) at start, every endpoint but `/health` and the docs needs `Authorization: Bearer <token>`, compared
+in constant time (`hmac.compare_digest`) before the body is read.
+
+Micro-batching (`llmrec.serving.batching`): every request is validated on its own first (so a bad request fails
+alone, before it can join a batch), then queued; one worker runs up to `batch_size` queued requests per model
+pass after waiting at most `batch_wait_ms` for the batch to fill, and hands each request its own answer. On
+SIGINT/SIGTERM uvicorn stops accepting connections, requests in flight are answered, then the worker stops.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run time, and the
+# request models are local to `create_app` (their limits come from its arguments).
+import asyncio
+import hmac
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from llmrec.errors import ConfigError
+from llmrec.serving.batching import BatcherClosed, MicroBatcher
+from llmrec.serving.recommender import Recommender, RequestError
+
+log = logging.getLogger(__name__)
+TOKEN_ENV = "LLMREC_TOKEN"
+OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; larger requests get 413 (body) or 422 (the rest)."""
+
+    max_body_bytes: int = 1 << 20
+    max_history: int = 1000
+    max_candidates: int = 200
+    max_batch_users: int = 64
+    max_k: int = 100
+    max_title_chars: int = 500
+
+
+def _json_response(send: Callable, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> Any:
+    body = json.dumps({"detail": detail}).encode()
+    return _send_response(send, status, body, [(b"content-type", b"application/json"),
+                                               (b"content-length", str(len(body)).encode()), *headers])
+
+
+async def _send_response(send: Callable, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Guard:
+    """ASGI middleware run before FastAPI: the bearer token (401), then the body size (413).
+
+    The body is read here, up to `limit` bytes, and handed on unchanged; a body announced or found larger is
+    refused without being read further."""
+
+    def __init__(self, app: Any, token: str | None, limit: int):
+        self.app, self.limit = app, limit
+        self.token = token.encode() if token else None
+
+    def _authorised(self, scope: dict) -> bool:
+        if self.token is None or scope["path"] in OPEN_PATHS:
+            return True
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, given = header.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if not self._authorised(scope):
+            return await _json_response(send, 401, f"missing or wrong bearer token: send the header "
+                                                   f"`Authorization: Bearer <token>` (the server's ${TOKEN_ENV})",
+                                        [(b"www-authenticate", b"Bearer")])
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await _json_response(send, 413 if length.isdigit() else 400,
+                                        f"request body of {length.decode(errors='replace')} bytes; at most "
+                                        f"{self.limit} bytes are accepted")
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return await _json_response(send, 413, f"request body larger than {self.limit} bytes")
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+def _location(loc: tuple) -> str:
+    """Pydantic's error location as the request spells it: ('body', 'history', 2, 'int') -> `history[2]`."""
+    fields = {"history", "candidates", "k", "exclude_history", "requests", "query", "limit"}
+    out = ""
+    for part in loc[1:] if loc and loc[0] in ("body", "query") else loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in fields:
+            out += f".{part}" if out else part
+    return out or ("body" if loc and loc[0] == "body" else "request")
+
+
+def validation_message(errors: list[dict]) -> tuple[int, str]:
+    """(status, one-line message) for FastAPI's request validation errors: 400 for malformed JSON, else 422."""
+    for e in errors:
+        if e.get("type") == "json_invalid":
+            where = e.get("loc", ())
+            at = f" at position {where[1]}" if len(where) > 1 and isinstance(where[1], int) else ""
+            reason = (e.get("ctx") or {}).get("error", "not valid JSON")
+            return 400, f"malformed JSON body{at}: {reason}"
+    first = errors[0]
+    where = _location(tuple(first.get("loc", ())))
+    same = [e for e in errors if _location(tuple(e.get("loc", ()))) == where]
+    if len(same) > 1 and all(e.get("type", "").endswith(("int_type", "string_type")) for e in same):
+        message = f"got {first.get('input')!r}, expected an item id (integer) or an exact title (string)"
+    else:
+        message = first.get("msg", "invalid value")
+    return 422, f"{where}: {message}"
+
+
+def create_app(recommender: Recommender, limits: Limits = Limits(), token: str | None = None,
+               batch_size: int = 16, batch_wait_ms: float = 5.0) -> Any:
+    """The ASGI app (FastAPI behind the `Guard` middleware) serving `recommender`."""
+    from fastapi import Depends, FastAPI
+    from fastapi import Query as QueryParam
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from fastapi.security import HTTPBearer
+    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+    rec = recommender
+    max_k = min(limits.max_k, rec.n_items)
+    batcher = MicroBatcher(rec.run, max_batch=batch_size, max_wait_ms=batch_wait_ms)
+    ItemRef = StrictInt | Annotated[StrictStr, Field(max_length=limits.max_title_chars)]
+
+    class RecommendRequest(BaseModel):
+        """One user's history; without candidates the whole catalog is searched (retrieve, then re-rank)."""
+
+        model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"history": [1, 2, 3], "k": 10}]})
+        history: list[ItemRef] = Field(max_length=limits.max_history, description=(
+            f"items the user interacted with, oldest first: item ids or exact titles; at least one. The model sees "
+            f"the most recent {rec.history_window}; all count for exclude_history"))
+        candidates: list[ItemRef] | None = Field(None, max_length=limits.max_candidates, description=(
+            "items to rank (ids or exact titles); null: retrieve from the whole catalog" if rec.can_retrieve else
+            "items to rank (ids or exact titles); required: this model cannot retrieve from the whole catalog"))
+        k: StrictInt = Field(10, ge=1, le=max_k, description="how many items to return")
+        exclude_history: StrictBool = Field(True, description="never recommend an item of the history")
+
+    class Item(BaseModel):
+        id: int
+        title: str
+        score: float = Field(description="the LLM's log-probability of the item's title as the answer")
+        rank: int
+
+    class RecommendResponse(BaseModel):
+        items: list[Item]
+        retrieved: bool = Field(description="whether the candidates were retrieved from the whole catalog")
+
+    class BatchRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        requests: list[RecommendRequest] = Field(min_length=1, max_length=limits.max_batch_users)
+
+    class BatchResponse(BaseModel):
+        results: list[RecommendResponse]
+
+    class CatalogItem(BaseModel):
+        id: int
+        title: str
+
+    class ItemsResponse(BaseModel):
+        items: list[CatalogItem]
+        total: int = Field(description="how many titles match (only `limit` are listed)")
+
+    class Problem(BaseModel):
+        detail: str
+
+    def make_query(req: RecommendRequest, prefix: str = "") -> Any:
+        try:
+            return rec.query(req.history, req.candidates, req.k, req.exclude_history)
+        except RequestError as e:
+            raise RequestError(f"{prefix}{e}", f"{prefix}{e.field}") if prefix else e from None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await batcher.start()
+        log.info("serving %s: %s", rec.folder, rec.describe())
+        try:
+            yield
+        finally:
+            await batcher.stop()  # uvicorn has answered the requests in flight by now
+
+    errors = {400: {"model": Problem, "description": "malformed JSON"},
+              401: {"model": Problem, "description": f"missing or wrong bearer token (when ${TOKEN_ENV} is set)"},
+              413: {"model": Problem, "description": f"body larger than {limits.max_body_bytes} bytes"},
+              422: {"model": Problem, "description": "a request the model cannot answer; the message names the field"}}
+    bearer = [Depends(HTTPBearer(auto_error=False))] if token else []  # documents the scheme; `Guard` enforces it
+    app = FastAPI(title="llmrec", version=_version(), lifespan=lifespan,
+                  description="Next-item recommendations from an llmrec LLM checkpoint. Items are given as ids or "
+                              "exact titles; see GET /items to find titles.")
+    app.state.batcher, app.state.recommender = batcher, rec
+
+    @app.exception_handler(RequestError)
+    async def request_error(_, e: RequestError):
+        return JSONResponse({"detail": str(e)}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_, e: RequestValidationError):
+        status, message = validation_message(list(e.errors()))
+        return JSONResponse({"detail": message}, status_code=status)
+
+    @app.exception_handler(BatcherClosed)
+    async def closing(_, e: BatcherClosed):
+        return JSONResponse({"detail": str(e)}, status_code=503)
+
+    @app.post("/recommend", response_model=RecommendResponse, responses=errors, dependencies=bearer)
+    async def recommend(req: RecommendRequest) -> Any:
+        """The k best next items for one history."""
+        items = await batcher.submit(make_query(req))
+        return {"items": items, "retrieved": req.candidates is None}
+
+    @app.post("/recommend/batch", response_model=BatchResponse, responses=errors, dependencies=bearer)
+    async def recommend_batch(req: BatchRequest) -> Any:
+        """Several histories in one request; any invalid one fails the request, naming `requests[i]`."""
+        queries = [make_query(r, f"requests[{i}].") for i, r in enumerate(req.requests)]
+        outcomes = await asyncio.gather(*(batcher.submit(q) for q in queries), return_exceptions=True)
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, RequestError):
+                raise RequestError(f"requests[{i}].{outcome}", f"requests[{i}].{outcome.field}")
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return {"results": [{"items": items, "retrieved": r.candidates is None}
+                            for items, r in zip(outcomes, req.requests)]}
+
+    @app.get("/items", response_model=ItemsResponse, responses=errors, dependencies=bearer)
+    async def items(query: Annotated[str, QueryParam(min_length=1, max_length=200, description="part of a title")],
+                    limit: Annotated[int, QueryParam(ge=1, le=100)] = 20) -> Any:
+        """Catalog items whose title contains `query` (case-insensitive)."""
+        found, total = rec.search(query, limit)
+        return {"items": found, "total": total}
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """200 once the model is loaded and the server answers."""
+        return {"status": "ok", **rec.describe()}
+
+    return Guard(app, token, limits.max_body_bytes)
+
+
+def _version() -> str:
+    from llmrec import __version__
+
+    return __version__
+
+
+def read_token() -> str | None:
+    """The bearer token from `$LLMREC_TOKEN` (None when unset or empty)."""
+    token = os.environ.get(TOKEN_ENV, "")
+    if os.environ.get(TOKEN_ENV) is not None and not token.strip():
+        log.warning("$%s is set but empty: the server runs without a token", TOKEN_ENV)
+    return token.strip() or None
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket bound to (host, port); port 0 picks a free port (see `getsockname`)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        raise ConfigError(f"option --host {host}: not an address of this machine ({e.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"option --port {port}: cannot listen on {host}:{port} ({e.strerror}); choose another "
+                          f"port, or --port 0 for any free one") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def uvicorn_server(app: Any, graceful_timeout_s: float = 30.0, access_log: bool = False,
+                   log_level: str = "info") -> Any:
+    """A `uvicorn.Server` for `app`; run it with `server.run(sockets=[bind_socket(...)])`."""
+    import uvicorn
+
+    config = uvicorn.Config(app, lifespan="on", access_log=access_log, log_level=log_level,
+                            timeout_graceful_shutdown=graceful_timeout_s)
+    return uvicorn.Server(config)
