@@ -275,12 +275,13 @@ class PreviousOutput:
                    for p in self.patterns)
 
 
-def _file_facts(path: Path) -> dict[str, Any]:
+def _file_facts(path: Path, hash_limit: int | None = HASH_LIMIT) -> dict[str, Any]:
+    """Size and (up to `hash_limit` bytes; None: always) sha256 of a file, or the target of a symbolic link."""
     if path.is_symlink():
         return {"link": os.readlink(path)}
     size = path.stat().st_size
     facts: dict[str, Any] = {"size": size}
-    if size <= HASH_LIMIT:
+    if hash_limit is None or size <= hash_limit:
         h = hashlib.sha256()
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
@@ -345,7 +346,7 @@ def _changed(path: Path, facts: Any) -> bool:
     if not isinstance(facts, dict) or path.is_dir() and not path.is_symlink():
         return True
     try:
-        now = _file_facts(path)
+        now = _file_facts(path, None if "sha256" in facts else 0)
     except OSError:
         return True
     return any(now.get(k) != v for k, v in facts.items())
@@ -463,7 +464,7 @@ def _carry_over(previous: PreviousOutput, new_root: Path) -> list[str]:
 @contextlib.contextmanager
 def output_directory(path: str | os.PathLike, command: str, *, legacy: LegacyOutput | None = None,
                      what: str | None = None, error: type[LlmrecError] = ConfigError,
-                     facts: dict[str, Any] | None = None) -> Iterator[Path]:
+                     facts: dict[str, Any] | None = None, hash_all: bool = False) -> Iterator[Path]:
     """Build `llmrec <command>`'s output folder `path` atomically; yields the temporary folder to write into.
 
     Checks `path` first (`check_output`), and again at the end in case it changed meanwhile. On success the
@@ -476,7 +477,7 @@ def output_directory(path: str | os.PathLike, command: str, *, legacy: LegacyOut
 
     with _temporary_sibling(path) as tmp:
         yield tmp
-        written = {rel: _file_facts(tmp / rel) for rel in _walk_files(tmp)}
+        written = {rel: _file_facts(tmp / rel, None if hash_all else HASH_LIMIT) for rel in _walk_files(tmp)}
         marker = {"format": OUTPUT_FORMAT, "format_version": OUTPUT_FORMAT_VERSION, "command": command,
                   "created": datetime.now(UTC).isoformat(timespec="seconds"), "llmrec_version": __version__,
                   **(facts or {}), "files": written}

@@ -49,6 +49,10 @@ COMMANDS: dict[str, Command] = {
                       "re-rank saved score-mode rankings for item-side fairness (IFairLRS), alpha chosen on valid"),
     "report": Command("llmrec.fairness.report", "ReportConfig", "run_report",
                       "accuracy and item-side fairness of several models as report.md with figures"),
+    "predict": Command("llmrec.serving.predict", "PredictConfig", "run_predict",
+                       "the next items for one history from a trained checkpoint, as a table or JSON"),
+    "serve": Command("llmrec.serving.serve", "ServeConfig", "run_serve",
+                     "answer next-item requests over HTTP (FastAPI + uvicorn; binds 127.0.0.1 by default)"),
     "demo": Command("llmrec.demo", "DemoConfig", "run_demo",
                     "run every stage on MovieLens-100K at a small, documented scale"),
 }

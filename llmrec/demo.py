@@ -9,7 +9,9 @@ Stages (each skipped when its output folder already holds a finished result, unl
                and evaluated in `score` mode on a subset of the test samples. The demo's LLM numbers are
                small-scale numbers; the full-scale figures are in the README's benchmark tables;
   4. sdpo      S-DPO (3 negatives per prompt, one prompt pass) from that SFT model, on a documented subset,
-               evaluated on the same test samples.
+               evaluated on the same test samples;
+  5. predict   the final model's top 10 for one test user over the whole catalog (retrieve with the encoder,
+               re-rank with the LLM), printed as `llmrec predict` prints it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from llmrec.config import option
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("prepare", "encoder", "llm", "sdpo")
+STAGES: tuple[str, ...] = ("prepare", "encoder", "llm", "sdpo", "predict")
 PRESETS = Path(__file__).parent / "configs"
 
 
@@ -69,25 +71,25 @@ def run_demo(config: DemoConfig) -> int:
         from llmrec.data.prepare import PrepareConfig, run_prepare
 
         if config.fresh or not is_processed_dir(Path(config.data)):
-            print("== stage 1/4: prepare MovieLens-100K (llara protocol, every eval position)")
+            print("== stage 1/5: prepare MovieLens-100K (llara protocol, every eval position)")
             run_prepare(PrepareConfig(dataset="ml-100k", protocol="llara", eval_positions="all",
                                       seed=config.seed, out=Path(config.data)))
         else:
-            print(f"== stage 1/4: prepare: reusing {config.data} (pass --fresh to rebuild)")
+            print(f"== stage 1/5: prepare: reusing {config.data} (pass --fresh to rebuild)")
     encoder_dir = out / config.encoder
     if "encoder" in config.stages:
         from llmrec.config import resolve_config
         from llmrec.encoders.train import TrainEncoderConfig, run_train_encoder
 
         if config.fresh or not _finished(encoder_dir):
-            print(f"== stage 2/4: train {config.encoder} on {config.data}")
+            print(f"== stage 2/5: train {config.encoder} on {config.data}")
             preset = PRESETS / f"encoder-{config.encoder}.yaml"
             enc_cfg = resolve_config(TrainEncoderConfig, {"data": config.data, "out": encoder_dir,
                                                           "model": config.encoder, "seed": config.seed},
                                      preset if preset.is_file() else None)
             run_train_encoder(enc_cfg)
         else:
-            print(f"== stage 2/4: encoder: reusing {encoder_dir} (pass --fresh to retrain)")
+            print(f"== stage 2/5: encoder: reusing {encoder_dir} (pass --fresh to retrain)")
             _print_metrics(f"{config.encoder} (20 candidates)", encoder_dir / "metrics.json",
                            ("candidates/hr@1", "candidates/hr@1_last", "candidates/ndcg@5"))
     if "llm" in config.stages:
@@ -99,13 +101,13 @@ def run_demo(config: DemoConfig) -> int:
         if not preset.is_file():
             raise ConfigError(f"option --llm-preset: no shipped preset {preset}")
         if config.fresh or not _finished(llm_dir):
-            print(f"== stage 3/4: train a tiny hybrid LLM recommender ({preset.name}: small scale, see the file)")
+            print(f"== stage 3/5: train a tiny hybrid LLM recommender ({preset.name}: small scale, see the file)")
             llm_cfg = resolve_config(TrainLLMConfig, {"data": config.data, "encoder": encoder_dir, "out": llm_dir,
                                                       "seed": config.seed,
                                                       "max_test_samples": config.llm_test_samples}, preset)
             run_train_llm(llm_cfg)
         else:
-            print(f"== stage 3/4: llm: reusing {llm_dir} (pass --fresh to retrain)")
+            print(f"== stage 3/5: llm: reusing {llm_dir} (pass --fresh to retrain)")
         metrics = json.loads((llm_dir / "metrics.json").read_text())
         print(f"\ntiny hybrid LLM, score mode, {metrics.get('test/n_samples')} test samples (SMALL demo scale, "
               f"not the benchmark figure): hr@1={metrics['test/hr@1']:.4f}  "
@@ -120,15 +122,29 @@ def run_demo(config: DemoConfig) -> int:
         if not preset.is_file():
             raise ConfigError(f"option --sdpo-preset: no shipped preset {preset}")
         if config.fresh or not _finished(sdpo_dir):
-            print(f"== stage 4/4: S-DPO from the SFT model ({preset.name}: small scale, see the file)")
+            print(f"== stage 4/5: S-DPO from the SFT model ({preset.name}: small scale, see the file)")
             run_train_sdpo(resolve_config(TrainSDPOConfig, {"sft": llm_dir, "data": config.data, "out": sdpo_dir,
                                                             "seed": config.seed,
                                                             "max_test_samples": config.llm_test_samples}, preset))
         else:
-            print(f"== stage 4/4: sdpo: reusing {sdpo_dir} (pass --fresh to retrain)")
+            print(f"== stage 4/5: sdpo: reusing {sdpo_dir} (pass --fresh to retrain)")
         metrics = json.loads((sdpo_dir / "metrics.json").read_text())
         print(f"\ntiny hybrid LLM after S-DPO, score mode, {metrics.get('test/n_samples')} test samples (SMALL demo "
               f"scale): hr@1={metrics['test/hr@1']:.4f}  "
               f"candidates/ndcg@5={metrics.get('test/candidates/ndcg@5', float('nan')):.4f}")
+    if "predict" in config.stages:
+        from llmrec.data.dataset import ProcessedDataset
+        from llmrec.serving.predict import PredictConfig, run_predict
+
+        final = next((d for d in (out / f"sdpo-hybrid-{config.encoder}", out / f"llm-hybrid-{config.encoder}")
+                      if _finished(d)), None)
+        if final is None:
+            raise ConfigError("option --stages: predict needs a trained LLM (the llm or sdpo stage)")
+        test = ProcessedDataset.load(config.data).split("test")
+        user = test.iloc[len(test) // 2]  # a test user the models never trained on
+        history = [int(i) for i in user["history"]]
+        print(f"== stage 5/5: predict: top 10 of the whole catalog for test user {int(user['user_id'])} "
+              f"({final.name}), history of {len(history)} items (the true next item was {int(user['target'])})")
+        run_predict(PredictConfig(ckpt=final, history=[",".join(map(str, history))], k=10, device="cpu"))
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; outputs in {out} and {config.data}")
     return 0

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 
 from llmrec.atomic import atomic_write_text, check_output, output_directory
-from llmrec.config import check_config, option, save_config
+from llmrec.config import check_config, config_to_dict, option, save_config
 from llmrec.data.catalog import Catalog
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.fingerprint import split_fingerprint
@@ -42,6 +42,7 @@ from llmrec.llm.curriculum import CurriculumCallback
 from llmrec.llm.datamodule import LLMDataModule
 from llmrec.llm.hybrid import HybridLM
 from llmrec.llm.lora import DEFAULT_TARGETS, apply_lora
+from llmrec.llm.model_card import write_model_card
 from llmrec.llm.module import LLMRecModule
 from llmrec.llm.recommender import assemble_recommender
 from llmrec.training.fit import FitSettings, fit_keeping_best
@@ -160,7 +161,8 @@ def build_recommender(config: TrainLLMConfig, data: ProcessedDataset, encoder: S
                               config.seed, llm_hidden=llm_hidden)
     facts = {"finetune": finetune, "prompt": config.prompt, "domain": data.domain, "max_length": max_length,
              "seed": config.seed, "protocol": data.protocol, "catalog_fingerprint": data.catalog_fingerprint(),
-             "split": split_fingerprint(data),
+             "split": split_fingerprint(data), "n_candidates": data.meta.get("n_candidates"),
+             "max_history": data.meta.get("max_history"),
              "base": {"path": str(path.resolve()), "relative": None, "tiny": tiny, "fingerprint": base,
                       "tiny_folder": str(path) if tiny and finetune == "lora" else None},
              "first_new_row": min(slots.history, slots.candidate, slots.text, slots.summary),
@@ -213,7 +215,8 @@ def run_train_llm(config: TrainLLMConfig) -> int:
         encoder = load_encoder(config.encoder, data)
     lm, facts = build_recommender(config, data, encoder)
     facts["base"]["relative"] = relative_path(Path(facts["base"]["path"]), out)
-    with output_directory(out, "train-llm", error=CheckpointError) as tmp:
+    # hash_all: the marker is the bundle's manifest (every file's sha256, weights included; serving verifies it)
+    with output_directory(out, "train-llm", error=CheckpointError, hash_all=True) as tmp:
         started = time.time()
         _, keep_best = fit(lm, data, config, log_dir=tmp)
         train_seconds = time.time() - started
@@ -226,6 +229,7 @@ def run_train_llm(config: TrainLLMConfig) -> int:
         save_checkpoint(tmp, lm.cpu(), facts, Catalog.from_dataset(data), config.encoder)
         save_config(config, tmp)
         atomic_write_text(tmp / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+        write_model_card(tmp, facts, config_to_dict(config), metrics)
         write_evaluation(tmp / "eval-test-score", test, ranked, nested=True)
     log.info("saved %s: valid hr@1 %.4f, test hr@1 %.4f", out, keep_best.best_score, test["hr@1"])
     print(json.dumps({k: v for k, v in metrics.items() if k != "valid/history"}, indent=2))

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from llmrec.atomic import atomic_write_text, check_output, output_directory
-from llmrec.config import check_config, option, save_config
+from llmrec.config import check_config, config_to_dict, option, save_config
 from llmrec.data.catalog import Catalog
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.sampling import subset
@@ -53,6 +53,7 @@ from llmrec.llm.checkpoint import (
     save_checkpoint,
 )
 from llmrec.llm.hybrid import HybridLM
+from llmrec.llm.model_card import write_model_card
 from llmrec.preference.datamodule import PreferenceDataModule, PreferenceDataset
 from llmrec.preference.module import (
     LossName,
@@ -242,7 +243,7 @@ def run_train_sdpo(config: TrainSDPOConfig) -> int:
 
     lm = load_recommender(sft, data, llm=config.llm, device=_torch_device(config.device), dtype=config.dtype)
     new_facts = output_facts(sft, facts, out, config, n_negatives)
-    with output_directory(out, "train-sdpo", error=CheckpointError) as tmp:
+    with output_directory(out, "train-sdpo", error=CheckpointError, hash_all=True) as tmp:  # the bundle manifest
         start, _ = evaluate_split(lm, data, "valid", "score", config.eval_batch_size, config.max_valid_samples,
                                   config.seed + 1)  # the same valid subset as every validation round
         log.info("SFT start: valid hr@1 %.4f", start["hr@1"])
@@ -272,6 +273,7 @@ def run_train_sdpo(config: TrainSDPOConfig) -> int:
         save_checkpoint(tmp, lm.cpu(), new_facts, Catalog.from_dataset(data), encoder_dir)
         save_config(config, tmp)
         atomic_write_text(tmp / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+        write_model_card(tmp, new_facts, config_to_dict(config), metrics)
         write_evaluation(tmp / "eval-test-score", test, ranked, nested=True)
     log.info("saved %s: valid hr@1 %.4f (SFT start %.4f), test hr@1 %.4f", out, keep_best.best_score, start["hr@1"],
              test["hr@1"])

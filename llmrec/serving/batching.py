@@ -93,9 +93,10 @@ class MicroBatcher(Generic[Q]):
             if remaining <= 0:
                 break
             self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11 on
+            waiter = asyncio.ensure_future(self._wakeup.wait())
+            done, _ = await asyncio.wait({waiter}, timeout=remaining)
+            if not done:  # the window closed
+                waiter.cancel()
                 break
         batch = []
         while self._pending and len(batch) < self.max_batch:

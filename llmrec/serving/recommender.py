@@ -188,8 +188,8 @@ class Recommender:
             raise RequestError(f"{field}: got {ref!r}, expected an item id (integer) or an exact title (string)", field)
         if isinstance(ref, (int, np.integer)):
             if int(ref) not in self._known:
-                raise RequestError(f"{field}: unknown item id {int(ref)} (the catalog has ids 1..{len(self.titles) - 1})",
-                                   field)
+                raise RequestError(f"{field}: unknown item id {int(ref)} (the catalog has ids "
+                                   f"1..{len(self.titles) - 1})", field)
             return int(ref)
         if isinstance(ref, str):
             ids = self._by_title.get(ref) or self._by_title.get(clean_title(ref))

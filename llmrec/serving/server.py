@@ -56,14 +56,13 @@ class Limits:
     max_title_chars: int = 500
 
 
-def _json_response(send: Callable, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> Any:
+async def _json_response(send: Callable, status: int, detail: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+                         ) -> None:
+    """Answer `{"detail": ...}` with `status` straight from the middleware."""
     body = json.dumps({"detail": detail}).encode()
-    return _send_response(send, status, body, [(b"content-type", b"application/json"),
-                                               (b"content-length", str(len(body)).encode()), *headers])
-
-
-async def _send_response(send: Callable, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -90,12 +89,11 @@ class Guard:
         if not self._authorised(scope):
             return await _json_response(send, 401, f"missing or wrong bearer token: send the header "
                                                    f"`Authorization: Bearer <token>` (the server's ${TOKEN_ENV})",
-                                        [(b"www-authenticate", b"Bearer")])
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return await _json_response(send, 413 if length.isdigit() else 400,
-                                        f"request body of {length.decode(errors='replace')} bytes; at most "
-                                        f"{self.limit} bytes are accepted")
+                                        ((b"www-authenticate", b"Bearer"),))
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:  # (uvicorn refuses a malformed Content-Length itself)
+            return await _json_response(send, 413, f"request body of {int(length)} bytes; at most {self.limit} "
+                                                   f"bytes are accepted")
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -120,15 +118,23 @@ class Guard:
 
 
 def _location(loc: tuple) -> str:
-    """Pydantic's error location as the request spells it: ('body', 'history', 2, 'int') -> `history[2]`."""
-    fields = {"history", "candidates", "k", "exclude_history", "requests", "query", "limit"}
+    """Pydantic's error location as the request spells it: ('body', 'history', 2, 'int') -> `history[2]`.
+
+    Pydantic adds the union member that failed (`int`, `constrained-str`, ...) after an item's index; those
+    tags are left out."""
     out = ""
-    for part in loc[1:] if loc and loc[0] in ("body", "query") else loc:
+    parts = loc[1:] if loc and loc[0] in ("body", "query") else loc
+    for i, part in enumerate(parts):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in fields:
-            out += f".{part}" if out else part
+        elif i > 0 and isinstance(parts[i - 1], int) and (part in _UNION_TAGS or "[" in str(part)):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
     return out or ("body" if loc and loc[0] == "body" else "request")
+
+
+_UNION_TAGS = frozenset({"int", "str", "constrained-str", "bool", "float", "none", "list", "dict"})
 
 
 def validation_message(errors: list[dict]) -> tuple[int, str]:

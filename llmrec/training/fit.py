@@ -52,7 +52,7 @@ def fit_keeping_best(module: pl.LightningModule, datamodule: pl.LightningDataMod
                          log_every_n_steps=settings.log_every_n_steps, deterministic=False,
                          default_root_dir=str(log_dir) if log_dir is not None else None)
     trainer.fit(module, datamodule=datamodule)
-    if keep_best.last_validated_step < trainer.global_step:
+    if keep_best.trained_since_validation:
         trainer.validate(module, datamodule=datamodule, verbose=False)  # stopped mid-epoch: judge the end too
         keep_best.restore(module)
     return keep_best

@@ -54,14 +54,20 @@ class KeepBest(pl.Callback):
         self.best_state: dict[str, torch.Tensor] | None = None
         self.seconds_to_best = 0.0
         self.history: list[dict[str, Any]] = []
+        self.batches_since_validation = 0
         self._started = time.perf_counter()
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._started = time.perf_counter()
 
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.batches_since_validation += 1
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
+        self.batches_since_validation = 0
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("valid/")}
         score = metrics[self.monitor]
         self.history.append({"step": int(trainer.global_step), "epoch": int(trainer.current_epoch), **metrics})
@@ -74,8 +80,9 @@ class KeepBest(pl.Callback):
                  self.monitor, score, self.best_score, self.best_step)
 
     @property
-    def last_validated_step(self) -> int:
-        return self.history[-1]["step"] if self.history else -1
+    def trained_since_validation(self) -> bool:
+        """Whether training batches ran after the last validation round (their weights were never judged)."""
+        return self.batches_since_validation > 0 or not self.history
 
     def restore(self, pl_module: pl.LightningModule) -> None:
         """Load the best round's weights into `pl_module` (no-op when it was never validated)."""

@@ -100,6 +100,7 @@ class LogProgress(pl.Callback):
 
 
 def _batch_size(batch: Any) -> int:
+    batch = getattr(batch, "prompts", batch)  # a preference batch wraps its prompt batch
     ids = getattr(batch, "input_ids", None)
     if ids is not None:
         return int(ids.shape[0])

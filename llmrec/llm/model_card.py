@@ -85,29 +85,30 @@ def model_card(folder: str | os.PathLike, facts: dict[str, Any], config_dict: di
     lines = [f"# LLM recommender `{folder.name}`", ""]
     if stage == "sdpo":
         sdpo = facts.get("sdpo") or {}
-        lines += [f"A next-item recommender preference-trained by `{command}` ({sdpo.get('loss')}, "
-                  f"{sdpo.get('negatives')} negative(s) per prompt, beta {sdpo.get('beta')}) from the SFT checkpoint "
-                  f"`{Path(str(sdpo.get('sft'))).name}`.", ""]
+        lines.append(f"A next-item recommender preference-trained by `{command}` ({sdpo.get('loss')}, "
+                     f"{sdpo.get('negatives')} negative(s) per prompt, beta {sdpo.get('beta')}) from the SFT "
+                     f"checkpoint `{Path(str(sdpo.get('sft'))).name}`.")
     else:
-        lines += [f"A next-item recommender fine-tuned by `{command}` (supervised: the answer is the target's "
-                  f"title).", ""]
+        lines.append(f"A next-item recommender fine-tuned by `{command}` (supervised: the answer is the target's "
+                     f"title).")
     dataset = (encoder or {}).get("dataset") or {}
-    lines += ["## Data", "",
-              f"- dataset: `{dataset.get('name') or Path(str(config_dict.get('data'))).name}` "
-              f"({facts.get('domain', 'generic')} domain"
-              + (f", {n_items} items" if n_items is not None else "") + ")",
-              f"- protocol: `{facts.get('protocol')}` (split seed {split.get('seed')}, evaluation positions "
-              f"`{split.get('eval_positions')}`); users are split 8:1:1 into train/valid/test, the model saw train "
-              f"users only",
-              f"- catalog fingerprint: `{str(facts.get('catalog_fingerprint'))[:16]}...` (sha256 over item ids and "
-              f"titles; `catalog.parquet` travels with the model)", ""]
+    name = dataset.get("name") or Path(str(config_dict.get("data"))).name
+    size = f", {n_items} items" if n_items is not None else ""
+    lines += ["", "## Data", "",
+              f"- dataset: `{name}` ({facts.get('domain', 'generic')} domain{size})",
+              (f"- protocol: `{facts.get('protocol')}` (split seed {split.get('seed')}, evaluation positions "
+               f"`{split.get('eval_positions')}`); users are split 8:1:1 into train/valid/test, the model saw train "
+               f"users only"),
+              (f"- catalog fingerprint: `{str(facts.get('catalog_fingerprint'))[:16]}...` (sha256 over item ids "
+               f"and titles; `catalog.parquet` travels with the model)"),
+              ""]
+    lora = (f" (r {config_dict.get('lora_r')}, alpha {config_dict.get('lora_alpha')})"
+            if facts.get("finetune") == "lora" and config_dict.get("lora_r") else "")
     lines += ["## Model", "",
               f"- base model: {_base_model(facts)}",
-              f"- fine-tuning: {'all weights' if facts.get('finetune') == 'full' else 'LoRA adapters'}"
-              + (f" (r {config_dict.get('lora_r')}, alpha {config_dict.get('lora_alpha')})"
-                 if facts.get("finetune") == "lora" and config_dict.get("lora_r") else ""),
-              f"- prompts: {PROMPTS.get(facts.get('prompt'), facts.get('prompt'))}; at most {facts.get('max_length')} "
-              f"tokens (prompt + answer), oldest history items dropped beyond"]
+              f"- fine-tuning: {'all weights' if facts.get('finetune') == 'full' else 'LoRA adapters'}{lora}",
+              (f"- prompts: {PROMPTS.get(facts.get('prompt'), facts.get('prompt'))}; at most "
+               f"{facts.get('max_length')} tokens (prompt + answer), oldest history items dropped beyond")]
     if encoder:
         lines.append(f"- encoder (frozen, bundled in `encoder/`): {encoder.get('model')} with hidden size "
                      f"{encoder.get('hidden_size')} and histories of up to {encoder.get('max_length')} items")
@@ -115,9 +116,10 @@ def model_card(folder: str | os.PathLike, facts: dict[str, Any], config_dict: di
               yaml.safe_dump(config_dict, sort_keys=False, allow_unicode=True).rstrip(), "```", ""]
     rows = _metric_rows(metrics)
     lines += ["## Metrics", "",
-              "`test/...` ranks each test sample's stored candidates in `score` mode (sum of the answer's token "
-              "log-probs); `hr@1` = correct / all samples; `valid/hr@1` chose the kept weights. Keys as in "
-              "DESIGN.md §8.", ""]
+              ("`test/...` ranks each test sample's stored candidates in `score` mode (sum of the answer's token "
+               "log-probs); `hr@1` = correct / all samples; `valid/hr@1` chose the kept weights. Keys as in "
+               "DESIGN.md §8."),
+              ""]
     lines += (["| metric | value |", "| --- | --- |", *rows] if rows else ["(no metrics recorded)"]) + [""]
     lines += ["## Use", "", "```python", "from llmrec.serving import Recommender", "",
               f"rec = Recommender.from_pretrained(\"{folder.name}\")  # checks every file against the manifest",
@@ -125,10 +127,11 @@ def model_card(folder: str | os.PathLike, facts: dict[str, Any], config_dict: di
               "```sh", f"llmrec predict --ckpt {folder.name} --history 1,2,3 --k 10",
               f"llmrec serve --ckpt {folder.name}   # http://127.0.0.1:8000/docs", "```", "",
               "## Files", "",
-              "`checkpoint.json` (facts to rebuild the model), `config.yaml`, `metrics.json`, `catalog.parquet`, "
-              "`tokenizer/`, the weights (safetensors only: nothing is unpickled), `encoder/` for hybrid prompts. "
-              "`.llmrec-output.json` lists every file with its size and sha256; loading for serving checks them "
-              "and names any missing or altered file.", ""]
+              ("`checkpoint.json` (facts to rebuild the model), `config.yaml`, `metrics.json`, `catalog.parquet`, "
+               "`tokenizer/`, the weights (safetensors only: nothing is unpickled), `encoder/` for hybrid prompts. "
+               "`.llmrec-output.json` lists every file with its size and sha256; loading for serving checks them "
+               "and names any missing or altered file."),
+              ""]
     return "\n".join(lines)
 
 
