@@ -72,3 +72,14 @@ def test_damaged_weights_in_an_input_folder_are_named(trained, tmp_path, capsys)
                  str(tmp_path / "x"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "encoder.safetensors" in err[0]
+
+
+def test_a_diverging_llm_training_stops_with_one_line_and_saves_nothing(trained, tmp_path, capsys):
+    out = tmp_path / "diverged"
+    assert main(["train-llm", "--data", str(trained / "data"), "--encoder", str(trained / "enc"), "--out", str(out),
+                 "--tiny-layers", "2", "--tiny-hidden", "32", "--tiny-heads", "2", "--max-length", "256",
+                 "--max-steps", "3", "--max-valid-samples", "4", "--device", "cpu", "--lr", "1e30",
+                 "--cache-dir", str(trained / "cache")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train-llm: error:" in err[0] and "--lr" in err[0]
+    assert not out.exists() and not list(tmp_path.glob(".diverged*"))  # nothing that looks finished, no debris
