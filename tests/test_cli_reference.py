@@ -1,0 +1,21 @@
+"""The README's command-line reference is the CLI's own help, regenerated: a test keeps it current."""
+
+from pathlib import Path
+
+from llmrec.cli import COMMANDS
+from llmrec.cli_reference import END, START, cli_reference, replace_section
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_the_readme_reference_is_the_current_help_of_every_command():
+    generated = cli_reference()
+    assert all(f"#### `llmrec {name}`" in generated for name in COMMANDS)
+    assert "--threads" in generated and "--lr" in generated  # real option help, not just titles
+    section = README.read_text(encoding="utf-8").split(START, 1)[1].split(END, 1)[0]
+    assert section.strip() == generated.strip(), "run `python -m llmrec.cli_reference` to update README.md"
+
+
+def test_replace_section_keeps_the_text_around_it():
+    text = f"before\n{START}\nold\n{END}\nafter\n"
+    assert replace_section(text, "new\n") == f"before\n{START}\nnew\n{END}\nafter\n"
