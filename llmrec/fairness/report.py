@@ -1,7 +1,7 @@
 """`llmrec report`: accuracy and item-side fairness (IFairLRS, DESIGN.md §7-§8) of several models, as a
 Markdown page with PNG figures.
 
-    llmrec report --dirs DIR [DIR ...] [--out DIR] [--data DIR] [--grouping popularity|genre] [--bars-k K]
+    llmrec report DIR [DIR ...] [--out DIR] [--data DIR] [--grouping popularity|genre] [--bars-k K]
 
 Each DIR is one of
 - an `llmrec evaluate` folder (metrics.json + scores.parquet; the fairness metrics are computed from the saved
