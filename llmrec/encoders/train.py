@@ -4,7 +4,9 @@ The output folder gets `encoder.safetensors`, `config.yaml` (this resolved confi
 section `load_encoder` reads), `metrics.json` (valid and test), `items.faiss` (when faiss is installed) and
 `logs/` (Lightning CSV and TensorBoard logs). It is written atomically (`llmrec.atomic.output_directory`): a
 failed or diverged run leaves no half-written folder, an existing `--out` is replaced only if it is itself an
-encoder checkpoint, and files a user added to that checkpoint are kept.
+encoder checkpoint, and files a user added to that checkpoint are kept. While training, the state to resume from
+is saved to `<out>.resume/` (`llmrec.training.resume`); `--resume` continues an interrupted run from it, and a
+finished run removes it.
 
 The epoch kept is the one with the best VALID metric (`full/ndcg@10` on `loo` data, `candidates/hr@1` on
 `llara` data); test metrics are computed once, on that epoch's weights, and never used for any choice.
@@ -44,6 +46,13 @@ from llmrec.encoders.registry import build_encoder, encoder_hparam_names
 from llmrec.errors import ConfigError
 from llmrec.training.keep_best import KeepBest
 from llmrec.training.loggers import training_loggers
+from llmrec.training.resume import (
+    ResumeCheckpoint,
+    prepare_resume,
+    remove_resume_state,
+    resume_config,
+    resume_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +102,10 @@ class TrainEncoderConfig:
     # --- machinery
     device: Literal["auto", "cpu", "gpu", "cuda"] = option("auto", "where to train (auto: a GPU if present)")
     progress_bar: bool = option(True, "show Lightning's progress bar")
+    resume: bool = option(False, "continue an interrupted run from its saved state in <out>.resume (same options "
+                                 "required)")
+    resume_every: int = option(500, "save the state to resume from every this many optimiser steps (and after "
+                                    "each epoch's validation)", min=1)
 
 
 def _validate(config: TrainEncoderConfig) -> None:
@@ -120,8 +133,9 @@ _accelerator = lightning_accelerator
 
 
 def fit_encoder(encoder: SequentialEncoder, data: ProcessedDataset, config: TrainEncoderConfig,
-                log_dir: Path | None = None) -> dict[str, Any]:
-    """Train `encoder` in place, restoring the best-VALID epoch's weights. Returns training facts."""
+                log_dir: Path | None = None, resume: ResumeCheckpoint | None = None) -> dict[str, Any]:
+    """Train `encoder` in place, restoring the best-VALID epoch's weights. Returns training facts. `resume` saves
+    (and, when it holds a state, restores) the state to resume from."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import EarlyStopping
 
@@ -148,8 +162,12 @@ def fit_encoder(encoder: SequentialEncoder, data: ProcessedDataset, config: Trai
         min_epochs=config.min_epochs, deterministic=True, enable_checkpointing=False,
         enable_model_summary=False, enable_progress_bar=config.progress_bar, num_sanity_val_steps=0,
         logger=training_loggers(log_dir) if log_dir is not None else False, log_every_n_steps=max(1, min(50, n_batches)),
-        callbacks=[keep_best, EarlyStopping(monitor=f"valid/{monitor}", mode="max", patience=config.patience),
-                   DivergenceGuard(hint=f"lower --lr (it is {config.lr:g})")],
+        # early stopping decides right after each validation (not at the epoch's end), so a resume state saved
+        # after a validation already holds its decision
+        callbacks=[keep_best, EarlyStopping(monitor=f"valid/{monitor}", mode="max", patience=config.patience,
+                                            check_on_train_epoch_end=False),
+                   DivergenceGuard(hint=f"lower --lr (it is {config.lr:g})"),
+                   *([resume] if resume is not None else [])],
         default_root_dir=str(log_dir) if log_dir is not None else None)
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
@@ -169,6 +187,8 @@ def run_train_encoder(config: TrainEncoderConfig) -> int:
     data = ProcessedDataset.load(config.data)
     out = Path(config.out)
     check_output_dir(out)
+    # MostPop only counts: it has nothing to resume
+    state = prepare_resume(out, "train-encoder", config, config.resume and config.model != "mostpop")
     if data.protocol == "llara" and data.meta.get("eval_positions") == "last":
         log.warning("%s has one valid sample per valid user (%d in all): too few to choose an epoch by; "
                     "prepare with `--eval-positions all` for a reliable choice", data.root, len(data.split("valid")))
@@ -185,7 +205,9 @@ def run_train_encoder(config: TrainEncoderConfig) -> int:
                                      "seconds_to_best_epoch": 0.0, "monitor": f"valid/{monitor_metric(data.protocol)}",
                                      "n_train_targets": int(sum(len(s) for s in sequences))}
         else:
-            facts = fit_encoder(encoder, data, config, log_dir=tmp)
+            resume = ResumeCheckpoint(resume_folder(out), "train-encoder", resume_config(config),
+                                      config.resume_every, state)
+            facts = fit_encoder(encoder, data, config, log_dir=tmp, resume=resume)
         encoder.eval()
         results = {}
         for split in ("valid", "test"):
@@ -201,6 +223,7 @@ def run_train_encoder(config: TrainEncoderConfig) -> int:
         atomic_write_text(tmp / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
         if history:
             atomic_write_text(tmp / "logs" / "valid_history.json", json.dumps(history, indent=1) + "\n")
+    remove_resume_state(out)
     monitor = facts["monitor"].removeprefix("valid/")
     keys = [k for k in ("full/hr@10", "full/ndcg@10", "candidates/hr@1", "candidates/ndcg@5",
                         "candidates/hr@1_last") if k in results["test"]]

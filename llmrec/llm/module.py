@@ -5,11 +5,13 @@ hybrid or a text-only prompt; a text-only batch never calls the projector, so it
 AdamW skips it (no weight decay either). A batch's per-sample `weights` (fairness reweighting) multiply each
 sample's loss. Validation ranks the valid candidates in `score` mode with hybrid prompts and logs `valid/hr@1`;
 `llmrec.training.keep_best.KeepBest` keeps the best round's trainable weights (choice on VALID, never on test).
+`resume_state` / `load_resume_state` hand the coin's state to `llmrec.training.resume` (resumable training).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -36,6 +38,14 @@ class LLMRecModule(pl.LightningModule):
         self.hybrid_probability = 1.0
         self._coin = torch.Generator().manual_seed(seed)
         self._val_ranks: list[torch.Tensor] = []
+
+    def resume_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """(JSON values, tensors) a resumed run needs beyond weights and optimiser: the curriculum coin's state."""
+        return {"hybrid_probability": self.hybrid_probability}, {"coin": self._coin.get_state()}
+
+    def load_resume_state(self, values: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        self.hybrid_probability = float(values["hybrid_probability"])
+        self._coin.set_state(tensors["coin"])
 
     def trainable_named_parameters(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.lm.named_parameters() if p.requires_grad}

@@ -6,7 +6,9 @@
 Writes a self-contained checkpoint folder (see `llmrec.llm.checkpoint`: trained weights, tokenizer, catalog, a
 copy of the encoder) with the resolved `config.yaml`, `metrics.json` (best valid `hr@1` and the test metrics of
 the chosen weights in `score` mode), `eval-test-score/` (the test ranking's `metrics.json` and `scores.parquet`)
-and `logs/` (loss and validation curves: CSV, and TensorBoard when installed).
+and `logs/` (loss and validation curves: CSV, and TensorBoard when installed). While training, the state to
+resume from is saved to `<out>.resume/` (`llmrec.training.resume`); `--resume` continues an interrupted run from
+it, and a finished run removes it.
 """
 
 from __future__ import annotations
@@ -47,6 +49,13 @@ from llmrec.llm.module import LLMRecModule
 from llmrec.llm.recommender import assemble_recommender
 from llmrec.training.fit import FitSettings, fit_keeping_best
 from llmrec.training.keep_best import KeepBest
+from llmrec.training.resume import (
+    ResumeCheckpoint,
+    prepare_resume,
+    remove_resume_state,
+    resume_config,
+    resume_folder,
+)
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
@@ -117,6 +126,10 @@ class TrainLLMConfig:
                        min=0, max=2**32 - 1)
     progress_bar: bool | None = option(None, "Lightning's progress bar (default: on a terminal; periodic log "
                                              "lines otherwise)")
+    resume: bool = option(False, "continue an interrupted run from its saved state in <out>.resume (same options "
+                                 "required)")
+    resume_every: int = option(50, "save the state to resume from every this many optimiser steps (and after "
+                                   "each validation)", min=1)
 
 
 def resolve_llm_path(config: TrainLLMConfig, data: ProcessedDataset) -> tuple[Path, dict[str, Any] | None]:
@@ -172,9 +185,10 @@ def build_recommender(config: TrainLLMConfig, data: ProcessedDataset, encoder: S
     return lm, facts
 
 
-def fit(lm: HybridLM, data: ProcessedDataset, config: TrainLLMConfig, log_dir: Path | None = None
-        ) -> tuple[LLMRecModule, KeepBest]:
-    """Train with Lightning; the best trainable weights by valid hr@1 are restored at the end."""
+def fit(lm: HybridLM, data: ProcessedDataset, config: TrainLLMConfig, log_dir: Path | None = None,
+        resume: ResumeCheckpoint | None = None) -> tuple[LLMRecModule, KeepBest]:
+    """Train with Lightning; the best trainable weights by valid hr@1 are restored at the end. `resume` saves
+    (and, when it holds a state, restores) the state to resume from."""
     import pytorch_lightning as pl
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
@@ -191,7 +205,8 @@ def fit(lm: HybridLM, data: ProcessedDataset, config: TrainLLMConfig, log_dir: P
     settings = FitSettings(config.device, config.precision, config.epochs, config.max_steps,
                            config.val_check_interval, config.progress_bar, max(1, min(10, steps)), "train-llm",
                            f"lower --lr (it is {config.lr:g})",
-                           [CurriculumCallback(config.curriculum, config.curriculum_constant)] if lm.uses_slots else [])
+                           [CurriculumCallback(config.curriculum, config.curriculum_constant)] if lm.uses_slots else [],
+                           resume)
     lm.train()  # from_pretrained returns eval-mode models; the frozen encoder is not a submodule and stays eval
     keep_best = fit_keeping_best(module, dm, settings, "valid/hr@1", log_dir)
     if lm.builder.n_truncated:
@@ -206,6 +221,7 @@ def run_train_llm(config: TrainLLMConfig) -> int:
     check_config(config)
     out = Path(config.out)
     check_output(out, "train-llm", error=CheckpointError)
+    state = prepare_resume(out, "train-llm", config, config.resume)
     data = ProcessedDataset.load(config.data)
     encoder = None
     if config.prompt != "text":
@@ -218,7 +234,8 @@ def run_train_llm(config: TrainLLMConfig) -> int:
     # hash_all: the marker is the bundle's manifest (every file's sha256, weights included; serving verifies it)
     with output_directory(out, "train-llm", error=CheckpointError, hash_all=True) as tmp:
         started = time.time()
-        _, keep_best = fit(lm, data, config, log_dir=tmp)
+        resume = ResumeCheckpoint(resume_folder(out), "train-llm", resume_config(config), config.resume_every, state)
+        _, keep_best = fit(lm, data, config, log_dir=tmp, resume=resume)
         train_seconds = time.time() - started
         lm.eval()
         test, ranked = evaluate_split(lm, data, "test", "score", config.eval_batch_size, config.max_test_samples,
@@ -231,6 +248,7 @@ def run_train_llm(config: TrainLLMConfig) -> int:
         atomic_write_text(tmp / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
         write_model_card(tmp, facts, config_to_dict(config), metrics)
         write_evaluation(tmp / "eval-test-score", test, ranked, nested=True)
+    remove_resume_state(out)
     log.info("saved %s: valid hr@1 %.4f, test hr@1 %.4f", out, keep_best.best_score, test["hr@1"])
     print(json.dumps({k: v for k, v in metrics.items() if k != "valid/history"}, indent=2))
     return 0

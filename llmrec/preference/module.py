@@ -16,8 +16,8 @@ it), so that the policy equals the reference at step 0 and the implicit rewards 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -108,6 +108,17 @@ class PreferenceModule(LLMRecModule):
         self.settings = settings
         self.margin_state = MarginStats()  # beta-DPO's (M0, s) or alpha-DPO's (mu, s), updated every step
         self._filter = torch.Generator().manual_seed(seed)
+
+    def resume_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """SFT's state (the coin) plus the variants' running margin statistics and beta-DPO's filter generator."""
+        values, tensors = super().resume_state()
+        margins = {k: float(v) for k, v in asdict(self.margin_state).items()}
+        return {**values, "margin_state": margins}, {**tensors, "filter": self._filter.get_state()}
+
+    def load_resume_state(self, values: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        super().load_resume_state(values, tensors)
+        self.margin_state = MarginStats(**values["margin_state"])
+        self._filter.set_state(tensors["filter"])
 
     def policy_logprobs(self, batch: PreferenceBatch) -> torch.Tensor:
         """[B, 1+N] the policy's summed answer log-probs of `batch.items`, one prompt pass, with gradients."""

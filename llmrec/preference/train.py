@@ -14,7 +14,9 @@
 5. Writes a regular LLM checkpoint folder (`llmrec.llm.checkpoint`: weights, tokenizer, catalog, encoder copy),
    so `llmrec evaluate` works on it unchanged, with `config.yaml`, `metrics.json` (best valid `hr@1`, the SFT
    start's valid `hr@1`, reference and training time, test metrics in `score` mode), `eval-test-score/`,
-   `logs/` (loss and `rewards/*` curves) and the stored reference log-probs.
+   `logs/` (loss and `rewards/*` curves) and the stored reference log-probs. While training, the state to resume
+   from is saved to `<out>.resume/` (`llmrec.training.resume`); `--resume` continues an interrupted run from it
+   (the reference log-probs are recomputed: they are deterministic), and a finished run removes it.
 
 Per-sample loss weights (`--fairness-weights popularity|genre`, DESIGN.md §7) enter every loss per sample.
 Defaults follow S-DPO's authors (beta 1, N = 3, 3 epochs, no weight decay) except the learning rate: they used
@@ -75,6 +77,13 @@ from llmrec.preference.reference import (
 )
 from llmrec.training.fit import FitSettings, fit_keeping_best
 from llmrec.training.keep_best import KeepBest
+from llmrec.training.resume import (
+    ResumeCheckpoint,
+    prepare_resume,
+    remove_resume_state,
+    resume_config,
+    resume_folder,
+)
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
@@ -147,6 +156,10 @@ class TrainSDPOConfig:
     seed: int = option(0, "random seed (negatives, shuffling, subsets, beta-sdpo's filter)", min=0, max=2**32 - 1)
     progress_bar: bool | None = option(None, "Lightning's progress bar (default: on a terminal; periodic log "
                                              "lines otherwise)")
+    resume: bool = option(False, "continue an interrupted run from its saved state in <out>.resume (same options "
+                                 "required)")
+    resume_every: int = option(50, "save the state to resume from every this many optimiser steps (and after "
+                                   "each validation)", min=1)
 
     def __post_init__(self) -> None:
         self.negatives = parse_negatives(self.negatives)  # type: ignore[assignment]
@@ -202,8 +215,10 @@ def output_facts(sft: Path, facts: dict[str, Any], out: Path, config: TrainSDPOC
 
 
 def fit_preference(lm: HybridLM, data: ProcessedDataset, train_set: PreferenceDataset, config: TrainSDPOConfig,
-                   log_dir: Path | None = None) -> tuple[PreferenceModule, KeepBest]:
-    """Train the policy `lm` (already trainable) with Lightning; the best valid round's weights are restored."""
+                   log_dir: Path | None = None, resume: ResumeCheckpoint | None = None
+                   ) -> tuple[PreferenceModule, KeepBest]:
+    """Train the policy `lm` (already trainable) with Lightning; the best valid round's weights are restored.
+    `resume` saves (and, when it holds a state, restores) the state to resume from."""
     import pytorch_lightning as pl
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
@@ -213,7 +228,7 @@ def fit_preference(lm: HybridLM, data: ProcessedDataset, train_set: PreferenceDa
     module = PreferenceModule(lm, config.settings(), config.lr, config.weight_decay, config.warmup_ratio, config.seed)
     settings = FitSettings(config.device, config.precision, config.epochs, config.max_steps,
                            config.val_check_interval, config.progress_bar, 1, "train-sdpo",  # rewards/* every step
-                           f"lower --lr (it is {config.lr:g}) or --beta")
+                           f"lower --lr (it is {config.lr:g}) or --beta", resume=resume)
     lm.train()
     keep_best = fit_keeping_best(module, dm, settings, "valid/hr@1", log_dir)
     if lm.builder.n_truncated:
@@ -232,6 +247,7 @@ def run_train_sdpo(config: TrainSDPOConfig) -> int:
     except CheckpointError as e:
         raise CheckpointError(f"option --sft: {e}") from None
     _check_out(out, sft)
+    state = prepare_resume(out, "train-sdpo", config, config.resume)
     data = ProcessedDataset.load(config.data)
     check_data_matches(sft, facts, data)
     full_train = data.split("train")
@@ -259,7 +275,8 @@ def run_train_sdpo(config: TrainSDPOConfig) -> int:
         disable_dropout(lm)
         train_set = PreferenceDataset(train, lm.builder, items, reference, train[INDEX_COLUMN].to_numpy(), weights)
         started = time.time()
-        _, keep_best = fit_preference(lm, data, train_set, config, log_dir=tmp)
+        resume = ResumeCheckpoint(resume_folder(out), "train-sdpo", resume_config(config), config.resume_every, state)
+        _, keep_best = fit_preference(lm, data, train_set, config, log_dir=tmp, resume=resume)
         train_seconds = time.time() - started
         lm.eval()
         test, ranked = evaluate_split(lm, data, "test", "score", config.eval_batch_size, config.max_test_samples,
@@ -275,6 +292,7 @@ def run_train_sdpo(config: TrainSDPOConfig) -> int:
         atomic_write_text(tmp / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
         write_model_card(tmp, new_facts, config_to_dict(config), metrics)
         write_evaluation(tmp / "eval-test-score", test, ranked, nested=True)
+    remove_resume_state(out)
     log.info("saved %s: valid hr@1 %.4f (SFT start %.4f), test hr@1 %.4f", out, keep_best.best_score, start["hr@1"],
              test["hr@1"])
     print(json.dumps({k: v for k, v in metrics.items() if k != "valid/history"}, indent=2))

@@ -4,7 +4,8 @@ SFT (`llmrec train-llm`) and preference training (`llmrec train-sdpo`) differ in
 the trainer around them is the same: Lightning's CSV/TensorBoard loggers under the output folder, progress on a
 terminal or as log lines, `DivergenceGuard` (a NaN/inf loss or weight stops the run, nothing is saved) and
 `KeepBest` on a valid metric, with a final validation when training stopped between validation rounds
-(`--max-steps`), so the last weights compete too.
+(`--max-steps`), so the last weights compete too. With `FitSettings.resume` (`llmrec.training.resume`) the run
+writes its state periodically to `<out>.resume/` and can continue from it after an interruption (`--resume`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from llmrec.training.divergence import DivergenceGuard
 from llmrec.training.keep_best import KeepBest
 from llmrec.training.loggers import training_loggers
 from llmrec.training.progress import trainer_progress
+from llmrec.training.resume import ResumeCheckpoint
 
 
 @dataclass
@@ -35,6 +37,7 @@ class FitSettings:
     what: str = "training"               # names the run in progress lines
     divergence_hint: str = "lower the learning rate (--lr)"
     callbacks: list[pl.Callback] = field(default_factory=list)
+    resume: ResumeCheckpoint | None = None  # periodic resume state (and the state to resume from, if any)
 
 
 def fit_keeping_best(module: pl.LightningModule, datamodule: pl.LightningDataModule, settings: FitSettings,
@@ -47,7 +50,7 @@ def fit_keeping_best(module: pl.LightningModule, datamodule: pl.LightningDataMod
                          logger=training_loggers(log_dir) if log_dir is not None else False,
                          enable_checkpointing=False, enable_progress_bar=show_bar, enable_model_summary=False,
                          callbacks=[keep_best, DivergenceGuard(hint=settings.divergence_hint), *settings.callbacks,
-                                    *progress],
+                                    *([settings.resume] if settings.resume is not None else []), *progress],
                          num_sanity_val_steps=0, val_check_interval=settings.val_check_interval,
                          log_every_n_steps=settings.log_every_n_steps, deterministic=False,
                          default_root_dir=str(log_dir) if log_dir is not None else None)
