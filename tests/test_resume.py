@@ -306,7 +306,8 @@ def test_resume_of_another_config_is_one_line(stage_data, tmp_path, capsys):
     out = tmp_path / "enc"
     command = ["train-encoder", "--data", str(stage_data / "data"), "--model", "sasrec", "--hidden-size", "8",
                "--num-layers", "1", "--num-heads", "1", "--max-length", "10", "--batch-size", "2", "--max-epochs",
-               "30", "--patience", "30", "--device", "cpu", "--no-progress-bar", "--resume-every", "2"]
+               "1000", "--patience", "1000", "--device", "cpu", "--no-progress-bar", "--resume-every", "2"]
+    # 1000 epochs: the run must still be training when Ctrl-C arrives (it is stopped right after its first state)
     assert main([*command, "--out", str(out), "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no saved training state" in err[0]
