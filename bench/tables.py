@@ -62,12 +62,18 @@ def sdpo_section(r: dict) -> str:
 
 
 def serving_section(r: dict) -> str:
+    machine = r.get("machine", {})
     lines = [f"Measured with `{r.get('command', 'python bench/serving.py all --write')}` ({r.get('date', '?')}; "
-             f"{json.dumps(r.get('machine', {}))})."]
+             f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, {machine.get('torch_threads', '?')} "
+             f"torch threads, torch {machine.get('torch', '?')}), serving `{Path(r.get('checkpoint', '?')).name}` of "
+             f"`{Path(r.get('checkpoint', '?')).parent.name}`: the CPU-scale S-DPO model of `bench/sdpo.py` (tiny Llama "
+             f"2 x 128, the demo's backbone size)."]
     fc = r.get("full_catalog")
     if fc:
-        lines += ["", f"**Whole catalog** ({fc.get('n_users')} test users, their history excluded, retrieval depth "
-                      f"N = {fc.get('retrieve_n')}):", "", "| ranking | HR@10 | NDCG@10 |", "| --- | --- | --- |",
+        lines += ["", f"**Whole catalog** ({fc.get('n_users')} test users' final samples, their history excluded, "
+                      f"retrieval depth N = {fc.get('retrieve_n')}; the target is among the N retrieved items for "
+                      f"{fc.get('retrieval_hr@20', float('nan')):.3f} of the users, the ceiling of any re-ranking):",
+                  "", "| ranking | HR@10 | NDCG@10 |", "| --- | --- | --- |",
                   f"| encoder's own full ranking | {fc['encoder']['hr@10']:.4f} | {fc['encoder']['ndcg@10']:.4f} |",
                   f"| retrieve N with the encoder, re-rank with the LLM | {fc['rerank']['hr@10']:.4f} | "
                   f"{fc['rerank']['ndcg@10']:.4f} |"]
@@ -81,7 +87,9 @@ def serving_section(r: dict) -> str:
                       f"{load.get('rps', 0) / max(load.get('rps_unbatched') or 1e-9, 1e-9):.2f})."]
     cold = r.get("cold_start_s")
     if cold is not None:
-        lines += ["", f"**Cold start**: {json.dumps(cold)} seconds."]
+        lines += ["", f"**Cold start**: {cold.get('serve_to_health', float('nan')):.1f} s from `llmrec serve` to the "
+                      f"first healthy `/health`; {cold.get('from_pretrained_to_first_answer', float('nan')):.1f} s from "
+                      f"`Recommender.from_pretrained` to the first answer."]
     return "\n".join(lines) + "\n"
 
 
