@@ -218,8 +218,11 @@ def _kill_after_first_state(args: list[str], out: Path, sig: int = signal.SIGKIL
     """Run `python -m llmrec ARGS` and send it `sig` (SIGKILL, or SIGINT as Ctrl-C does) as soon as its first
     resume state is complete."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    # a process started in the background inherits SIGINT ignored, and Python then never raises KeyboardInterrupt:
+    # restore the default disposition so Ctrl-C reaches the child as it would from a terminal
     proc = subprocess.Popen([sys.executable, "-m", "llmrec", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     latest = resume_folder(out) / LATEST
     deadline = time.monotonic() + timeout
     try:
@@ -231,7 +234,11 @@ def _kill_after_first_state(args: list[str], out: Path, sig: int = signal.SIGKIL
             time.sleep(0.02)
         proc.send_signal(sig)
     finally:
-        proc.wait()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:  # never hang the suite: a run that ignored the signal is a failure
+            proc.kill()
+            proc.wait()
         proc.stderr.close()
     # Ctrl-C: Lightning stops gracefully and exits with 1
     assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 1), \
