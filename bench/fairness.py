@@ -8,7 +8,8 @@ per seed:
   - `llm_reweighted`: the same SFT with `--fairness-weights popularity` (per-sample IFairLRS weights);
   - `llm_reranked`: `llmrec rerank --alpha auto` on the SFT model's saved scores, alpha chosen on the valid
     ranking (the `all` valid set, score mode) for the largest drop of valid MGU@5/10 within 5% of valid hr@1;
-  - `sdpo_reweighted`: S-DPO from the (unweighted) SFT model with `--fairness-weights popularity`.
+  - `sdpo_reweighted`: S-DPO from the (unweighted) SFT model with `--fairness-weights popularity`;
+  - `sdpo_reranked`: `llmrec rerank --alpha auto` on the S-DPO model's saved scores, alpha chosen alike.
 Every model ranks the SAME stored 20 candidates of the whole `all` test set; popularity groups are 5 equal-size
 groups by training interaction count. Figures per model: `hr@1`, `mgu@1`, `mgu@5`, `mgu@10`, `dgu@1` (mean, std,
 per seed), the chosen alpha, the group edges. Results are written after every seed.
@@ -76,13 +77,13 @@ def encoder_fairness(folder: Path) -> dict:
 
 
 FOLDERS = {"mostpop": "mostpop", "sasrec": "sasrec", "llm": "sft-hybrid", "llm_reweighted": "sft-hybrid-reweighted",
-           "llm_reranked": "sft-hybrid", "sdpo": "sdpo", "sdpo_reweighted": "sdpo-reweighted"}
+           "llm_reranked": "sft-hybrid", "sdpo": "sdpo", "sdpo_reweighted": "sdpo-reweighted", "sdpo_reranked": "sdpo"}
 
 
 def figures(name: str, folder: Path, data: ProcessedDataset, data_dir: Path) -> dict:
     if name in ("mostpop", "sasrec"):
         return encoder_fairness(folder)
-    if name == "llm_reranked":
+    if name.endswith("_reranked"):
         return rerank(folder, data_dir)
     return llm_fairness(folder, data)
 
@@ -90,22 +91,23 @@ def figures(name: str, folder: Path, data: ProcessedDataset, data_dir: Path) -> 
 def collect(args, data: ProcessedDataset, groups) -> dict:
     """Every model's figures over the seeds it has been trained for (an interrupted run still reports them)."""
     result: dict = {}
-    alphas = {}
+    alphas: dict[str, dict] = {}
     for name, sub in FOLDERS.items():
         per_seed = {}
         for seed in args.seeds:
             folder = args.work / f"seed{seed}" / sub
             ready = (folder / "metrics.json").is_file() and (
-                name != "llm_reranked" or (folder / "eval-valid-score" / "scores.parquet").is_file())
+                not name.endswith("_reranked") or (folder / "eval-valid-score" / "scores.parquet").is_file())
             if ready:
                 per_seed[seed] = figures(name, folder, data, args.data)
         if per_seed:
             seeds = list(per_seed)
             result[name] = {k: summary([per_seed[s].get(k) for s in seeds], seeds) for k in KEYS}
-            if name == "llm_reranked":
-                alphas = {str(s): per_seed[s]["alpha"] for s in seeds}
+            if name.endswith("_reranked"):
+                alphas[name] = {str(s): per_seed[s]["alpha"] for s in seeds}
     result.update({
-        "alpha": {"seeds": alphas}, "groups": groups.to_dict(),
+        "alpha": {"seeds": alphas.get("llm_reranked", {})},
+        "alpha_sdpo": {"seeds": alphas.get("sdpo_reranked", {})}, "groups": groups.to_dict(),
         "device": f"cpu ({machine()['cpu']}, {torch.get_num_threads()} torch threads)", "machine": machine(),
         "scale": (f"cpu: tiny Llama 2x128, hybrid prompts, SFT one epoch on {args.sft_samples} training samples, "
                   f"S-DPO (N=3) one epoch on {args.sdpo_samples}; the whole `all` test set "
@@ -147,7 +149,8 @@ def main() -> int:
         sft = train_sft(args, enc["sasrec"], work / "sft-hybrid", seed)
         evaluate_valid(sft, args.data)
         write()
-        train_sdpo(args, sft, work / "sdpo", seed, VARIANTS["sdpo"])
+        evaluate_valid(train_sdpo(args, sft, work / "sdpo", seed, VARIANTS["sdpo"]), args.data)
+        write()
         train_sft(args, enc["sasrec"], work / "sft-hybrid-reweighted", seed, extra={"fairness_weights": "popularity"})
         write()
         train_sdpo(args, sft, work / "sdpo-reweighted", seed, {**VARIANTS["sdpo"], "fairness_weights": "popularity"})

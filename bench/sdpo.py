@@ -9,6 +9,8 @@ quality, per seed (every model ranks the SAME stored 20 candidates of the `all` 
      hybrid prompts, SASRec frozen) on a seeded subset of `--sft-samples` training samples, one epoch;
   3. from that SFT checkpoint, `llmrec train-sdpo` on a seeded subset of `--sdpo-samples` training samples, one
      epoch, beta 1, for: dpo (N=1), sdpo (N=3), sdpo_all (N=19), dr_sdpo, beta_sdpo, alpha_sdpo (N=3);
+  3b. with `--prompts hybrid hybrid+summary`, the same SFT and S-DPO (N=3) with hybrid+summary prompts (a whole-
+     history behavioural token, as in RecInterpreter), as `sft_summary` and `sdpo_summary`;
   4. test `hr@1` in score mode on the whole `all` test set, `hr@1_last` (users' final samples), and `hr@1` and
      `valid_ratio` in generate mode on a seeded subset of `--generate-samples` test samples.
 Trained models are kept under `--work` and reused by a re-run; results are written after every seed.
@@ -137,7 +139,7 @@ def model_figures(name: str, folder: Path, data: ProcessedDataset, args, seed: i
                lambda: generate_metrics(folder, data, args.generate_samples, seed))
     out = {"hr@1": m["test/hr@1"], "hr@1_last": m["test/hr@1_last"], "generate_hr@1": g["hr@1"],
            "valid_ratio": g["valid_ratio"], "train_seconds": m["train_seconds"]}
-    if name != "sft":
+    if not name.startswith("sft"):
         out["reference_seconds"] = m["reference_seconds"]
     return out
 
@@ -145,7 +147,8 @@ def model_figures(name: str, folder: Path, data: ProcessedDataset, args, seed: i
 def collect(args, data: ProcessedDataset) -> dict:
     """Mean/std/per-seed figures of every model trained so far under `--work` (each model over the seeds it has),
     so that an interrupted or partial run still reports everything measured, with its seeds."""
-    folders = {"mostpop": "mostpop", "sasrec": "sasrec", "sft": "sft-hybrid"} | {n: n for n in VARIANTS}
+    folders = ({"mostpop": "mostpop", "sasrec": "sasrec", "sft": "sft-hybrid"} | {n: n for n in VARIANTS}
+               | {"sft_summary": "sft-hybrid+summary", "sdpo_summary": "sdpo-hybrid+summary"})
     result: dict = {}
     for name, sub in folders.items():
         per_seed = {seed: model_figures(name, args.work / f"seed{seed}" / sub, data, args, seed)
@@ -154,9 +157,10 @@ def collect(args, data: ProcessedDataset) -> dict:
             seeds = list(per_seed)
             keys = list(next(iter(per_seed.values())))
             result[name] = {k: summary([per_seed[s][k] for s in seeds], seeds) for k in keys}
+    result["gap_closed"] = gap_closed(args, result)
     result.update({
         "device": f"cpu ({machine()['cpu']}, {torch.get_num_threads()} torch threads)", "machine": machine(),
-        "scale": (f"cpu: tiny Llama 2x128 ({LLM_PRESET.name}), hybrid prompts; SFT one epoch on {args.sft_samples} "
+        "scale": (f"cpu: tiny Llama 2x128 ({LLM_PRESET.name}), hybrid prompts (hybrid+summary for the *_summary models); SFT one epoch on {args.sft_samples} "
                   f"training samples; S-DPO one epoch on {args.sdpo_samples} samples, beta 1, lr {args.lr}, batch "
                   f"16, best of 2 validation rounds on {args.max_valid_samples} valid samples; score-mode hr@1 on the "
                   f"whole `all` test set ({args.max_test_samples or len(data.split('test'))} samples); generate-mode "
@@ -164,6 +168,20 @@ def collect(args, data: ProcessedDataset) -> dict:
         "n_test": args.max_test_samples or len(data.split("test")), "date": time.strftime("%Y-%m-%d"),
         "command": "python bench/sdpo.py quality " + " ".join(sys.argv[2:])})
     return result
+
+
+def gap_closed(args, result: dict) -> dict:
+    """Share of the SFT model's hr@1 gap to SASRec that S-DPO (N=3) closes, per prompt kind and seed:
+    (sdpo - sft) / (sasrec - sft), on the seeds where all three were measured."""
+    out = {}
+    for prompt, (sft, sdpo) in {"hybrid": ("sft", "sdpo"), "hybrid+summary": ("sft_summary", "sdpo_summary")}.items():
+        if not all(k in result for k in (sft, sdpo, "sasrec")):
+            continue
+        hr = {k: result[k]["hr@1"]["seeds"] for k in (sft, sdpo, "sasrec")}
+        seeds = [int(s) for s in hr[sdpo] if s in hr[sft] and s in hr["sasrec"]]
+        out[prompt] = summary([(hr[sdpo][str(s)] - hr[sft][str(s)]) / (hr["sasrec"][str(s)] - hr[sft][str(s)])
+                               for s in seeds], seeds)
+    return out
 
 
 def write_quality(args, data: ProcessedDataset) -> None:
@@ -187,6 +205,11 @@ def quality(args) -> int:
             if name in args.variants and not (work / name / "metrics.json").is_file():
                 train_sdpo(args, sft, work / name, seed, options)
                 write_quality(args, data)
+        if "hybrid+summary" in args.prompts and not (work / "sdpo-hybrid+summary" / "metrics.json").is_file():
+            sft_summary = train_sft(args, enc["sasrec"], work / "sft-hybrid+summary", seed, prompt="hybrid+summary")
+            write_quality(args, data)
+            train_sdpo(args, sft_summary, work / "sdpo-hybrid+summary", seed, VARIANTS["sdpo"])
+            write_quality(args, data)
     write_quality(args, data)
     return 0
 
@@ -279,6 +302,8 @@ def main() -> int:
     p.add_argument("what", choices=["quality", "step-cost"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--prompts", nargs="+", default=["hybrid"], choices=["hybrid", "hybrid+summary"],
+                   help="hybrid+summary adds SFT and S-DPO (N=3) with hybrid+summary prompts")
     p.add_argument("--data", type=Path, default=ROOT / "data/processed/ml-100k-llara-all")
     p.add_argument("--work", type=Path, default=ROOT / "checkpoints/bench-sdpo")
     p.add_argument("--sft-samples", type=int, default=20000)

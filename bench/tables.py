@@ -27,7 +27,8 @@ def fmt(entry: dict | None, digits: int = 3) -> str:
 def sdpo_section(r: dict) -> str:
     names = [("mostpop", "MostPop"), ("sasrec", "SASRec (the frozen encoder)"), ("sft", "SFT (hybrid prompts)"),
              ("dpo", "DPO (N=1)"), ("sdpo", "S-DPO (N=3)"), ("sdpo_all", "S-DPO (N=19)"),
-             ("dr_sdpo", "Dr. S-DPO (N=3)"), ("beta_sdpo", "beta-S-DPO (N=3)"), ("alpha_sdpo", "alpha-S-DPO (N=3)")]
+             ("dr_sdpo", "Dr. S-DPO (N=3)"), ("beta_sdpo", "beta-S-DPO (N=3)"), ("alpha_sdpo", "alpha-S-DPO (N=3)"),
+             ("sft_summary", "SFT (hybrid+summary prompts)"), ("sdpo_summary", "S-DPO (N=3, hybrid+summary prompts)")]
     lines = [f"**Quality** — scale: {r.get('scale', '?')}. Machine: {r.get('device', '?')}; {r.get('date', '?')}; "
              f"`{r.get('command', '?')}`.", "",
              "| model | `hr@1` score mode, `all` test | `hr@1_last` | `hr@1` generate mode | `valid_ratio` |",
@@ -37,6 +38,11 @@ def sdpo_section(r: dict) -> str:
             m = r[key]
             lines.append(f"| {label} | {fmt(m.get('hr@1'))} | {fmt(m.get('hr@1_last'))} | "
                          f"{fmt(m.get('generate_hr@1'))} | {fmt(m.get('valid_ratio'))} |")
+    gap = r.get("gap_closed") or {}
+    if gap:
+        lines += ["", "**Gap to SASRec closed by S-DPO (N=3)**, (S-DPO - SFT) / (SASRec - SFT) in score-mode `hr@1`, "
+                      "per seed then averaged: " + "; ".join(f"{prompt} prompts {fmt(entry, 2)}"
+                                                            for prompt, entry in gap.items()) + "."]
     cost = r.get("step_cost_details") or r.get("step_cost")
     if cost:
         tokens = cost.get("tokens_per_batch", {})
@@ -96,7 +102,7 @@ def serving_section(r: dict) -> str:
 def fairness_section(r: dict) -> str:
     names = [("mostpop", "MostPop"), ("sasrec", "SASRec"), ("llm", "LLM (SFT)"),
              ("llm_reweighted", "LLM, reweighted"), ("llm_reranked", "LLM, re-ranked"), ("sdpo", "S-DPO"),
-             ("sdpo_reweighted", "S-DPO, reweighted")]
+             ("sdpo_reweighted", "S-DPO, reweighted"), ("sdpo_reranked", "S-DPO, re-ranked")]
     lines = [f"Scale: {r.get('scale', '?')}; {r.get('device', '?')}; {r.get('date', '?')}; `{r.get('command', '?')}`.",
              "", "| model | `hr@1` | MGU@1 | MGU@5 | MGU@10 | DGU@1 |", "| --- | --- | --- | --- | --- | --- |"]
     for key, label in names:
@@ -105,7 +111,8 @@ def fairness_section(r: dict) -> str:
             lines.append(f"| {label} | " + " | ".join(fmt(m.get(k)) for k in ("hr@1", "mgu@1", "mgu@5", "mgu@10",
                                                                                   "dgu@1")) + " |")
     if r.get("alpha", {}).get("seeds"):
-        lines += ["", f"Re-ranking alpha chosen on valid, per seed: {r['alpha']['seeds']}."]
+        lines += ["", f"Re-ranking alpha chosen on valid, per seed: LLM (SFT) {r['alpha']['seeds']}, S-DPO "
+                      f"{r.get('alpha_sdpo', {}).get('seeds', {})}."]
     return "\n".join(lines) + "\n"
 
 
