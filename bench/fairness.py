@@ -38,14 +38,15 @@ KEYS = ("hr@1", "mgu@1", "mgu@5", "mgu@10", "dgu@1")
 log = logging.getLogger("bench.fairness")
 
 
-def evaluate_valid(folder: Path, data_dir: Path) -> Path:
-    """The model's valid ranking in score mode (`eval-valid-score/`), which `rerank` measures U_G and alpha on."""
+def evaluate_valid(folder: Path, data_dir: Path, samples: int | None) -> Path:
+    """The model's valid ranking in score mode (`eval-valid-score/`) on a seeded subset of `samples` valid samples
+    (None: all), which `rerank` measures U_G and chooses alpha on."""
     from llmrec.evaluate import EvaluateConfig, run_evaluate
 
     out = folder / "eval-valid-score"
     if not (out / "scores.parquet").is_file():
         run_evaluate(EvaluateConfig(ckpt=folder, data=data_dir, split="valid", mode="score", batch_size=32,
-                                    device="cpu"))
+                                    device="cpu", max_samples=samples, seed=0))
     return out
 
 
@@ -112,7 +113,8 @@ def collect(args, data: ProcessedDataset, groups) -> dict:
         "scale": (f"cpu: tiny Llama 2x128, hybrid prompts, SFT one epoch on {args.sft_samples} training samples, "
                   f"S-DPO (N=3) one epoch on {args.sdpo_samples}; the whole `all` test set "
                   f"({args.max_test_samples or len(data.split('test'))} samples), 20 stored candidates; popularity "
-                  f"groups (5, training counts); each model's seeds are listed with it"),
+                  f"groups (5, training counts); re-ranking alpha chosen on "
+                  f"{args.valid_samples} seeded valid samples; each model's seeds are listed with it"),
         "date": time.strftime("%Y-%m-%d"), "command": "python bench/fairness.py " + " ".join(sys.argv[1:])})
     return result
 
@@ -127,6 +129,8 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--max-valid-samples", type=int, default=1000)
     p.add_argument("--max-test-samples", type=int, default=None)
+    p.add_argument("--valid-samples", type=int, default=3000,
+                   help="valid samples (seeded subset) that re-ranking measures U_G and chooses alpha on")
     p.add_argument("--write", action="store_true")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -147,9 +151,9 @@ def main() -> int:
         work = args.work / f"seed{seed}"
         enc = {m: train_encoder(m, args.data, work / m, seed) for m in ("mostpop", "sasrec")}
         sft = train_sft(args, enc["sasrec"], work / "sft-hybrid", seed)
-        evaluate_valid(sft, args.data)
+        evaluate_valid(sft, args.data, args.valid_samples)
         write()
-        evaluate_valid(train_sdpo(args, sft, work / "sdpo", seed, VARIANTS["sdpo"]), args.data)
+        evaluate_valid(train_sdpo(args, sft, work / "sdpo", seed, VARIANTS["sdpo"]), args.data, args.valid_samples)
         write()
         train_sft(args, enc["sasrec"], work / "sft-hybrid-reweighted", seed, extra={"fairness_weights": "popularity"})
         write()

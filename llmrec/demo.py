@@ -1,150 +1,627 @@
-"""`llmrec demo`: every stage of the pipeline on MovieLens-100K, at a small scale that runs on a laptop CPU.
+"""`llmrec demo`: the whole pipeline in one command, at a small scale that runs on a laptop CPU, ending with a
+results table and `report.md` with figures.
 
-Stages (each skipped when its output folder already holds a finished result, unless `--fresh`):
-  1. prepare   ML-100K with the `llara` protocol and `--eval-positions all` (thousands of test samples; the
-               `last` metrics are the per-user final-position subset), from the offline source chain;
-  2. encoder   SASRec trained on it with the shipped preset, evaluated on the 20 stored candidates;
-  3. llm       a tiny Llama recommender with hybrid prompts (LoRA-free full fine-tuning of the tiny model,
-               projector, text -> hybrid curriculum) trained on a documented SUBSET of the training samples
-               and evaluated in `score` mode on a subset of the test samples. The demo's LLM numbers are
-               small-scale numbers; the full-scale figures are in the README's benchmark tables;
-  4. sdpo      S-DPO (3 negatives per prompt, one prompt pass) from that SFT model, on a documented subset,
-               evaluated on the same test samples;
-  5. predict   the final model's top 10 for one test user over the whole catalog (retrieve with the encoder,
-               re-rank with the LLM), printed as `llmrec predict` prints it.
+    llmrec demo [--dataset ml-100k] [--out checkpoints/demo] [--fresh] [--stages ...]
+
+Stages (each prints `== stage i/N name` when it starts and `-- name done in 1m23s` when it ends; each is skipped
+when its finished output exists, unless `--fresh` or an earlier stage of this run had to run again — outputs are
+written through `llmrec.atomic.output_directory`, so an interrupted stage never leaves a folder that looks
+finished):
+  1. prepare   the dataset (default ML-100K, from the offline source chain) with the `llara` protocol and
+               `--eval-positions all` (thousands of test samples);
+  2. encoder   the MostPop baseline (`train-encoder --model mostpop`) and SASRec (`--encoder`), each with its
+               shipped preset (`--encoder-preset` for SASRec), evaluated on the 20 stored candidates;
+  3. llm       SFT of a tiny Llama recommender with hybrid prompts (`--llm-preset`, a documented SMALL scale:
+               full fine-tuning of the tiny model, projector, text -> hybrid curriculum, a subset of the training
+               samples), ranking a seeded subset of `--llm-test-samples` test samples in `score` mode;
+  4. sdpo      S-DPO (3 negatives per prompt) from that SFT model (`--sdpo-preset`), the same test samples;
+  5. evaluate  MostPop and SASRec score the SAME test samples as the LLMs (the subset of
+               `llmrec.data.sampling.ranked_subset` that `evaluate_split` draws, scored with the saved encoders
+               into `<encoder>/eval-test-score/`); SFT and S-DPO in `generate` mode on `--generate-samples` test
+               samples (`eval-test-generate/`, fairness metrics included); S-DPO in `score` mode on
+               `--valid-samples` VALID samples (`eval-valid-score/`, what re-ranking tunes on);
+  6. rerank    IFairLRS re-ranking of the S-DPO model's test ranking, alpha chosen on valid (`llmrec rerank
+               --alpha auto`, into `<sdpo>/rerank-popularity/`);
+  7. predict   the final model's top 10 for one test user over the whole catalog (retrieve with the encoder,
+               re-rank with the LLM), printed as `llmrec predict` prints it;
+  8. report    `<out>/report.md` with PNG figures in `<out>/report/` (`llmrec.demo_report`): training curves of
+               every trained stage, hr@1 per stage, GP vs GH per popularity group, and the results table.
+The results table (MostPop, SASRec, SFT LLM, S-DPO LLM, S-DPO + re-ranking: hr@1, valid_ratio, candidates/ndcg@5,
+mgu@1) is printed at the end; `<out>/demo-results.json` records each stage's seconds (for a reused stage, those of
+the run that made its output when recorded) and hr@1 (encoder: SASRec on the LLMs' test samples; llm, sdpo: score
+mode; evaluate: S-DPO in generate mode; rerank: after re-ranking) for the benchmark script (`bench/demo.py`). The
+LLM numbers are small-scale numbers; the full-scale figures are in the README.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
 
 from llmrec.config import option
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:  # the command line imports this module to build its parser: nothing heavy at import time
+    import pandas as pd
 
-STAGES: tuple[str, ...] = ("prepare", "encoder", "llm", "sdpo", "predict")
+    from llmrec.data.dataset import ProcessedDataset
+    from llmrec.demo_report import ResultRow
+    from llmrec.encoders.base import SequentialEncoder
+
+STAGES: tuple[str, ...] = ("prepare", "encoder", "llm", "sdpo", "evaluate", "rerank", "predict", "report")
 PRESETS = Path(__file__).parent / "configs"
+RESULTS_FILE = "demo-results.json"
+REPORT_FILE = "report.md"
+FIGURES_DIR = "report"
+# the test ranking of a checkpoint: train-llm / train-sdpo write the LLMs' (a seeded subset of the test samples), the
+# demo writes the encoders' ranking of exactly those samples under the same name inside each encoder checkpoint
+SUBSET_DIR = "eval-test-score"
+GENERATE_DIR = "eval-test-generate"
+VALID_DIR = "eval-valid-score"
+RERANK_DIR = "rerank-popularity"
+BASELINE = "mostpop"
+OUTPUT_COMMAND = "demo"
+ROW_COLUMN = "_row"
+LABELS = {"mostpop": "MostPop", "sasrec": "SASRec", "gru4rec": "GRU4Rec", "caser": "Caser"}
 
 
 @dataclass
 class DemoConfig:
     """Options of `llmrec demo`."""
 
-    data: Path = option(Path("data/processed/ml-100k-llara-all"), "where the prepared ML-100K goes")
-    out: Path = option(Path("checkpoints/demo"), "where the demo's checkpoints go")
+    dataset: Literal["ml-100k", "ml-1m", "steam", "lastfm"] = option(
+        "ml-100k", "dataset the prepare stage builds (ml-100k is fetched when no raw files are found)")
+    raw: Path | None = option(None, "folder with the dataset's raw files; None = data/raw/<dataset>")
+    data: Path | None = option(None, "where the prepared data go; None = data/processed/<dataset>-llara-all")
+    out: Path = option(Path("checkpoints/demo"), "where the demo's checkpoints, report and results go")
     seed: int = option(42, "seed of every stage", min=0, max=2**32 - 1)
     stages: list[str] = option(factory=lambda: list(STAGES), help="which stages to run, in order", choices=STAGES)
     encoder: Literal["sasrec", "gru4rec", "caser"] = option("sasrec", "sequential encoder to train")
     fresh: bool = option(False, "rerun stages whose output already exists")
-    llm_preset: str = option("llm-tiny-cpu-small", "shipped preset of the LLM stage (llmrec/configs/<name>.yaml)")
+    encoder_preset: str | None = option(None, "preset of the encoder: a shipped name (llmrec/configs/<name>.yaml) "
+                                              "or a YAML file; None = encoder-<encoder>")
+    llm_preset: str = option("llm-tiny-cpu-small", "preset of the LLM stage: a shipped name "
+                                                   "(llmrec/configs/<name>.yaml) or a YAML file")
     llm_test_samples: int = option(500, "LLM stage: rank a seeded subset of this many test samples", min=1)
-    sdpo_preset: str = option("sdpo-tiny-cpu-small", "shipped preset of the S-DPO stage (llmrec/configs/<name>.yaml)")
+    sdpo_preset: str = option("sdpo-tiny-cpu-small", "preset of the S-DPO stage: a shipped name "
+                                                     "(llmrec/configs/<name>.yaml) or a YAML file")
+    generate_samples: int = option(200, "evaluate stage: rank a seeded subset of this many test samples in "
+                                        "`generate` mode (SFT and S-DPO)", min=1)
+    valid_samples: int = option(500, "evaluate stage: rank a seeded subset of this many valid samples in `score` "
+                                     "mode (the re-ranking tunes on them)", min=1)
+    eval_batch_size: int = option(32, "evaluate stage: prompts per batch (greedy decoding of a small model costs "
+                                      "about the same per step for 8 or 32 prompts)", min=1)
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    """Every folder and file the demo reads or writes."""
+
+    data: Path
+    out: Path
+    baseline: Path  # MostPop
+    encoder: Path
+    llm: Path
+    sdpo: Path
+
+    @classmethod
+    def from_config(cls, config: DemoConfig) -> DemoPaths:
+        out = Path(config.out)
+        data = Path(config.data) if config.data is not None else Path(f"data/processed/{config.dataset}-llara-all")
+        return cls(data=data, out=out, baseline=out / BASELINE, encoder=out / config.encoder,
+                   llm=out / f"llm-hybrid-{config.encoder}", sdpo=out / f"sdpo-hybrid-{config.encoder}")
+
+    @property
+    def results(self) -> Path:
+        return self.out / RESULTS_FILE
+
+    @property
+    def report(self) -> Path:
+        return self.out / REPORT_FILE
+
+    @property
+    def figures(self) -> Path:
+        return self.out / FIGURES_DIR
+
+    @property
+    def rerank(self) -> Path:
+        return self.sdpo / RERANK_DIR
+
+
+def preset_path(value: str, option_name: str) -> Path:
+    """A preset given as a shipped name (`llm-tiny-cpu-small`) or a YAML file path; ConfigError if missing."""
+    from llmrec.errors import ConfigError
+
+    given = Path(value)
+    path = given if given.suffix in (".yaml", ".yml") or len(given.parts) > 1 else PRESETS / f"{value}.yaml"
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+        raise ConfigError(f"option --{option_name}: no preset file {path} (a YAML file, or one of the shipped "
+                          f"names: {shipped})")
+    return path
 
 
 def _finished(folder: Path) -> bool:
     return (folder / "metrics.json").is_file()
 
 
-def _print_metrics(title: str, metrics_file: Path, keys: tuple[str, ...]) -> None:
-    metrics = json.loads(metrics_file.read_text())
-    print(f"\n{title}")
-    for split in ("valid", "test"):
-        values = metrics.get(split, metrics)
-        print(f"  {split:5s} " + "  ".join(f"{k}={values[k]:.4f}" for k in keys if k in values))
+# ------------------------------------------------------------------------------------------------ same samples
+def encoder_ranking(encoder: SequentialEncoder, data: ProcessedDataset, split: str, max_samples: int | None,
+                    seed: int, history: str = "auto", batch_size: int = 256) -> pd.DataFrame:
+    """Score-mode ranking of the stored candidates by a sequential encoder, in `rank_split`'s table format.
+
+    The rows are exactly the samples `llmrec.evaluation.llm_split.rank_split` ranks for the same
+    `max_samples` and `seed`, so `split_metrics` and `ranked_fairness` of this table are the encoder's metrics
+    on the LLM's samples. The encoder reads the history `llmrec.encoders.evaluate.build_eval_set` gives it
+    (`history` as in `train-encoder --eval-history`) and scores each candidate by `score_all`, as its own
+    evaluation does.
+    """
+    import pandas as pd
+    import torch
+
+    from llmrec.data.sampling import LAST_COLUMN, ranked_subset
+    from llmrec.encoders.base import pad_left
+    from llmrec.encoders.evaluate import build_eval_set
+    from llmrec.fairness.evaluate import stack_candidates
+    from llmrec.fairness.metrics import rank_candidates
+
+    eval_set = build_eval_set(data, split, encoder.max_length, history, exclude_seen=False)  # type: ignore[arg-type]
+    whole = data.split(split)  # type: ignore[arg-type]
+    # the rows `rank_split` ranks: the same function, size and seed; ROW_COLUMN says where each is in `eval_set`
+    samples = ranked_subset(whole.assign(**{ROW_COLUMN: np.arange(len(whole), dtype=np.int64)}), max_samples, seed)
+    rows = samples[ROW_COLUMN].to_numpy()
+    candidates = stack_candidates(samples)  # [N, C]
+    parts = []
+    encoder.eval()
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            part = rows[start:start + batch_size]
+            item_seq, lengths = pad_left([eval_set.histories[i] for i in part], encoder.max_length)
+            every_item = encoder.score_all(encoder(item_seq, lengths)).float()  # [B, n_items + 1]
+            parts.append(every_item.gather(1, torch.as_tensor(candidates[start:start + len(part)])).double().numpy())
+    scores = np.concatenate(parts) if parts else np.zeros(candidates.shape)
+    out = pd.DataFrame({
+        "user_id": samples["user_id"].astype(np.int64).to_numpy(),
+        "position": samples["position"].astype(np.int64).to_numpy(),
+        "target": samples["target"].astype(np.int64).to_numpy(),
+        "candidates": [list(map(int, c)) for c in candidates],
+        "scores": [list(map(float, s)) for s in scores],
+        "chosen": rank_candidates(scores, candidates)[:, 0] if len(rows) else np.zeros(0, np.int64),
+        LAST_COLUMN: samples[LAST_COLUMN].to_numpy(),
+        "text": [""] * len(rows),
+    })
+    out.attrs.update({"mode": "score", "split": split})
+    return out
+
+
+def sample_keys(table: pd.DataFrame) -> list[tuple[int, int]]:
+    """The (user, position) of every row of a ranked table, in row order."""
+    return list(zip(table["user_id"].astype(int).tolist(), table["position"].astype(int).tolist()))
+
+
+def check_same_samples(tables: dict[str, pd.DataFrame]) -> None:
+    """DataError unless every ranked table holds the same (user, position) samples in the same order."""
+    from llmrec.errors import DataError
+
+    items = list(tables.items())
+    for name, table in items[1:]:
+        if sample_keys(table) != sample_keys(items[0][1]):
+            raise DataError(f"{name} ranks other test samples than {items[0][0]} ({len(table)} vs "
+                            f"{len(items[0][1])} rows, or other users/positions): a stage was run with other "
+                            f"options (--llm-test-samples, --seed); rerun with --fresh")
+
+
+def write_encoder_subset(folder: Path, data: ProcessedDataset, n: int, seed: int) -> Path:
+    """Rank the LLMs' test samples with the encoder saved in `folder`; writes `folder/eval-test-score/`
+    (metrics.json with the fairness metrics, scores.parquet, config.yaml)."""
+    import yaml
+
+    from llmrec.atomic import atomic_write_text, output_directory
+    from llmrec.config import load_yaml_mapping
+    from llmrec.encoders.checkpoint import load_encoder
+    from llmrec.evaluation.llm_split import write_evaluation
+    from llmrec.fairness.groups import item_groups
+    from llmrec.fairness.metrics import FAIRNESS_KS
+    from llmrec.fairness.rerank_command import table_metrics
+
+    encoder = load_encoder(folder, data)
+    history = str(load_yaml_mapping(folder / "config.yaml").get("eval_history") or "auto")
+    ranked = encoder_ranking(encoder, data, "test", n, seed, history)
+    metrics = {**table_metrics(ranked, data, item_groups(data, "popularity"), list(FAIRNESS_KS)),
+               "seed": seed, "protocol": data.protocol, "mode": "score", "split": "test",
+               "eval_positions": data.meta.get("eval_positions"), "model": getattr(encoder, "model_name", None)}
+    out = folder / SUBSET_DIR
+    facts = {"ckpt": str(folder), "data": str(data.root), "split": "test", "mode": "score", "max_samples": n,
+             "seed": seed, "history": history}
+    with output_directory(out, OUTPUT_COMMAND) as tmp:
+        write_evaluation(tmp, metrics, ranked)
+        atomic_write_text(tmp / "config.yaml", yaml.safe_dump(facts, sort_keys=False))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ results
+def result_rows(paths: DemoPaths, data: ProcessedDataset, encoder: str) -> list[ResultRow]:
+    """The five rows of the results table from the saved rankings (empty metrics where a ranking is missing);
+    DataError when the rankings that exist are not of the same samples."""
+    from llmrec.demo_report import ResultRow
+    from llmrec.evaluation.llm_split import SCORES_FILE, read_scores
+    from llmrec.fairness.groups import item_groups
+    from llmrec.fairness.metrics import FAIRNESS_KS
+    from llmrec.fairness.rerank_command import table_metrics
+
+    groups = item_groups(data, "popularity")
+    sources = [(LABELS[BASELINE], paths.baseline / SUBSET_DIR, None),
+               (LABELS[encoder], paths.encoder / SUBSET_DIR, None),
+               ("SFT LLM", paths.llm / SUBSET_DIR, paths.llm / GENERATE_DIR),
+               ("S-DPO LLM", paths.sdpo / SUBSET_DIR, paths.sdpo / GENERATE_DIR),
+               ("S-DPO + re-ranking", paths.rerank, None)]
+    rows, tables = [], {}
+    for label, folder, generated in sources:
+        row = ResultRow(label, source=str(folder))
+        if (folder / SCORES_FILE).is_file():
+            tables[label] = table = read_scores(folder)
+            row.metrics = table_metrics(table, data, groups, list(FAIRNESS_KS))
+        if generated is not None and _finished(generated):
+            row.valid_ratio = json.loads((generated / "metrics.json").read_text())["valid_ratio"]
+        rows.append(row)
+    check_same_samples(tables)
+    return rows
+
+
+def _stage_hr(rows: list[ResultRow], encoder: str, generated: Path) -> dict[str, float | None]:
+    """hr@1 each stage is known for (the encoder stage by its SASRec row, evaluate by S-DPO in generate mode)."""
+    by_label = {r.label: r.value("hr@1") for r in rows}
+    gen = json.loads((generated / "metrics.json").read_text()).get("hr@1") if _finished(generated) else None
+    return {"encoder": by_label.get(LABELS[encoder]), "llm": by_label.get("SFT LLM"),
+            "sdpo": by_label.get("S-DPO LLM"), "evaluate": gen, "rerank": by_label.get("S-DPO + re-ranking")}
+
+
+@dataclass
+class Stage:
+    """One stage of the demo: `work(redo)` makes its output unless `finished()` (see `StageRunner.run`)."""
+
+    name: str
+    finished: Callable[[], bool]
+    what: str  # printed when it runs
+    reused: str  # what is reused, printed when it does not run
+    work: Callable[[bool], bool]  # work(redo) -> whether later stages must run again (their input changed)
+    output: bool = True  # False: writes nothing, so it always runs
+
+
+class StageRunner:
+    """Runs the selected stages in order: the `== stage` / `-- done` lines, reuse, timing and the record."""
+
+    def __init__(self, selected: list[str], fresh: bool, previous: dict[str, Any]):
+        self.selected = [s for s in STAGES if s in selected]
+        self.redo = fresh  # once a stage changes what later stages read, they must run again
+        self.previous = previous.get("stages") if isinstance(previous.get("stages"), dict) else {}
+        self.records: dict[str, dict[str, Any]] = {}
+
+    def run(self, stage: Stage) -> bool:
+        """Run `stage.work(redo)` unless it is `finished()` and no stage before it changed what it reads; True
+        if reused. A stage without output (`output=False`) always runs."""
+        number = f"{self.selected.index(stage.name) + 1}/{len(self.selected)}"
+        reuse = stage.output and not self.redo and stage.finished()
+        print(f"== stage {number} {stage.name}: "
+              + (f"reusing {stage.reused} (pass --fresh to rerun)" if reuse else stage.what), flush=True)
+        started = time.perf_counter()
+        if not reuse:
+            self.redo = stage.work(self.redo) or self.redo
+        seconds = time.perf_counter() - started
+        print(f"-- {stage.name} done in {_duration(seconds)}", flush=True)
+        record: dict[str, Any] = {"seconds": seconds, "hr@1": None, "reused": reuse, "seconds_from": "this run"}
+        if reuse:
+            earlier = self.previous.get(stage.name) or {}
+            if earlier.get("seconds_from") in ("this run", "earlier run") and isinstance(earlier.get("seconds"),
+                                                                                           (int, float)):
+                record.update(seconds=float(earlier["seconds"]), seconds_from="earlier run")
+            else:
+                record["seconds_from"] = "reuse check"
+        self.records[stage.name] = record
+        return reuse
+
+
+def _duration(seconds: float) -> str:
+    """`llmrec.training.progress.duration`, imported when used (that module imports Lightning)."""
+    from llmrec.training.progress import duration
+
+    return duration(seconds)
+
+
+def _read_previous(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_results(path: Path, records: dict[str, dict[str, Any]], rows: list[ResultRow], encoder: str,
+                  wall_seconds: float, facts: dict[str, Any]) -> Path:
+    """`demo-results.json`: per-stage seconds and hr@1, the baselines' hr@1, the table and the wall time."""
+    from llmrec.atomic import atomic_write_text
+
+    by_label = {r.label: r for r in rows}
+    n = next((r.metrics.get("n_samples") for r in rows if r.metrics.get("n_samples") is not None), None)
+    results = {"stages": records,
+               "mostpop_hr@1": by_label[LABELS[BASELINE]].value("hr@1") if by_label else None,
+               f"{encoder}_hr@1": by_label[LABELS[encoder]].value("hr@1") if by_label else None,
+               "n_test_samples": n, "wall_seconds": wall_seconds,
+               "table": {r.label: {"hr@1": r.value("hr@1"), "valid_ratio": r.value("valid_ratio"),
+                                   "candidates/ndcg@5": r.value("candidates/ndcg@5"), "mgu@1": r.value("mgu@1")}
+                         for r in rows},
+               **facts}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(path, json.dumps(results, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def _prepare(config: DemoConfig, paths: DemoPaths) -> bool:
+    from llmrec.data.prepare import PrepareConfig, run_prepare
+
+    run_prepare(PrepareConfig(dataset=config.dataset, raw=config.raw, protocol="llara", eval_positions="all",
+                              seed=config.seed, out=paths.data))
+    return True
+
+
+def _print_encoder(name: str, folder: Path) -> None:
+    test = json.loads((folder / "metrics.json").read_text()).get("test", {})
+    keys = ("candidates/hr@1", "candidates/ndcg@5", "candidates/mgu@1")
+    print(f"  {LABELS[name]:8s} test ({test.get('n_samples')} samples, stored candidates): "
+          + "  ".join(f"{k}={test[k]:.4f}" for k in keys if k in test), flush=True)
+
+
+def _train_encoders(config: DemoConfig, paths: DemoPaths, redo: bool) -> bool:
+    """Train the encoders that are missing (all with `redo`); True when the LLM's encoder was trained (MostPop
+    alone changes only its own rankings, which the evaluate stage redoes because they are missing)."""
+    from llmrec.config import resolve_config
+    from llmrec.encoders.train import TrainEncoderConfig, run_train_encoder
+    from llmrec.training.progress import interactive
+
+    trained = False
+    for model, folder in ((BASELINE, paths.baseline), (config.encoder, paths.encoder)):
+        if not redo and _finished(folder):
+            print(f"  reusing {folder}", flush=True)
+            continue
+        trained = trained or model == config.encoder
+        shipped = PRESETS / f"encoder-{model}.yaml"
+        preset = shipped if shipped.is_file() else None
+        if model != BASELINE and config.encoder_preset is not None:
+            preset = preset_path(config.encoder_preset, "encoder-preset")
+        run_train_encoder(resolve_config(TrainEncoderConfig, {
+            "data": paths.data, "out": folder, "model": model, "seed": config.seed,
+            "progress_bar": interactive()}, preset))  # a bar off a terminal would print control characters
+    for model, folder in ((BASELINE, paths.baseline), (config.encoder, paths.encoder)):
+        _print_encoder(model, folder)
+    return trained
+
+
+def _train_llm(config: DemoConfig, paths: DemoPaths) -> bool:
+    from llmrec.config import resolve_config
+    from llmrec.llm.train import TrainLLMConfig, run_train_llm
+
+    preset = preset_path(config.llm_preset, "llm-preset")
+    run_train_llm(resolve_config(TrainLLMConfig, {"data": paths.data, "encoder": paths.encoder, "out": paths.llm,
+                                                  "seed": config.seed,
+                                                  "max_test_samples": config.llm_test_samples}, preset))
+    return True
+
+
+def _train_sdpo(config: DemoConfig, paths: DemoPaths) -> bool:
+    from llmrec.config import resolve_config
+    from llmrec.errors import ConfigError
+    from llmrec.preference.train import TrainSDPOConfig, run_train_sdpo
+
+    if not _finished(paths.llm):
+        raise ConfigError(f"stage sdpo needs the SFT model {paths.llm} (the llm stage)")
+    preset = preset_path(config.sdpo_preset, "sdpo-preset")
+    run_train_sdpo(resolve_config(TrainSDPOConfig, {"sft": paths.llm, "data": paths.data, "out": paths.sdpo,
+                                                    "seed": config.seed,
+                                                    "max_test_samples": config.llm_test_samples}, preset))
+    return True
+
+
+def _print_llm(title: str, folder: Path) -> None:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    print(f"  {title}, score mode, {metrics.get('test/n_samples')} test samples (SMALL demo scale, not the "
+          f"benchmark figure): hr@1={metrics['test/hr@1']:.4f}  "
+          f"candidates/ndcg@5={metrics.get('test/candidates/ndcg@5', float('nan')):.4f}", flush=True)
+
+
+def _run_quietly(run: Callable[[Any], int], config: Any) -> None:
+    """Run a command whose JSON printout the demo replaces by its own summary line."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        run(config)
+
+
+def _evaluate_stage_done(paths: DemoPaths) -> bool:
+    return all(_finished(f) for f in (paths.baseline / SUBSET_DIR, paths.encoder / SUBSET_DIR,
+                                      paths.llm / GENERATE_DIR, paths.sdpo / GENERATE_DIR, paths.sdpo / VALID_DIR))
+
+
+def _evaluate(config: DemoConfig, paths: DemoPaths, redo: bool) -> bool:
+    """Make the rankings that are missing (all with `redo`)."""
+    from llmrec.data.dataset import ProcessedDataset
+    from llmrec.errors import ConfigError
+    from llmrec.evaluate import EvaluateConfig, run_evaluate
+    from llmrec.evaluation.llm_split import read_scores
+
+    for folder, stage in ((paths.baseline, "encoder"), (paths.encoder, "encoder"), (paths.llm, "llm"),
+                          (paths.sdpo, "sdpo")):
+        if not _finished(folder):
+            raise ConfigError(f"stage evaluate needs {folder} (the {stage} stage)")
+    data = ProcessedDataset.load(paths.data)
+    for name, folder in ((BASELINE, paths.baseline), (config.encoder, paths.encoder)):
+        if redo or not _finished(folder / SUBSET_DIR):
+            write_encoder_subset(folder, data, config.llm_test_samples, config.seed)
+        m = json.loads((folder / SUBSET_DIR / "metrics.json").read_text())
+        print(f"  {LABELS[name]:8s} on the LLMs' {m['n_samples']} test samples: hr@1={m['hr@1']:.4f}  "
+              f"candidates/ndcg@5={m['candidates/ndcg@5']:.4f}  mgu@1={m['mgu@1']:.4f}", flush=True)
+    check_same_samples({f"{LABELS[config.encoder]} ({paths.encoder / SUBSET_DIR})": read_scores(paths.encoder /
+                                                                                                SUBSET_DIR),
+                        f"SFT LLM ({paths.llm / SUBSET_DIR})": read_scores(paths.llm / SUBSET_DIR),
+                        f"S-DPO LLM ({paths.sdpo / SUBSET_DIR})": read_scores(paths.sdpo / SUBSET_DIR)})
+    runs = [(paths.llm, "SFT LLM", "generate", "test", config.generate_samples, GENERATE_DIR),
+            (paths.sdpo, "S-DPO LLM", "generate", "test", config.generate_samples, GENERATE_DIR),
+            (paths.sdpo, "S-DPO LLM", "score", "valid", config.valid_samples, VALID_DIR)]
+    for ckpt, label, mode, split, n, name in runs:
+        if redo or not _finished(ckpt / name):
+            _run_quietly(run_evaluate, EvaluateConfig(ckpt=ckpt, data=paths.data, mode=mode, split=split,
+                                                      batch_size=config.eval_batch_size, max_samples=n,
+                                                      seed=config.seed, out=ckpt / name))
+        m = json.loads((ckpt / name / "metrics.json").read_text())
+        print(f"  {label:9s} {mode:8s} on {m['n_samples']} {split} samples: hr@1={m['hr@1']:.4f}  "
+              f"valid_ratio={m['valid_ratio']:.4f}  mgu@1={m.get('mgu@1', float('nan')):.4f}", flush=True)
+    return True
+
+
+def _rerank(paths: DemoPaths) -> bool:
+    from llmrec.fairness.rerank_command import RerankConfig, run_rerank
+
+    run_rerank(RerankConfig(scores=paths.sdpo, alpha="auto", out=paths.rerank))
+    return True
+
+
+def _predict(config: DemoConfig, paths: DemoPaths) -> bool:
+    from llmrec.data.dataset import ProcessedDataset
+    from llmrec.errors import ConfigError
+    from llmrec.serving.predict import PredictConfig, run_predict
+
+    final = next((d for d in (paths.sdpo, paths.llm) if _finished(d)), None)
+    if final is None:
+        raise ConfigError("stage predict needs a trained LLM (the llm or sdpo stage)")
+    test = ProcessedDataset.load(paths.data).split("test")
+    user = test.iloc[len(test) // 2]  # a test user the models never trained on
+    history = [int(i) for i in user["history"]]
+    print(f"  top 10 of the whole catalog for test user {int(user['user_id'])} ({final.name}), history of "
+          f"{len(history)} items (the true next item was {int(user['target'])})", flush=True)
+    run_predict(PredictConfig(ckpt=final, history=[",".join(map(str, history))], k=10, device="cpu"))
+    return False  # prints only
+
+
+def _report(config: DemoConfig, paths: DemoPaths, rows: list[ResultRow], runner: StageRunner) -> bool:
+    from llmrec.atomic import atomic_write_text, output_directory
+    from llmrec.data.dataset import ProcessedDataset
+    from llmrec.demo_report import read_stage_curves, report_markdown, write_figures
+    from llmrec.fairness.groups import item_groups
+
+    curves = [c for c in (read_stage_curves(LABELS[config.encoder], paths.encoder),
+                          read_stage_curves("SFT LLM", paths.llm), read_stage_curves("S-DPO LLM", paths.sdpo))
+              if c is not None]
+    groups = item_groups(ProcessedDataset.load(paths.data), "popularity").to_dict()
+    with output_directory(paths.figures, OUTPUT_COMMAND) as tmp:
+        figures = write_figures(tmp, rows, curves, groups)
+    n = next((r.metrics.get("n_samples") for r in rows if r.metrics.get("n_samples") is not None), None)
+    facts = {"dataset": config.dataset, "data": paths.data, "out": paths.out, "seed": config.seed,
+             "n_test_samples": n, "n_generate_samples": config.generate_samples,
+             "encoder_label": LABELS[config.encoder],
+             "scale": (f"The LLM stages run at the documented SMALL CPU scale of `{config.llm_preset}` and "
+                       f"`{config.sdpo_preset}`: smoke-level numbers that show every stage working, not what the "
+                       f"method reaches at full scale (see the README's benchmark tables).")}
+    stages = {**runner.records, "report": {"seconds": None, "reused": False}}
+    atomic_write_text(paths.report, report_markdown(rows, figures, FIGURES_DIR, facts, stages))
+    print(f"  wrote {paths.report} (figures in {paths.figures})", flush=True)
+    return True
+
+
+def _rows_if_any(paths: DemoPaths, encoder: str) -> list[ResultRow]:
+    """The results rows when the data are prepared (else none)."""
+    from llmrec.data.dataset import ProcessedDataset, is_processed_dir
+
+    if not is_processed_dir(paths.data):
+        return []
+    return result_rows(paths, ProcessedDataset.load(paths.data), encoder)
+
+
+def demo_stages(config: DemoConfig, paths: DemoPaths, runner: StageRunner) -> list[Stage]:
+    """The eight stages in order."""
+    from llmrec.data.dataset import is_processed_dir
+
+    enc = LABELS[config.encoder]
+    return [
+        Stage("prepare", lambda: is_processed_dir(paths.data),
+              f"{config.dataset} into {paths.data} (llara protocol, every eval position)", str(paths.data),
+              lambda redo: _prepare(config, paths)),
+        Stage("encoder", lambda: _finished(paths.baseline) and _finished(paths.encoder),
+              f"train MostPop and {enc} on {paths.data}", f"{paths.baseline} and {paths.encoder}",
+              lambda redo: _train_encoders(config, paths, redo)),
+        Stage("llm", lambda: _finished(paths.llm),
+              f"SFT of a tiny hybrid LLM recommender ({config.llm_preset}: small scale, see the file)", str(paths.llm),
+              lambda redo: _train_llm(config, paths)),
+        Stage("sdpo", lambda: _finished(paths.sdpo),
+              f"S-DPO from the SFT model ({config.sdpo_preset}: small scale, see the file)", str(paths.sdpo),
+              lambda redo: _train_sdpo(config, paths)),
+        Stage("evaluate", lambda: _evaluate_stage_done(paths),
+              f"MostPop and {enc} on the LLMs' test samples; SFT and S-DPO in generate mode "
+              f"({config.generate_samples} test samples); S-DPO on {config.valid_samples} valid samples",
+              f"the rankings in {paths.baseline}, {paths.encoder}, {paths.llm} and {paths.sdpo}",
+              lambda redo: _evaluate(config, paths, redo)),
+        Stage("rerank", lambda: _finished(paths.rerank),
+              "IFairLRS re-ranking of the S-DPO test ranking (popularity groups, alpha chosen on valid)",
+              str(paths.rerank), lambda redo: _rerank(paths)),
+        Stage("predict", lambda: False, "the final model's top 10 for one test user", "",
+              lambda redo: _predict(config, paths), output=False),
+        Stage("report", lambda: paths.report.is_file() and paths.figures.is_dir(),
+              f"{paths.report} with figures in {paths.figures}", str(paths.report),
+              lambda redo: _report(config, paths, _rows_if_any(paths, config.encoder), runner)),
+    ]
+
+
+def _after(name: str, paths: DemoPaths, config: DemoConfig, reused: bool) -> None:
+    """What a stage prints once done (a reused training stage still shows its metrics)."""
+    if name == "encoder" and reused:
+        for model, folder in ((BASELINE, paths.baseline), (config.encoder, paths.encoder)):
+            _print_encoder(model, folder)
+    elif name in ("llm", "sdpo"):
+        _print_llm("SFT LLM" if name == "llm" else "S-DPO LLM", paths.llm if name == "llm" else paths.sdpo)
 
 
 def run_demo(config: DemoConfig) -> int:
-    from llmrec.errors import ConfigError
+    """Run the selected stages (see the module docstring); print the results table; write demo-results.json."""
+    from llmrec.config import check_config
+    from llmrec.demo_report import results_text
+    from llmrec.errors import ConfigError, DataError
 
+    check_config(config)
     unknown = [s for s in config.stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"option --stages: unknown stage(s) {', '.join(unknown)}; expected {', '.join(STAGES)}")
     started = time.perf_counter()
-    out = Path(config.out)
-    if "prepare" in config.stages:
-        from llmrec.data.dataset import is_processed_dir
-        from llmrec.data.prepare import PrepareConfig, run_prepare
-
-        if config.fresh or not is_processed_dir(Path(config.data)):
-            print("== stage 1/5: prepare MovieLens-100K (llara protocol, every eval position)")
-            run_prepare(PrepareConfig(dataset="ml-100k", protocol="llara", eval_positions="all",
-                                      seed=config.seed, out=Path(config.data)))
-        else:
-            print(f"== stage 1/5: prepare: reusing {config.data} (pass --fresh to rebuild)")
-    encoder_dir = out / config.encoder
-    if "encoder" in config.stages:
-        from llmrec.config import resolve_config
-        from llmrec.encoders.train import TrainEncoderConfig, run_train_encoder
-
-        if config.fresh or not _finished(encoder_dir):
-            print(f"== stage 2/5: train {config.encoder} on {config.data}")
-            preset = PRESETS / f"encoder-{config.encoder}.yaml"
-            enc_cfg = resolve_config(TrainEncoderConfig, {"data": config.data, "out": encoder_dir,
-                                                          "model": config.encoder, "seed": config.seed},
-                                     preset if preset.is_file() else None)
-            run_train_encoder(enc_cfg)
-        else:
-            print(f"== stage 2/5: encoder: reusing {encoder_dir} (pass --fresh to retrain)")
-            _print_metrics(f"{config.encoder} (20 candidates)", encoder_dir / "metrics.json",
-                           ("candidates/hr@1", "candidates/hr@1_last", "candidates/ndcg@5"))
-    if "llm" in config.stages:
-        from llmrec.config import resolve_config
-        from llmrec.llm.train import TrainLLMConfig, run_train_llm
-
-        llm_dir = out / f"llm-hybrid-{config.encoder}"
-        preset = PRESETS / f"{config.llm_preset}.yaml"
-        if not preset.is_file():
-            raise ConfigError(f"option --llm-preset: no shipped preset {preset}")
-        if config.fresh or not _finished(llm_dir):
-            print(f"== stage 3/5: train a tiny hybrid LLM recommender ({preset.name}: small scale, see the file)")
-            llm_cfg = resolve_config(TrainLLMConfig, {"data": config.data, "encoder": encoder_dir, "out": llm_dir,
-                                                      "seed": config.seed,
-                                                      "max_test_samples": config.llm_test_samples}, preset)
-            run_train_llm(llm_cfg)
-        else:
-            print(f"== stage 3/5: llm: reusing {llm_dir} (pass --fresh to retrain)")
-        metrics = json.loads((llm_dir / "metrics.json").read_text())
-        print(f"\ntiny hybrid LLM, score mode, {metrics.get('test/n_samples')} test samples (SMALL demo scale, "
-              f"not the benchmark figure): hr@1={metrics['test/hr@1']:.4f}  "
-              f"candidates/ndcg@5={metrics.get('test/candidates/ndcg@5', float('nan')):.4f}")
-    if "sdpo" in config.stages:
-        from llmrec.config import resolve_config
-        from llmrec.preference.train import TrainSDPOConfig, run_train_sdpo
-
-        llm_dir = out / f"llm-hybrid-{config.encoder}"
-        sdpo_dir = out / f"sdpo-hybrid-{config.encoder}"
-        preset = PRESETS / f"{config.sdpo_preset}.yaml"
-        if not preset.is_file():
-            raise ConfigError(f"option --sdpo-preset: no shipped preset {preset}")
-        if config.fresh or not _finished(sdpo_dir):
-            print(f"== stage 4/5: S-DPO from the SFT model ({preset.name}: small scale, see the file)")
-            run_train_sdpo(resolve_config(TrainSDPOConfig, {"sft": llm_dir, "data": config.data, "out": sdpo_dir,
-                                                            "seed": config.seed,
-                                                            "max_test_samples": config.llm_test_samples}, preset))
-        else:
-            print(f"== stage 4/5: sdpo: reusing {sdpo_dir} (pass --fresh to retrain)")
-        metrics = json.loads((sdpo_dir / "metrics.json").read_text())
-        print(f"\ntiny hybrid LLM after S-DPO, score mode, {metrics.get('test/n_samples')} test samples (SMALL demo "
-              f"scale): hr@1={metrics['test/hr@1']:.4f}  "
-              f"candidates/ndcg@5={metrics.get('test/candidates/ndcg@5', float('nan')):.4f}")
-    if "predict" in config.stages:
-        from llmrec.data.dataset import ProcessedDataset
-        from llmrec.serving.predict import PredictConfig, run_predict
-
-        final = next((d for d in (out / f"sdpo-hybrid-{config.encoder}", out / f"llm-hybrid-{config.encoder}")
-                      if _finished(d)), None)
-        if final is None:
-            raise ConfigError("option --stages: predict needs a trained LLM (the llm or sdpo stage)")
-        test = ProcessedDataset.load(config.data).split("test")
-        user = test.iloc[len(test) // 2]  # a test user the models never trained on
-        history = [int(i) for i in user["history"]]
-        print(f"== stage 5/5: predict: top 10 of the whole catalog for test user {int(user['user_id'])} "
-              f"({final.name}), history of {len(history)} items (the true next item was {int(user['target'])})")
-        run_predict(PredictConfig(ckpt=final, history=[",".join(map(str, history))], k=10, device="cpu"))
-    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; outputs in {out} and {config.data}")
+    paths = DemoPaths.from_config(config)
+    for name, value in (("llm-preset", config.llm_preset), ("sdpo-preset", config.sdpo_preset),
+                        ("encoder-preset", config.encoder_preset)):
+        if value is not None:
+            preset_path(value, name)  # a mistyped preset fails now, not after an hour of training
+    runner = StageRunner(config.stages, config.fresh, _read_previous(paths.results))
+    facts = {"dataset": config.dataset, "seed": config.seed, "encoder": config.encoder,
+             "llm_preset": config.llm_preset, "sdpo_preset": config.sdpo_preset,
+             "generate_samples": config.generate_samples, "valid_samples": config.valid_samples}
+    for stage in demo_stages(config, paths, runner):
+        if stage.name in runner.selected:
+            _after(stage.name, paths, config, reused=runner.run(stage))
+            # after every stage, so an interrupted run keeps the seconds of the stages it finished
+            write_results(paths.results, runner.records, [], config.encoder, time.perf_counter() - started, facts)
+    try:
+        rows = _rows_if_any(paths, config.encoder)
+    except DataError as e:  # rankings left by runs with other options: say so, the stages themselves succeeded
+        print(f"\nno results table: {e}", flush=True)
+        rows = []
+    for stage, hr in _stage_hr(rows, config.encoder, paths.sdpo / GENERATE_DIR).items():
+        if stage in runner.records:
+            runner.records[stage]["hr@1"] = hr
+    if any(r.metrics for r in rows):
+        n = next(r.metrics["n_samples"] for r in rows if r.metrics)
+        print("\n" + results_text(rows, f"results on the same {n} test samples (hr@1, ndcg@5, mgu@1: score mode; "
+                                        f"valid_ratio: generate mode on {config.generate_samples} samples)"))
+    wall = time.perf_counter() - started
+    write_results(paths.results, runner.records, rows, config.encoder, wall, facts)
+    print(f"\ndemo finished in {_duration(wall)}; outputs in {paths.out} and {paths.data}"
+          + (f"; report: {paths.report}" if paths.report.is_file() else ""), flush=True)
     return 0

@@ -1,4 +1,9 @@
-"""The GPU benchmark script is only ever run on a lent GPU: keep it runnable by smoke-running it on the CPU."""
+"""Benchmark scripts whose real runs are too long or need hardware the CI lacks, checked at toy scale.
+
+bench/llm_gpu.py is only ever run on a lent GPU: keep it runnable by smoke-running it on the CPU.
+bench/demo.py times `make demo` from a fresh clone (many minutes): its harness is checked against a tiny git
+repository whose `make install` / `make demo` stand in for the real ones.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 def run_bench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "llm_gpu.py", *args], cwd=BENCH, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, check=False)
 
 
 def test_gpu_benchmark_runs_end_to_end_at_the_tiny_shape_on_cpu():
@@ -29,3 +34,95 @@ def test_gpu_benchmark_runs_end_to_end_at_the_tiny_shape_on_cpu():
 def test_gpu_benchmark_refuses_to_record_a_smoke_shape():
     done = run_bench("--shape", "tiny", "--device", "cpu", "--write")
     assert done.returncode != 0 and "records only the 7b shape" in done.stderr
+
+
+# ------------------------------------------------------------------------------------------------ bench/demo.py
+FAKE_MAKEFILE = """\
+.venv/.installed:
+\tmkdir -p .venv && sleep 0.3 && echo installed >> install-runs.txt && touch $@
+
+install: .venv/.installed
+
+demo: install
+\tmkdir -p checkpoints/demo && cp fake-results.json checkpoints/demo/demo-results.json && echo demo ran
+"""
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=repo,
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _fake_repo(tmp_path: Path, makefile: str = FAKE_MAKEFILE) -> tuple[Path, str]:
+    """A git repository whose `make install` / `make demo` stand in for the real ones; (path, HEAD sha1)."""
+    repo = tmp_path / "repo"
+    repo.mkdir(parents=True)
+    (repo / "Makefile").write_text(makefile)
+    (repo / "marker.txt").write_text("committed\n")
+    stages = {"prepare": {"seconds": 2.5, "hr@1": None}, "encoder": {"seconds": 60.0, "hr@1": 0.477},
+              "sdpo": {"seconds": 90.25, "hr@1": 0.084}}
+    (repo / "fake-results.json").write_text(json.dumps(
+        {"stages": stages, "mostpop_hr@1": 0.284, "sasrec_hr@1": 0.477, "n_test_samples": 500,
+         "wall_seconds": 152.75}))
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "fake project")
+    return repo, _git(repo, "rev-parse", "HEAD")
+
+
+def run_demo_bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "demo.py", *args], cwd=BENCH, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def test_demo_benchmark_times_a_fresh_clone_of_the_committed_head(tmp_path):
+    repo, head = _fake_repo(tmp_path)
+    # uncommitted work in the source checkout must not reach the clone
+    (repo / "marker.txt").write_text("uncommitted\n")
+    (repo / "fake-results.json").write_text(json.dumps({"stages": {"prepare": {"seconds": 999.0}}}))
+    (repo / "untracked.txt").write_text("not in git\n")
+    (repo / ".venv").mkdir()  # a checkout's own environment is never shared
+    results, work = tmp_path / "demo.json", tmp_path / "work"
+    done = run_demo_bench("--repo", str(repo), "--work", str(work), "--keep", "--quiet", "--write",
+                          "--results", str(results), "--target-seconds", "60")
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(results.read_text())
+    assert r["fresh_clone"] is True and r["commit"] == head
+    assert r["stages"] == {"prepare": {"seconds": 2.5, "hr@1": None}, "encoder": {"seconds": 60.0, "hr@1": 0.477},
+                           "sdpo": {"seconds": 90.25, "hr@1": 0.084}}  # the committed file, not the edited one
+    assert (r["mostpop_hr@1"], r["sasrec_hr@1"], r["n_test_samples"]) == (0.284, 0.477, 500)
+    assert r["demo_wall_seconds"] == 152.75
+    assert r["setup_seconds"] >= 0.3  # `make install` (with its 0.3 s sleep) is timed as the setup
+    assert r["wall_seconds"] >= r["setup_seconds"] + r["demo_seconds"] - 0.1
+    assert r["target_seconds"] == 60 and r["within_target"] is (r["wall_seconds"] <= 60)
+    assert r["within_target"] is True
+    for key in ("cpu", "cores"):
+        assert r["machine"][key]
+    assert r["machine"]["torch"] is None  # the fake install made no real .venv/bin/python
+    assert r["date"] and r["command"].startswith("python bench/demo.py")
+    (clone,) = [p / "clone" for p in work.iterdir() if p.is_dir()]
+    assert (clone / "marker.txt").read_text() == "committed\n"
+    assert not (clone / "untracked.txt").exists()
+    assert (clone / "install-runs.txt").read_text() == "installed\n"  # once: `make demo` found install done
+    assert _git(clone, "rev-parse", "HEAD") == head
+    log = next(work.glob("llmrec-demo-*.log")).read_text()
+    assert "demo ran" in log and "$ make install" in log and "$ make demo" in log
+    assert "demo ran" not in done.stdout  # --quiet: the make output went to the log only
+
+
+def test_demo_benchmark_deletes_the_clone_prints_without_write_and_fails_with_make(tmp_path):
+    repo, _ = _fake_repo(tmp_path)
+    work = tmp_path / "work"
+    done = run_demo_bench("--repo", str(repo), "--work", str(work), "--results", str(tmp_path / "r.json"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "demo ran" in done.stdout  # streamed to the terminal too
+    assert json.loads(done.stdout[done.stdout.index("{\n"):done.stdout.index("\n}\n") + 2])["commit"]
+    assert not (tmp_path / "r.json").exists()  # no --write
+    assert [p.name for p in work.iterdir() if p.is_dir()] == []  # no --keep: the clone is gone
+    assert "within the 900 s target" in done.stdout
+
+    broken, _ = _fake_repo(tmp_path / "b", FAKE_MAKEFILE.replace("cp fake-results.json", "false && cp x"))
+    done = run_demo_bench("--repo", str(broken), "--work", str(work), "--write", "--results", str(tmp_path / "r.json"))
+    assert done.returncode != 0
+    assert "`make` failed with exit status 2" in done.stderr and ".log" in done.stderr
+    assert not (tmp_path / "r.json").exists()

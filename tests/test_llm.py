@@ -368,6 +368,19 @@ def test_every_shipped_llm_config_parses():
         assert config.finetune in ("full", "lora")
 
 
+def test_every_shipped_sdpo_config_parses():
+    from importlib.resources import files
+
+    from llmrec.config import resolve_config
+    from llmrec.preference.train import TrainSDPOConfig
+
+    shipped = sorted(p for p in files("llmrec").joinpath("configs").iterdir() if p.name.startswith("sdpo-"))
+    assert {p.name for p in shipped} >= {"sdpo-tiny-cpu-small.yaml", "sdpo-lora-7b.yaml"}
+    for path in shipped:
+        config = resolve_config(TrainSDPOConfig, {}, Path(str(path)))
+        assert config.loss in ("sdpo", "dr-sdpo", "beta-sdpo", "alpha-sdpo") and config.beta > 0
+
+
 def test_gradient_checkpointing_still_trains_lora_weights(data, tmp_path):
     from llmrec.llm.lora import apply_lora
 

@@ -165,7 +165,7 @@ def test_checkpoint_and_base_model_must_match(data, encoder, encoder_dir, tmp_pa
     lm, facts = build_recommender(config, data, encoder)
     save(tmp_path / "ckpt", lm, facts, data, encoder_dir)
     refusals = {"wider": (save_hf_folder(tmp_path / "wider", "llama", data, hidden=48), "config differs"),
-                "reseeded": (save_hf_folder(tmp_path / "reseeded", "llama", data, seed=1), "weights differs"),
+                "reseeded": (save_hf_folder(tmp_path / "reseeded", "llama", data, seed=1), "weights differ from"),
                 "retokenized": (swapped_tokenizer(base, tmp_path / "retokenized"), "tokenizer differs"),
                 "qwen2": (save_hf_folder(tmp_path / "qwen2", "qwen2", data), "model type qwen2 but .* llama")}
     for name, (folder, message) in refusals.items():

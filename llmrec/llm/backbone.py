@@ -259,7 +259,8 @@ def fingerprint_mismatch(recorded: dict[str, Any], current: dict[str, Any]) -> s
         if recorded.get(key) != current.get(key):
             if key == "model_type":
                 return f"model type {current.get(key)} but the checkpoint was trained on {recorded.get(key)}"
-            return f"its {what} differs from the base the checkpoint was trained on"
+            verb = "differ" if what == "weights" else "differs"
+            return f"its {what} {verb} from the base the checkpoint was trained on"
     return None
 
 
