@@ -3,10 +3,14 @@ results table and `report.md` with figures.
 
     llmrec demo [--dataset ml-100k] [--out checkpoints/demo] [--fresh] [--stages ...]
 
-Stages (each prints `== stage i/N name` when it starts and `-- name done in 1m23s` when it ends; each is skipped
-when its finished output exists, unless `--fresh` or an earlier stage of this run had to run again — outputs are
-written through `llmrec.atomic.output_directory`, so an interrupted stage never leaves a folder that looks
-finished):
+Stages (each prints `== stage i/N name` when it starts and `-- name done in 1m23s` when it ends). A stage is
+skipped when its output is current: it exists (outputs are written through `llmrec.atomic.output_directory`, so
+an interrupted stage never leaves a folder that looks finished), it is no older than what it is made from (a
+retrained SFT model makes the S-DPO model, its rankings, the re-ranking and the report out of date), and it
+records the options this run asks for (prepare: dataset, `llara`, `all`, seed; training: seed and
+`--llm-test-samples`; rankings: their sample counts and seed); otherwise it runs again, and so does every later
+stage. `--fresh` reruns every selected stage. What a preset file says is not compared: after editing one, pass
+`--fresh`.
   1. prepare   the dataset (default ML-100K, from the offline source chain) with the `llara` protocol and
                `--eval-positions all` (thousands of test samples);
   2. encoder   the MostPop baseline (`train-encoder --model mostpop`) and SASRec (`--encoder`), each with its
@@ -28,9 +32,11 @@ finished):
                every trained stage, hr@1 per stage, GP vs GH per popularity group, and the results table.
 The results table (MostPop, SASRec, SFT LLM, S-DPO LLM, S-DPO + re-ranking: hr@1, valid_ratio, candidates/ndcg@5,
 mgu@1) is printed at the end; `<out>/demo-results.json` records each stage's seconds (for a reused stage, those of
-the run that made its output when recorded) and hr@1 (encoder: SASRec on the LLMs' test samples; llm, sdpo: score
-mode; evaluate: S-DPO in generate mode; rerank: after re-ranking) for the benchmark script (`bench/demo.py`). The
-LLM numbers are small-scale numbers; the full-scale figures are in the README.
+the run that made its whole output when recorded; `partial` when the stage remade only some of its outputs) and
+hr@1 (encoder: SASRec on the LLMs' test samples; llm, sdpo: score mode; evaluate: S-DPO in generate mode; rerank:
+after re-ranking) for the benchmark script (`bench/demo.py`). A row of the table whose ranking is out of date (a
+run with `--stages` left it behind) is marked so under the table. The LLM numbers are small-scale numbers; the
+full-scale figures are in the README.
 """
 
 from __future__ import annotations
@@ -40,11 +46,9 @@ import io
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-
-import numpy as np
 
 from llmrec.config import option
 
@@ -53,7 +57,6 @@ if TYPE_CHECKING:  # the command line imports this module to build its parser: n
 
     from llmrec.data.dataset import ProcessedDataset
     from llmrec.demo_report import ResultRow
-    from llmrec.encoders.base import SequentialEncoder
 
 STAGES: tuple[str, ...] = ("prepare", "encoder", "llm", "sdpo", "evaluate", "rerank", "predict", "report")
 PRESETS = Path(__file__).parent / "configs"
@@ -68,7 +71,7 @@ VALID_DIR = "eval-valid-score"
 RERANK_DIR = "rerank-popularity"
 BASELINE = "mostpop"
 OUTPUT_COMMAND = "demo"
-ROW_COLUMN = "_row"
+METRICS = "metrics.json"
 LABELS = {"mostpop": "MostPop", "sasrec": "SASRec", "gru4rec": "GRU4Rec", "caser": "Caser"}
 
 
@@ -149,58 +152,116 @@ def preset_path(value: str, option_name: str) -> Path:
 
 
 def _finished(folder: Path) -> bool:
-    return (folder / "metrics.json").is_file()
+    return (folder / METRICS).is_file()
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+@dataclass(frozen=True)
+class Output:
+    """One thing a stage makes. It is current when `marker` exists (written last, atomically), is no older than
+    any of `inputs` (the markers of what it is made from; a missing input does not count: the stage itself
+    says it needs it), and the mapping in `recorded` (a JSON or YAML file it wrote) holds the `expected`
+    values of the options this run asks for."""
+
+    marker: Path
+    inputs: tuple[Path, ...] = ()
+    recorded: Path | None = None
+    expected: dict[str, Any] = field(default_factory=dict)
+
+    def status(self) -> str | None:
+        """None when current; else why not, in a few words (`missing` when there is no output)."""
+        if not self.marker.is_file():
+            return "missing"
+        made = self.marker.stat().st_mtime_ns
+        newer = next((i for i in self.inputs if i.is_file() and i.stat().st_mtime_ns > made), None)
+        if newer is not None:
+            return f"{self.marker.parent} is older than {newer}"
+        if not self.expected or self.recorded is None:
+            return None
+        found = _read_mapping(self.recorded)
+        if found is None:
+            return f"{self.recorded} is unreadable"
+        for key, want in self.expected.items():
+            if found.get(key) != want:
+                return f"{self.recorded} records {key}={found.get(key)!r}, this run asks for {want!r}"
+        return None
+
+
+def _read_mapping(path: Path) -> dict[str, Any] | None:
+    """The mapping in a JSON (`.json`) or YAML file; None when it is missing, unreadable or not a mapping."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def prepare_output(config: DemoConfig, paths: DemoPaths) -> Output:
+    """The prepared data: current when `meta.json` says dataset, `llara`, `all` and the seed of this run."""
+    meta = paths.data / "meta.json"
+    return Output(meta, recorded=meta, expected={"dataset": config.dataset, "protocol": "llara",
+                                                 "eval_positions": "all", "seed": config.seed})
+
+
+def encoder_outputs(config: DemoConfig, paths: DemoPaths) -> dict[str, Output]:
+    """{model: output} of the encoder stage: MostPop and the LLM's encoder, each made from the prepared data."""
+    meta = paths.data / "meta.json"
+    return {model: Output(folder / METRICS, (meta,), folder / METRICS, {"model": model, "seed": config.seed})
+            for model, folder in ((BASELINE, paths.baseline), (config.encoder, paths.encoder))}
+
+
+def llm_output(config: DemoConfig, paths: DemoPaths) -> Output:
+    """The SFT model, made from the encoder (and so the data); its test ranking is of `--llm-test-samples`."""
+    return Output(paths.llm / METRICS, (paths.data / "meta.json", paths.encoder / METRICS), paths.llm / "config.yaml",
+                  {"seed": config.seed, "max_test_samples": config.llm_test_samples})
+
+
+def sdpo_output(config: DemoConfig, paths: DemoPaths) -> Output:
+    """The S-DPO model, made from the SFT model."""
+    return Output(paths.sdpo / METRICS, (paths.llm / METRICS,), paths.sdpo / "config.yaml",
+                  {"seed": config.seed, "max_test_samples": config.llm_test_samples})
+
+
+def evaluate_outputs(config: DemoConfig, paths: DemoPaths) -> dict[str, Output]:
+    """{name: output} of the evaluate stage: each ranking, made from its model (the encoders' from the LLM's
+    test ranking too, whose samples they rank), with the sample count and seed it was asked for."""
+    def ranking(folder: Path, inputs: tuple[Path, ...], n: int, **more: str) -> Output:
+        return Output(folder / METRICS, inputs, folder / "config.yaml", {"max_samples": n, "seed": config.seed, **more})
+
+    llm_samples = paths.llm / SUBSET_DIR / METRICS
+    return {
+        BASELINE: ranking(paths.baseline / SUBSET_DIR, (paths.baseline / METRICS, llm_samples),
+                          config.llm_test_samples),
+        config.encoder: ranking(paths.encoder / SUBSET_DIR, (paths.encoder / METRICS, llm_samples),
+                                config.llm_test_samples),
+        "llm-generate": ranking(paths.llm / GENERATE_DIR, (paths.llm / METRICS,), config.generate_samples,
+                                mode="generate", split="test"),
+        "sdpo-generate": ranking(paths.sdpo / GENERATE_DIR, (paths.sdpo / METRICS,), config.generate_samples,
+                                 mode="generate", split="test"),
+        "sdpo-valid": ranking(paths.sdpo / VALID_DIR, (paths.sdpo / METRICS,), config.valid_samples,
+                              mode="score", split="valid"),
+    }
+
+
+def rerank_output(paths: DemoPaths) -> Output:
+    """The re-ranked S-DPO test ranking, made from its test and valid rankings."""
+    return Output(paths.rerank / METRICS, (paths.sdpo / SUBSET_DIR / METRICS, paths.sdpo / VALID_DIR / METRICS))
+
+
+def report_outputs(config: DemoConfig, paths: DemoPaths) -> list[Output]:
+    """report.md and its figures, made from every ranking and every training log."""
+    from llmrec.atomic import OUTPUT_MARKER
+
+    made_from = (paths.encoder / METRICS, paths.llm / METRICS, paths.sdpo / METRICS,
+                 *(o.marker for o in evaluate_outputs(config, paths).values()),
+                 paths.llm / SUBSET_DIR / METRICS, paths.sdpo / SUBSET_DIR / METRICS, rerank_output(paths).marker)
+    return [Output(paths.report, made_from), Output(paths.figures / OUTPUT_MARKER, made_from)]
 
 
 # ------------------------------------------------------------------------------------------------ same samples
-def encoder_ranking(encoder: SequentialEncoder, data: ProcessedDataset, split: str, max_samples: int | None,
-                    seed: int, history: str = "auto", batch_size: int = 256) -> pd.DataFrame:
-    """Score-mode ranking of the stored candidates by a sequential encoder, in `rank_split`'s table format.
-
-    The rows are exactly the samples `llmrec.evaluation.llm_split.rank_split` ranks for the same
-    `max_samples` and `seed`, so `split_metrics` and `ranked_fairness` of this table are the encoder's metrics
-    on the LLM's samples. The encoder reads the history `llmrec.encoders.evaluate.build_eval_set` gives it
-    (`history` as in `train-encoder --eval-history`) and scores each candidate by `score_all`, as its own
-    evaluation does.
-    """
-    import pandas as pd
-    import torch
-
-    from llmrec.data.sampling import LAST_COLUMN, ranked_subset
-    from llmrec.encoders.base import pad_left
-    from llmrec.encoders.evaluate import build_eval_set
-    from llmrec.fairness.evaluate import stack_candidates
-    from llmrec.fairness.metrics import rank_candidates
-
-    eval_set = build_eval_set(data, split, encoder.max_length, history, exclude_seen=False)  # type: ignore[arg-type]
-    whole = data.split(split)  # type: ignore[arg-type]
-    # the rows `rank_split` ranks: the same function, size and seed; ROW_COLUMN says where each is in `eval_set`
-    samples = ranked_subset(whole.assign(**{ROW_COLUMN: np.arange(len(whole), dtype=np.int64)}), max_samples, seed)
-    rows = samples[ROW_COLUMN].to_numpy()
-    candidates = stack_candidates(samples)  # [N, C]
-    parts = []
-    encoder.eval()
-    with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            part = rows[start:start + batch_size]
-            item_seq, lengths = pad_left([eval_set.histories[i] for i in part], encoder.max_length)
-            every_item = encoder.score_all(encoder(item_seq, lengths)).float()  # [B, n_items + 1]
-            parts.append(every_item.gather(1, torch.as_tensor(candidates[start:start + len(part)])).double().numpy())
-    scores = np.concatenate(parts) if parts else np.zeros(candidates.shape)
-    out = pd.DataFrame({
-        "user_id": samples["user_id"].astype(np.int64).to_numpy(),
-        "position": samples["position"].astype(np.int64).to_numpy(),
-        "target": samples["target"].astype(np.int64).to_numpy(),
-        "candidates": [list(map(int, c)) for c in candidates],
-        "scores": [list(map(float, s)) for s in scores],
-        "chosen": rank_candidates(scores, candidates)[:, 0] if len(rows) else np.zeros(0, np.int64),
-        LAST_COLUMN: samples[LAST_COLUMN].to_numpy(),
-        "text": [""] * len(rows),
-    })
-    out.attrs.update({"mode": "score", "split": split})
-    return out
-
-
 def sample_keys(table: pd.DataFrame) -> list[tuple[int, int]]:
     """The (user, position) of every row of a ranked table, in row order."""
     return list(zip(table["user_id"].astype(int).tolist(), table["position"].astype(int).tolist()))
@@ -226,6 +287,7 @@ def write_encoder_subset(folder: Path, data: ProcessedDataset, n: int, seed: int
     from llmrec.atomic import atomic_write_text, output_directory
     from llmrec.config import load_yaml_mapping
     from llmrec.encoders.checkpoint import load_encoder
+    from llmrec.encoders.evaluate import encoder_ranking
     from llmrec.evaluation.llm_split import write_evaluation
     from llmrec.fairness.groups import item_groups
     from llmrec.fairness.metrics import FAIRNESS_KS
@@ -233,7 +295,7 @@ def write_encoder_subset(folder: Path, data: ProcessedDataset, n: int, seed: int
 
     encoder = load_encoder(folder, data)
     history = str(load_yaml_mapping(folder / "config.yaml").get("eval_history") or "auto")
-    ranked = encoder_ranking(encoder, data, "test", n, seed, history)
+    ranked = encoder_ranking(encoder, data, "test", n, seed, history)  # type: ignore[arg-type]
     metrics = {**table_metrics(ranked, data, item_groups(data, "popularity"), list(FAIRNESS_KS)),
                "seed": seed, "protocol": data.protocol, "mode": "score", "split": "test",
                "eval_positions": data.meta.get("eval_positions"), "model": getattr(encoder, "model_name", None)}
@@ -268,8 +330,9 @@ def result_rows(paths: DemoPaths, data: ProcessedDataset, encoder: str) -> list[
         if (folder / SCORES_FILE).is_file():
             tables[label] = table = read_scores(folder)
             row.metrics = table_metrics(table, data, groups, list(FAIRNESS_KS))
-        if generated is not None and _finished(generated):
-            row.valid_ratio = json.loads((generated / "metrics.json").read_text())["valid_ratio"]
+        found = _read_mapping(generated / METRICS) if generated is not None else None
+        if found is not None and isinstance(found.get("valid_ratio"), (int, float)):
+            row.valid_ratio = float(found["valid_ratio"])
         rows.append(row)
     check_same_samples(tables)
     return rows
@@ -278,21 +341,21 @@ def result_rows(paths: DemoPaths, data: ProcessedDataset, encoder: str) -> list[
 def _stage_hr(rows: list[ResultRow], encoder: str, generated: Path) -> dict[str, float | None]:
     """hr@1 each stage is known for (the encoder stage by its SASRec row, evaluate by S-DPO in generate mode)."""
     by_label = {r.label: r.value("hr@1") for r in rows}
-    gen = json.loads((generated / "metrics.json").read_text()).get("hr@1") if _finished(generated) else None
+    gen = (_read_mapping(generated / METRICS) or {}).get("hr@1")
     return {"encoder": by_label.get(LABELS[encoder]), "llm": by_label.get("SFT LLM"),
             "sdpo": by_label.get("S-DPO LLM"), "evaluate": gen, "rerank": by_label.get("S-DPO + re-ranking")}
 
 
 @dataclass
 class Stage:
-    """One stage of the demo: `work(redo)` makes its output unless `finished()` (see `StageRunner.run`)."""
+    """One stage of the demo: `work(redo)` makes its `outputs` unless they are all current (`StageRunner.run`)."""
 
     name: str
-    finished: Callable[[], bool]
+    outputs: list[Output]  # what it makes; [] = it writes nothing, so it always runs
     what: str  # printed when it runs
     reused: str  # what is reused, printed when it does not run
     work: Callable[[bool], bool]  # work(redo) -> whether later stages must run again (their input changed)
-    output: bool = True  # False: writes nothing, so it always runs
+    per_output: bool = False  # work(False) remakes only its outputs that are not current, keeping the others
 
 
 class StageRunner:
@@ -305,22 +368,30 @@ class StageRunner:
         self.records: dict[str, dict[str, Any]] = {}
 
     def run(self, stage: Stage) -> bool:
-        """Run `stage.work(redo)` unless it is `finished()` and no stage before it changed what it reads; True
-        if reused. A stage without output (`output=False`) always runs."""
+        """Run `stage.work(redo)` unless every output is current and no stage before it ran again; True if
+        reused. A stage without outputs always runs. The record says `partial` when the stage kept some current
+        outputs and remade the others: its seconds are then not those of making its whole output."""
         number = f"{self.selected.index(stage.name) + 1}/{len(self.selected)}"
-        reuse = stage.output and not self.redo and stage.finished()
-        print(f"== stage {number} {stage.name}: "
-              + (f"reusing {stage.reused} (pass --fresh to rerun)" if reuse else stage.what), flush=True)
+        statuses = [o.status() for o in stage.outputs]
+        reuse = bool(stage.outputs) and not self.redo and all(s is None for s in statuses)
+        stale = next((s for s in statuses if s not in (None, "missing")), None)
+        if reuse:
+            line = f"reusing {stage.reused} (pass --fresh to rerun)"
+        else:
+            line = stage.what + (f" (out of date: {stale})" if stale is not None and not self.redo else "")
+        print(f"== stage {number} {stage.name}: {line}", flush=True)
+        partial = not reuse and not self.redo and stage.per_output and any(s is None for s in statuses)
         started = time.perf_counter()
         if not reuse:
             self.redo = stage.work(self.redo) or self.redo
         seconds = time.perf_counter() - started
         print(f"-- {stage.name} done in {_duration(seconds)}", flush=True)
-        record: dict[str, Any] = {"seconds": seconds, "hr@1": None, "reused": reuse, "seconds_from": "this run"}
+        record: dict[str, Any] = {"seconds": seconds, "hr@1": None, "reused": reuse, "partial": partial,
+                                  "seconds_from": "this run"}
         if reuse:
             earlier = self.previous.get(stage.name) or {}
-            if earlier.get("seconds_from") in ("this run", "earlier run") and isinstance(earlier.get("seconds"),
-                                                                                           (int, float)):
+            whole = earlier.get("seconds_from") in ("this run", "earlier run") and not earlier.get("partial", True)
+            if whole and isinstance(earlier.get("seconds"), (int, float)):
                 record.update(seconds=float(earlier["seconds"]), seconds_from="earlier run")
             else:
                 record["seconds_from"] = "reuse check"
@@ -372,22 +443,31 @@ def _prepare(config: DemoConfig, paths: DemoPaths) -> bool:
 
 
 def _print_encoder(name: str, folder: Path) -> None:
-    test = json.loads((folder / "metrics.json").read_text()).get("test", {})
+    test = json.loads((folder / METRICS).read_text()).get("test", {})
     keys = ("candidates/hr@1", "candidates/ndcg@5", "candidates/mgu@1")
     print(f"  {LABELS[name]:8s} test ({test.get('n_samples')} samples, stored candidates): "
           + "  ".join(f"{k}={test[k]:.4f}" for k in keys if k in test), flush=True)
 
 
+def _needs(folder: Path, stage: str, needed_by: str) -> None:
+    """ConfigError unless `folder` holds a finished output (of stage `stage`)."""
+    from llmrec.errors import ConfigError
+
+    if not _finished(folder):
+        raise ConfigError(f"stage {needed_by} needs {folder} (made by the {stage} stage; add it to --stages)")
+
+
 def _train_encoders(config: DemoConfig, paths: DemoPaths, redo: bool) -> bool:
-    """Train the encoders that are missing (all with `redo`); True when the LLM's encoder was trained (MostPop
-    alone changes only its own rankings, which the evaluate stage redoes because they are missing)."""
+    """Train the encoders that are not current (all with `redo`); True when the LLM's encoder was trained
+    (MostPop alone changes only its own ranking, which the evaluate stage then remakes: it is out of date)."""
     from llmrec.config import resolve_config
     from llmrec.encoders.train import TrainEncoderConfig, run_train_encoder
     from llmrec.training.progress import interactive
 
+    outputs = encoder_outputs(config, paths)
     trained = False
     for model, folder in ((BASELINE, paths.baseline), (config.encoder, paths.encoder)):
-        if not redo and _finished(folder):
+        if not redo and outputs[model].status() is None:
             print(f"  reusing {folder}", flush=True)
             continue
         trained = trained or model == config.encoder
@@ -403,80 +483,74 @@ def _train_encoders(config: DemoConfig, paths: DemoPaths, redo: bool) -> bool:
     return trained
 
 
+def _run_quietly(run: Callable[[Any], int], config: Any) -> None:
+    """Run a command whose JSON printout the demo replaces by its own summary line (progress goes to stderr)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        run(config)
+
+
 def _train_llm(config: DemoConfig, paths: DemoPaths) -> bool:
     from llmrec.config import resolve_config
     from llmrec.llm.train import TrainLLMConfig, run_train_llm
 
+    _needs(paths.encoder, "encoder", "llm")
     preset = preset_path(config.llm_preset, "llm-preset")
-    run_train_llm(resolve_config(TrainLLMConfig, {"data": paths.data, "encoder": paths.encoder, "out": paths.llm,
-                                                  "seed": config.seed,
-                                                  "max_test_samples": config.llm_test_samples}, preset))
+    _run_quietly(run_train_llm, resolve_config(TrainLLMConfig, {
+        "data": paths.data, "encoder": paths.encoder, "out": paths.llm, "seed": config.seed,
+        "max_test_samples": config.llm_test_samples}, preset))
     return True
 
 
 def _train_sdpo(config: DemoConfig, paths: DemoPaths) -> bool:
     from llmrec.config import resolve_config
-    from llmrec.errors import ConfigError
     from llmrec.preference.train import TrainSDPOConfig, run_train_sdpo
 
-    if not _finished(paths.llm):
-        raise ConfigError(f"stage sdpo needs the SFT model {paths.llm} (the llm stage)")
+    _needs(paths.llm, "llm", "sdpo")
     preset = preset_path(config.sdpo_preset, "sdpo-preset")
-    run_train_sdpo(resolve_config(TrainSDPOConfig, {"sft": paths.llm, "data": paths.data, "out": paths.sdpo,
-                                                    "seed": config.seed,
-                                                    "max_test_samples": config.llm_test_samples}, preset))
+    _run_quietly(run_train_sdpo, resolve_config(TrainSDPOConfig, {
+        "sft": paths.llm, "data": paths.data, "out": paths.sdpo, "seed": config.seed,
+        "max_test_samples": config.llm_test_samples}, preset))
     return True
 
 
 def _print_llm(title: str, folder: Path) -> None:
-    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics = json.loads((folder / METRICS).read_text())
     print(f"  {title}, score mode, {metrics.get('test/n_samples')} test samples (SMALL demo scale, not the "
-          f"benchmark figure): hr@1={metrics['test/hr@1']:.4f}  "
+          f"benchmark figure): hr@1={metrics.get('test/hr@1', float('nan')):.4f}  "
           f"candidates/ndcg@5={metrics.get('test/candidates/ndcg@5', float('nan')):.4f}", flush=True)
 
 
-def _run_quietly(run: Callable[[Any], int], config: Any) -> None:
-    """Run a command whose JSON printout the demo replaces by its own summary line."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        run(config)
-
-
-def _evaluate_stage_done(paths: DemoPaths) -> bool:
-    return all(_finished(f) for f in (paths.baseline / SUBSET_DIR, paths.encoder / SUBSET_DIR,
-                                      paths.llm / GENERATE_DIR, paths.sdpo / GENERATE_DIR, paths.sdpo / VALID_DIR))
-
-
 def _evaluate(config: DemoConfig, paths: DemoPaths, redo: bool) -> bool:
-    """Make the rankings that are missing (all with `redo`)."""
+    """Make the rankings that are not current (all with `redo`)."""
     from llmrec.data.dataset import ProcessedDataset
-    from llmrec.errors import ConfigError
     from llmrec.evaluate import EvaluateConfig, run_evaluate
     from llmrec.evaluation.llm_split import read_scores
 
     for folder, stage in ((paths.baseline, "encoder"), (paths.encoder, "encoder"), (paths.llm, "llm"),
                           (paths.sdpo, "sdpo")):
-        if not _finished(folder):
-            raise ConfigError(f"stage evaluate needs {folder} (the {stage} stage)")
+        _needs(folder, stage, "evaluate")
+    outputs = evaluate_outputs(config, paths)
     data = ProcessedDataset.load(paths.data)
     for name, folder in ((BASELINE, paths.baseline), (config.encoder, paths.encoder)):
-        if redo or not _finished(folder / SUBSET_DIR):
+        if redo or outputs[name].status() is not None:
             write_encoder_subset(folder, data, config.llm_test_samples, config.seed)
-        m = json.loads((folder / SUBSET_DIR / "metrics.json").read_text())
+        m = json.loads((folder / SUBSET_DIR / METRICS).read_text())
         print(f"  {LABELS[name]:8s} on the LLMs' {m['n_samples']} test samples: hr@1={m['hr@1']:.4f}  "
-              f"candidates/ndcg@5={m['candidates/ndcg@5']:.4f}  mgu@1={m['mgu@1']:.4f}", flush=True)
-    check_same_samples({f"{LABELS[config.encoder]} ({paths.encoder / SUBSET_DIR})": read_scores(paths.encoder /
-                                                                                                SUBSET_DIR),
+              f"candidates/ndcg@5={m['candidates/ndcg@5']:.4f}  mgu@1={m.get('mgu@1', float('nan')):.4f}",
+              flush=True)
+    check_same_samples({f"{LABELS[config.encoder]} ({paths.encoder / SUBSET_DIR})":
+                        read_scores(paths.encoder / SUBSET_DIR),
                         f"SFT LLM ({paths.llm / SUBSET_DIR})": read_scores(paths.llm / SUBSET_DIR),
                         f"S-DPO LLM ({paths.sdpo / SUBSET_DIR})": read_scores(paths.sdpo / SUBSET_DIR)})
-    runs = [(paths.llm, "SFT LLM", "generate", "test", config.generate_samples, GENERATE_DIR),
-            (paths.sdpo, "S-DPO LLM", "generate", "test", config.generate_samples, GENERATE_DIR),
-            (paths.sdpo, "S-DPO LLM", "score", "valid", config.valid_samples, VALID_DIR)]
-    for ckpt, label, mode, split, n, name in runs:
-        if redo or not _finished(ckpt / name):
+    runs = [("llm-generate", paths.llm, "SFT LLM", "generate", "test", config.generate_samples, GENERATE_DIR),
+            ("sdpo-generate", paths.sdpo, "S-DPO LLM", "generate", "test", config.generate_samples, GENERATE_DIR),
+            ("sdpo-valid", paths.sdpo, "S-DPO LLM", "score", "valid", config.valid_samples, VALID_DIR)]
+    for key, ckpt, label, mode, split, n, name in runs:
+        if redo or outputs[key].status() is not None:
             _run_quietly(run_evaluate, EvaluateConfig(ckpt=ckpt, data=paths.data, mode=mode, split=split,
                                                       batch_size=config.eval_batch_size, max_samples=n,
                                                       seed=config.seed, out=ckpt / name))
-        m = json.loads((ckpt / name / "metrics.json").read_text())
+        m = json.loads((ckpt / name / METRICS).read_text())
         print(f"  {label:9s} {mode:8s} on {m['n_samples']} {split} samples: hr@1={m['hr@1']:.4f}  "
               f"valid_ratio={m['valid_ratio']:.4f}  mgu@1={m.get('mgu@1', float('nan')):.4f}", flush=True)
     return True
@@ -485,25 +559,38 @@ def _evaluate(config: DemoConfig, paths: DemoPaths, redo: bool) -> bool:
 def _rerank(paths: DemoPaths) -> bool:
     from llmrec.fairness.rerank_command import RerankConfig, run_rerank
 
+    _needs(paths.sdpo / SUBSET_DIR, "sdpo", "rerank")
+    _needs(paths.sdpo / VALID_DIR, "evaluate", "rerank")  # alpha is chosen on these valid scores
     run_rerank(RerankConfig(scores=paths.sdpo, alpha="auto", out=paths.rerank))
     return True
 
 
-def _predict(config: DemoConfig, paths: DemoPaths) -> bool:
+def _predict(paths: DemoPaths) -> bool:
     from llmrec.data.dataset import ProcessedDataset
-    from llmrec.errors import ConfigError
+    from llmrec.errors import ConfigError, DataError
     from llmrec.serving.predict import PredictConfig, run_predict
 
     final = next((d for d in (paths.sdpo, paths.llm) if _finished(d)), None)
     if final is None:
-        raise ConfigError("stage predict needs a trained LLM (the llm or sdpo stage)")
+        raise ConfigError(f"stage predict needs a trained LLM ({paths.sdpo} or {paths.llm}: the sdpo or llm stage)")
     test = ProcessedDataset.load(paths.data).split("test")
-    user = test.iloc[len(test) // 2]  # a test user the models never trained on
+    if not len(test):
+        raise DataError(f"{paths.data}: the test split has no samples to predict for")
+    user = test.iloc[len(test) // 2]  # a test user the models never trained on (llara holds test users out)
     history = [int(i) for i in user["history"]]
     print(f"  top 10 of the whole catalog for test user {int(user['user_id'])} ({final.name}), history of "
           f"{len(history)} items (the true next item was {int(user['target'])})", flush=True)
     run_predict(PredictConfig(ckpt=final, history=[",".join(map(str, history))], k=10, device="cpu"))
     return False  # prints only
+
+
+def _generated_samples(paths: DemoPaths) -> int | None:
+    """How many test samples the generate-mode rankings hold (as made, whatever this run's options say)."""
+    for folder in (paths.sdpo / GENERATE_DIR, paths.llm / GENERATE_DIR):
+        found = _read_mapping(folder / METRICS)
+        if found is not None and isinstance(found.get("n_samples"), int):
+            return int(found["n_samples"])
+    return None
 
 
 def _report(config: DemoConfig, paths: DemoPaths, rows: list[ResultRow], runner: StageRunner) -> bool:
@@ -520,7 +607,7 @@ def _report(config: DemoConfig, paths: DemoPaths, rows: list[ResultRow], runner:
         figures = write_figures(tmp, rows, curves, groups)
     n = next((r.metrics.get("n_samples") for r in rows if r.metrics.get("n_samples") is not None), None)
     facts = {"dataset": config.dataset, "data": paths.data, "out": paths.out, "seed": config.seed,
-             "n_test_samples": n, "n_generate_samples": config.generate_samples,
+             "n_test_samples": n, "n_generate_samples": _generated_samples(paths),
              "encoder_label": LABELS[config.encoder],
              "scale": (f"The LLM stages run at the documented SMALL CPU scale of `{config.llm_preset}` and "
                        f"`{config.sdpo_preset}`: smoke-level numbers that show every stage working, not what the "
@@ -531,46 +618,53 @@ def _report(config: DemoConfig, paths: DemoPaths, rows: list[ResultRow], runner:
     return True
 
 
-def _rows_if_any(paths: DemoPaths, encoder: str) -> list[ResultRow]:
-    """The results rows when the data are prepared (else none)."""
+def _rows_if_any(config: DemoConfig, paths: DemoPaths) -> list[ResultRow]:
+    """The results rows when the data are prepared (else none); a row whose ranking is out of date says why in
+    its `note`."""
     from llmrec.data.dataset import ProcessedDataset, is_processed_dir
 
     if not is_processed_dir(paths.data):
         return []
-    return result_rows(paths, ProcessedDataset.load(paths.data), encoder)
+    rows = result_rows(paths, ProcessedDataset.load(paths.data), config.encoder)
+    rankings = evaluate_outputs(config, paths)
+    llm, sdpo = llm_output(config, paths), sdpo_output(config, paths)
+    # per row (in row order), the outputs its ranking comes from, the nearest first: out of date if any is
+    made = [[rankings[BASELINE]], [rankings[config.encoder]], [llm], [sdpo, llm], [rerank_output(paths), sdpo, llm]]
+    for row, chain in zip(rows, made):
+        why = next((w for w in (o.status() for o in chain) if w is not None), None)
+        if row.metrics and why is not None:
+            row.note = f"out of date: {why}"
+    return rows
 
 
 def demo_stages(config: DemoConfig, paths: DemoPaths, runner: StageRunner) -> list[Stage]:
     """The eight stages in order."""
-    from llmrec.data.dataset import is_processed_dir
-
     enc = LABELS[config.encoder]
     return [
-        Stage("prepare", lambda: is_processed_dir(paths.data),
+        Stage("prepare", [prepare_output(config, paths)],
               f"{config.dataset} into {paths.data} (llara protocol, every eval position)", str(paths.data),
               lambda redo: _prepare(config, paths)),
-        Stage("encoder", lambda: _finished(paths.baseline) and _finished(paths.encoder),
+        Stage("encoder", list(encoder_outputs(config, paths).values()),
               f"train MostPop and {enc} on {paths.data}", f"{paths.baseline} and {paths.encoder}",
-              lambda redo: _train_encoders(config, paths, redo)),
-        Stage("llm", lambda: _finished(paths.llm),
+              lambda redo: _train_encoders(config, paths, redo), per_output=True),
+        Stage("llm", [llm_output(config, paths)],
               f"SFT of a tiny hybrid LLM recommender ({config.llm_preset}: small scale, see the file)", str(paths.llm),
               lambda redo: _train_llm(config, paths)),
-        Stage("sdpo", lambda: _finished(paths.sdpo),
+        Stage("sdpo", [sdpo_output(config, paths)],
               f"S-DPO from the SFT model ({config.sdpo_preset}: small scale, see the file)", str(paths.sdpo),
               lambda redo: _train_sdpo(config, paths)),
-        Stage("evaluate", lambda: _evaluate_stage_done(paths),
+        Stage("evaluate", list(evaluate_outputs(config, paths).values()),
               f"MostPop and {enc} on the LLMs' test samples; SFT and S-DPO in generate mode "
               f"({config.generate_samples} test samples); S-DPO on {config.valid_samples} valid samples",
               f"the rankings in {paths.baseline}, {paths.encoder}, {paths.llm} and {paths.sdpo}",
-              lambda redo: _evaluate(config, paths, redo)),
-        Stage("rerank", lambda: _finished(paths.rerank),
+              lambda redo: _evaluate(config, paths, redo), per_output=True),
+        Stage("rerank", [rerank_output(paths)],
               "IFairLRS re-ranking of the S-DPO test ranking (popularity groups, alpha chosen on valid)",
               str(paths.rerank), lambda redo: _rerank(paths)),
-        Stage("predict", lambda: False, "the final model's top 10 for one test user", "",
-              lambda redo: _predict(config, paths), output=False),
-        Stage("report", lambda: paths.report.is_file() and paths.figures.is_dir(),
+        Stage("predict", [], "the final model's top 10 for one test user", "", lambda redo: _predict(paths)),
+        Stage("report", report_outputs(config, paths),
               f"{paths.report} with figures in {paths.figures}", str(paths.report),
-              lambda redo: _report(config, paths, _rows_if_any(paths, config.encoder), runner)),
+              lambda redo: _report(config, paths, _rows_if_any(config, paths), runner)),
     ]
 
 
@@ -602,14 +696,15 @@ def run_demo(config: DemoConfig) -> int:
     runner = StageRunner(config.stages, config.fresh, _read_previous(paths.results))
     facts = {"dataset": config.dataset, "seed": config.seed, "encoder": config.encoder,
              "llm_preset": config.llm_preset, "sdpo_preset": config.sdpo_preset,
-             "generate_samples": config.generate_samples, "valid_samples": config.valid_samples}
+             "llm_test_samples": config.llm_test_samples, "generate_samples": config.generate_samples,
+             "valid_samples": config.valid_samples}
     for stage in demo_stages(config, paths, runner):
         if stage.name in runner.selected:
             _after(stage.name, paths, config, reused=runner.run(stage))
             # after every stage, so an interrupted run keeps the seconds of the stages it finished
             write_results(paths.results, runner.records, [], config.encoder, time.perf_counter() - started, facts)
     try:
-        rows = _rows_if_any(paths, config.encoder)
+        rows = _rows_if_any(config, paths)
     except DataError as e:  # rankings left by runs with other options: say so, the stages themselves succeeded
         print(f"\nno results table: {e}", flush=True)
         rows = []
@@ -618,8 +713,13 @@ def run_demo(config: DemoConfig) -> int:
             runner.records[stage]["hr@1"] = hr
     if any(r.metrics for r in rows):
         n = next(r.metrics["n_samples"] for r in rows if r.metrics)
+        generated = _generated_samples(paths)
         print("\n" + results_text(rows, f"results on the same {n} test samples (hr@1, ndcg@5, mgu@1: score mode; "
-                                        f"valid_ratio: generate mode on {config.generate_samples} samples)"))
+                                        f"valid_ratio: generate mode on "
+                                        f"{'no' if generated is None else generated} samples)"))
+        for row in rows:
+            if row.note:
+                print(f"  {row.label}: {row.note}; run the demo without --stages to remake it", flush=True)
     wall = time.perf_counter() - started
     write_results(paths.results, runner.records, rows, config.encoder, wall, facts)
     print(f"\ndemo finished in {_duration(wall)}; outputs in {paths.out} and {paths.data}"

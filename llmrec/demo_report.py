@@ -213,11 +213,12 @@ def write_figures(folder: Path, rows: Sequence[ResultRow], curves: Sequence[Stag
 
 
 # ------------------------------------------------------------------------------------------------ report.md
-def _stage_lines(stages: dict[str, dict[str, Any]]) -> list[str]:
+def stage_lines(stages: dict[str, dict[str, Any]]) -> list[str]:
+    """The Markdown table of the stages' records (`llmrec.demo.StageRunner`): seconds and how each was made."""
     lines = ["| stage | seconds | this run |", "|---|---:|---|"]
     for name, s in stages.items():
         seconds = s.get("seconds")
-        how = "ran"
+        how = "ran (remade only what was out of date)" if s.get("partial") else "ran"
         if s.get("reused"):
             how = ("reused (seconds of the run that made it)" if s.get("seconds_from") == "earlier run" else
                    "reused (seconds of the reuse check)")
@@ -229,8 +230,9 @@ def report_markdown(rows: Sequence[ResultRow], figures: dict[str, str], figures_
                     facts: dict[str, Any], stages: dict[str, dict[str, Any]]) -> str:
     """The text of the demo's `report.md`; figure paths are `figures_dir/<figures[key]>` (relative to it).
 
-    `facts` holds `dataset`, `data`, `out`, `seed`, `n_test_samples`, `n_generate_samples`, `encoder` and
-    `scale` (one sentence on the training scale).
+    `facts` holds `dataset`, `data`, `out`, `seed`, `n_test_samples`, `n_generate_samples` (None: no generated
+    ranking), `encoder_label` (the encoder's row label) and `scale` (one sentence on the training scale);
+    `stages` maps each stage to its record (`seconds`, `reused`, `partial`, `seconds_from`).
     """
     def fig(key: str, alt: str) -> list[str]:
         return [f"![{alt}]({figures_dir}/{figures[key]})", ""] if key in figures else [f"({alt}: no data.)", ""]
@@ -241,6 +243,7 @@ def report_markdown(rows: Sequence[ResultRow], figures: dict[str, str], figures_
               f"`{facts.get('out')}`. {facts.get('scale', '')}"), "",
              f"## Results on the same {n} test samples", "",
              results_markdown(rows), "",
+             *[f"- {r.label}: {r.note}." for r in rows if r.note], *([""] if any(r.note for r in rows) else []),
              (f"Every row ranks the 20 stored candidates of the same seeded subset of {n} test samples (the subset "
               f"the LLM stages rank): `hr@1`, `candidates/ndcg@5` and `mgu@1` come from each model's score-mode "
               f"ranking of exactly those samples (MostPop and {facts.get('encoder_label')} scored on them with the "
@@ -261,7 +264,7 @@ def report_markdown(rows: Sequence[ResultRow], figures: dict[str, str], figures_
               + (f" Fairness tables and MGU@K: [{figures_dir}/{figures['fairness']}]"
                  f"({figures_dir}/{figures['fairness']})." if "fairness" in figures else ""), ""]
     lines += fig("gp_gh", "GP@1 vs GH per popularity group")
-    lines += ["## Stages", ""] + _stage_lines(stages) + [""]
+    lines += ["## Stages", ""] + stage_lines(stages) + [""]
     sources = [r for r in rows if r.source]
     if sources:
         lines += ["## Sources", ""] + [f"- {r.label}: `{r.source}`" for r in sources] + [""]

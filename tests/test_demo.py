@@ -29,14 +29,23 @@ from llmrec.data.sampling import ranked_subset
 from llmrec.demo import (
     STAGES,
     DemoConfig,
+    DemoPaths,
+    Output,
+    Stage,
+    StageRunner,
     check_same_samples,
-    encoder_ranking,
+    evaluate_outputs,
+    llm_output,
+    prepare_output,
     preset_path,
+    report_outputs,
     run_demo,
     sample_keys,
+    sdpo_output,
 )
-from llmrec.demo_report import ResultRow, curves_from_table, results_text
+from llmrec.demo_report import ResultRow, curves_from_table, results_text, stage_lines
 from llmrec.encoders.checkpoint import load_encoder
+from llmrec.encoders.evaluate import encoder_ranking
 from llmrec.errors import ConfigError, DataError
 from llmrec.evaluation.llm_split import read_scores, split_metrics
 from llmrec.fairness.evaluate import ranked_fairness
@@ -326,7 +335,20 @@ def test_fresh_retrains_the_selected_stages(second):
     assert after["sdpo"] == before["sdpo"]  # not selected
     stages = second.results["stages"]
     assert list(stages) == ["prepare", "encoder", "llm"]
-    assert all(s["reused"] is False and s["seconds_from"] == "this run" for s in stages.values())
+    assert all(s["reused"] is False and s["seconds_from"] == "this run" and s["partial"] is False
+               for s in stages.values())
+    # what was made from the old SFT model is out of date now: the next run remakes it instead of reusing it
+    config = resolve_config(DemoConfig, {k: str(v) if isinstance(v, Path) else v for k, v in second.options.items()})
+    paths = DemoPaths.from_config(config)
+    assert llm_output(config, paths).status() is None
+    assert sdpo_output(config, paths).status() == (f"{paths.sdpo} is older than {paths.llm / 'metrics.json'}")
+    outputs = evaluate_outputs(config, paths)
+    assert outputs["llm-generate"].status() == outputs["sasrec"].status() == "missing"  # went with their models
+    assert report_outputs(config, paths)[0].status() == f"{paths.out} is older than {paths.encoder / 'metrics.json'}"
+    # ... and the table this run printed says which rows are
+    stale = f"out of date: {paths.sdpo} is older than {paths.llm / 'metrics.json'}; run the demo without --stages"
+    assert f"  S-DPO LLM: {stale}" in out and f"  S-DPO + re-ranking: {stale}" in out
+    assert "SFT LLM: out of date" not in out
 
 
 # ------------------------------------------------------------------------------------------------ small parts
@@ -346,3 +368,69 @@ def test_results_text_marks_missing_values():
     lines = results_text(rows).splitlines()
     assert lines[1].split() == ["MostPop", "0.2500", "-", "0.5000", "-"]
     assert lines[2].split() == ["S-DPO", "LLM", "0.1250", "0.7500", "-", "-"]
+
+
+def _touch(path: Path, text: str, mtime_ns: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+    return path
+
+
+def test_an_output_is_current_only_when_present_newer_than_its_inputs_and_of_these_options(tmp_path):
+    second = 1_700_000_000 * 10**9
+    model = _touch(tmp_path / "llm" / "metrics.json", "{}", second)
+    ranking = _touch(tmp_path / "llm" / "eval-test-generate" / "metrics.json", "{}", second + 5 * 10**9)
+    recorded = _touch(ranking.parent / "config.yaml", "max_samples: 200\nseed: 42\nmode: generate\n", second)
+    out = Output(ranking, (model,), recorded, {"max_samples": 200, "seed": 42, "mode": "generate"})
+    assert out.status() is None
+    assert Output(tmp_path / "nothing" / "metrics.json", (model,)).status() == "missing"
+    assert Output(ranking, (tmp_path / "absent.json",)).status() is None  # a missing input is the stage's to report
+    os.utime(model, ns=(second + 6 * 10**9,) * 2)  # the model was retrained after the ranking was made
+    assert out.status() == f"{ranking.parent} is older than {model}"
+    os.utime(model, ns=(second,) * 2)
+    asked = Output(ranking, (model,), recorded, {"max_samples": 500, "seed": 42})
+    assert asked.status() == f"{recorded} records max_samples=200, this run asks for 500"
+    recorded.write_text("[not, a, mapping]\n")
+    assert out.status() == f"{recorded} is unreadable"
+
+
+def test_prepared_data_of_another_protocol_are_not_reused(tmp_path):
+    config = resolve_config(DemoConfig, {"data": str(tmp_path / "data"), "out": str(tmp_path / "out"), "seed": 7})
+    paths = DemoPaths.from_config(config)
+    meta = {"dataset": "ml-100k", "protocol": "llara", "eval_positions": "all", "seed": 7}
+    _touch(paths.data / "meta.json", json.dumps(meta), time.time_ns())
+    assert prepare_output(config, paths).status() is None
+    _touch(paths.data / "meta.json", json.dumps({**meta, "protocol": "loo"}), time.time_ns())
+    assert prepare_output(config, paths).status() == (f"{paths.data / 'meta.json'} records protocol='loo', this "
+                                                      f"run asks for 'llara'")
+
+
+def test_a_partly_remade_stage_does_not_pass_its_seconds_off_as_the_whole_stages(tmp_path, capsys):
+    kept = _touch(tmp_path / "a" / "metrics.json", "{}", time.time_ns())
+    remade = tmp_path / "b" / "metrics.json"
+    calls = []
+
+    def work(redo: bool) -> bool:
+        calls.append(redo)
+        _touch(remade, "{}", time.time_ns())
+        return True
+
+    stage = Stage("evaluate", [Output(kept), Output(remade)], "rank", "the rankings", work, per_output=True)
+    runner = StageRunner(["evaluate"], fresh=False, previous={})
+    assert runner.run(stage) is False and calls == [False]
+    record = runner.records["evaluate"]
+    assert record["partial"] is True and record["reused"] is False and record["seconds_from"] == "this run"
+    assert "| evaluate | " in "\n".join(stage_lines(runner.records)) and "remade only" in stage_lines(runner.records)[2]
+    # reused next time: the earlier seconds were those of a part, so they are not shown as the stage's
+    again = StageRunner(["evaluate"], fresh=False, previous={"stages": {"evaluate": record}})
+    assert again.run(stage) is True and calls == [False]
+    assert again.records["evaluate"]["seconds_from"] == "reuse check"
+    whole = {**record, "partial": False, "seconds": 12.5}
+    third = StageRunner(["evaluate"], fresh=False, previous={"stages": {"evaluate": whole}})
+    assert third.run(stage) is True
+    assert third.records["evaluate"]["seconds"] == 12.5 and third.records["evaluate"]["seconds_from"] == "earlier run"
+    # --fresh remakes everything: not partial
+    fresh = StageRunner(["evaluate"], fresh=True, previous={})
+    assert fresh.run(stage) is False and calls == [False, True] and fresh.records["evaluate"]["partial"] is False
+    assert "== stage 1/1 evaluate: rank" in capsys.readouterr().out

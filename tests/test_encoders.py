@@ -162,3 +162,43 @@ def test_length_buckets_cover_every_window_once_per_epoch_and_are_seeded():
     assert sorted(i for batch in epoch1 for i in batch) == list(range(101)) and len(epoch1) == len(a) == 13
     assert epoch1 != epoch2  # a new order every epoch
     assert list(b) == epoch1  # ... the same one for the same seed
+
+
+def test_encoder_ranking_ranks_the_llm_subset_with_the_encoders_own_scores():
+    """MostPop's table of a seeded test subset: the rows `ranked_subset` draws (as the LLM's `rank_split`), each
+    candidate scored count * (n + 1) + (n + 1 - id), chosen = the most counted candidate (ties: lower id)."""
+    from llmrec.data.sampling import LAST_COLUMN, ranked_subset
+    from llmrec.encoders.evaluate import build_eval_set, encoder_ranking, evaluate
+    from llmrec.encoders.synthetic import synthetic_dataset
+
+    data = synthetic_dataset(n_users=40, n_items=40, protocol="llara", eval_positions="all")
+    mostpop = MostPop(data.n_items).fit(data.train_sequences())
+    counts = np.zeros(data.n_items + 1)
+    for seq in data.train_sequences():
+        for item in seq:
+            counts[item] += 1
+    test = data.split("test")
+    table = encoder_ranking(mostpop, data, "test", 7, seed=3)
+    expected = ranked_subset(test, 7, 3)
+    assert 7 < len(test) and len(table) == 7
+    assert table["user_id"].tolist() == expected["user_id"].tolist()
+    assert table["position"].tolist() == expected["position"].tolist()
+    assert table[LAST_COLUMN].tolist() == expected[LAST_COLUMN].tolist()
+    n = data.n_items + 1
+    for (_, row), (_, sample) in zip(table.iterrows(), expected.iterrows()):
+        assert row["candidates"] == [int(c) for c in sample["candidates"]]
+        assert row["scores"] == [counts[c] * n + (n - c) for c in row["candidates"]]
+        assert row["chosen"] == max(row["candidates"], key=lambda c: (counts[c], -c))
+    assert table.attrs == {"mode": "score", "split": "test"}
+    # the final-position flag is decided on the whole split, not within the subset
+    latest = test.groupby("user_id")["position"].max()
+    assert table[LAST_COLUMN].tolist() == [p == latest[u] for u, p in zip(table["user_id"], table["position"])]
+
+    # on the whole split a (random) SASRec's table gives the candidate hr@1 its own evaluation computes
+    torch.manual_seed(0)
+    sasrec = build_encoder("sasrec", data.n_items, **TINY["sasrec"]).eval()
+    whole = encoder_ranking(sasrec, data, "test", None, seed=0, batch_size=5)
+    own = evaluate(sasrec, build_eval_set(data, "test", sasrec.max_length, exclude_seen=False))
+    assert np.mean(whole["chosen"] == whole["target"]) == pytest.approx(own["candidates/hr@1"])
+    assert len(whole) == own["n_samples"] == len(test)
+

@@ -19,6 +19,11 @@ ranking) or by the stored candidate order (candidates); items excluded from full
 items) are never counted, even when fewer than K items remain. GH uses the samples' stored `history`
 column whichever `history` source the encoder reads, so that every model evaluated on a split (the LLMs
 included, `llmrec.fairness.evaluate`) is compared with the same histories.
+
+`encoder_ranking` writes an encoder's scores of the stored candidates of a seeded subset of a split in the
+table format of the LLMs' `llmrec.evaluation.llm_split.rank_split` (same rows for the same size and seed), so
+that an encoder and an LLM are measured on the same samples by the same functions (`llmrec demo`). It scores
+through `score_rows`, as `evaluate` does.
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import torch
 
 from llmrec.data.dataset import ProcessedDataset
+from llmrec.data.sampling import LAST_COLUMN, ranked_subset
 from llmrec.encoders.base import SequentialEncoder, pad_left
 from llmrec.errors import DataError
 from llmrec.evaluation.metrics import candidate_metrics, mask_seen_items, target_ranks
@@ -47,6 +54,7 @@ CANDIDATE_KS: tuple[int, ...] = (1, 5, 10)
 FAIRNESS_FULL_KS: tuple[int, ...] = (1, 5, 10, 20)
 FAIRNESS_CANDIDATE_KS: tuple[int, ...] = (1, 5, 10)
 FAIRNESS_GROUPS = 5  # popularity groups (IFairLRS's default)
+_ROW = "_eval_set_row"  # encoder_ranking: where a subset row sits in the whole split
 
 
 def monitor_metric(protocol: str) -> str:
@@ -130,18 +138,31 @@ class RowRanking:
 
 
 @torch.no_grad()
+def score_rows(encoder: SequentialEncoder, eval_set: EvalSet, rows: np.ndarray
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scores of `rows` of `eval_set`, on the encoder's device: every item [R, n_items + 1] (column 0 =
+    padding) and the stored candidates [R, C] in stored order (-inf where a row has fewer candidates than C:
+    the 0 padding of `EvalSet.candidates`), or None when the split stores no candidates."""
+    device = next(iter(encoder.state_dict().values())).device
+    item_seq, lengths = pad_left([eval_set.histories[i] for i in rows], encoder.max_length, device=device)
+    scores = encoder.score_all(encoder(item_seq, lengths)).float()  # [R, n_items + 1]
+    if eval_set.candidates is None:
+        return scores, None
+    cands = torch.as_tensor(eval_set.candidates[rows], device=device)  # [R, C]
+    return scores, scores.gather(1, cands).masked_fill(cands == 0, float("-inf"))
+
+
+@torch.no_grad()
 def rank_rows_with_lists(encoder: SequentialEncoder, eval_set: EvalSet, rows: np.ndarray, top: int = 0
                          ) -> RowRanking:
     """Target ranks for `rows` of `eval_set` and, when `top` > 0, the top-`top` full-ranking items and the
     candidates in ranked order (for the fairness metrics)."""
-    device = next(iter(encoder.state_dict().values())).device
-    item_seq, lengths = pad_left([eval_set.histories[i] for i in rows], encoder.max_length, device=device)
-    scores = encoder.score_all(encoder(item_seq, lengths)).float()  # [R, n_items + 1]
+    scores, cand_scores = score_rows(encoder, eval_set, rows)  # [R, n_items + 1], [R, C] or None
+    device = scores.device
     targets = torch.as_tensor(eval_set.targets[rows], device=device)
     cand_ranks = cand_order = None
-    if eval_set.candidates is not None:
+    if cand_scores is not None and eval_set.candidates is not None:
         cands = torch.as_tensor(eval_set.candidates[rows], device=device)  # [R, C]
-        cand_scores = scores.gather(1, cands).masked_fill(cands == 0, float("-inf"))  # 0 = no candidate
         cand_ranks = target_ranks(cand_scores, (cands == targets[:, None]).long().argmax(dim=1)).cpu()
         if top > 0:
             cand_order = rank_candidates(cand_scores.cpu().double().numpy(), eval_set.candidates[rows])
@@ -249,4 +270,53 @@ def evaluate(encoder: SequentialEncoder, eval_set: EvalSet, batch_size: int = 10
     out = metrics_from_ranks(eval_set, *gather_ranks(eval_set, parts))
     out.update(fairness_from_lists(eval_set, full_top, cand_order))
     out["eval_seconds"] = time.perf_counter() - start
+    return out
+
+
+@torch.no_grad()
+def encoder_ranking(encoder: SequentialEncoder, data: ProcessedDataset, split: str, max_samples: int | None,
+                    seed: int, history: HistorySource = "auto", batch_size: int = 256) -> pd.DataFrame:
+    """Score-mode ranking of the stored candidates of (a seeded subset of) `split` by `encoder`, one row per
+    sample in `llmrec.evaluation.llm_split.rank_split`'s table format.
+
+    The rows are exactly the samples `rank_split` ranks for the same `max_samples` and `seed` (both draw them
+    with `llmrec.data.sampling.ranked_subset` from the whole split), so `split_metrics` and `ranked_fairness` of
+    this table are the encoder's metrics on the LLM's samples. The encoder reads the history `build_eval_set`
+    gives it (`history` as in `train-encoder --eval-history`) and scores through `score_rows`, as `evaluate`
+    does. Columns: user_id, position, target, candidates (stored order), scores (one per candidate), chosen (the
+    best-scored candidate, ties: stored order), `is_last` (final sample of its user in the WHOLE split), text
+    (empty). Raises DataError when the split stores no candidates or its rows hold different numbers of them.
+    """
+    eval_set = build_eval_set(data, split, encoder.max_length, history, exclude_seen=False)
+    if eval_set.candidates is None:
+        raise DataError(f"{data.root or 'dataset'}: split {split!r} stores no candidates to rank")
+    whole = data.split(split)  # type: ignore[arg-type]
+    samples = ranked_subset(whole.assign(**{_ROW: np.arange(len(whole), dtype=np.int64)}), max_samples, seed)
+    rows = samples[_ROW].to_numpy()
+    candidates = eval_set.candidates[rows]  # [N, C], 0-padded where a row has fewer
+    if (candidates == 0).any():
+        widths = sorted({int(n) for n in (candidates != 0).sum(axis=1)})
+        raise DataError(f"{data.root or 'dataset'}: {split} rows hold different numbers of candidates ({widths}); "
+                        f"expected one candidate set size per split")
+    was_training = encoder.training
+    encoder.eval()
+    parts = []
+    try:
+        for start in range(0, len(rows), batch_size):
+            _, cand_scores = score_rows(encoder, eval_set, rows[start:start + batch_size])
+            parts.append(cand_scores.double().cpu().numpy())  # type: ignore[union-attr]
+    finally:
+        encoder.train(was_training)
+    scores = np.concatenate(parts) if parts else np.zeros(candidates.shape)  # [N, C]
+    out = pd.DataFrame({
+        "user_id": samples["user_id"].astype(np.int64).to_numpy(),
+        "position": samples["position"].astype(np.int64).to_numpy(),
+        "target": samples["target"].astype(np.int64).to_numpy(),
+        "candidates": [list(map(int, c)) for c in candidates],
+        "scores": [list(map(float, s)) for s in scores],
+        "chosen": rank_candidates(scores, candidates)[:, 0],
+        LAST_COLUMN: samples[LAST_COLUMN].to_numpy(),
+        "text": [""] * len(rows),
+    })
+    out.attrs.update({"mode": "score", "split": split})
     return out
