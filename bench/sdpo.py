@@ -124,6 +124,17 @@ def generate_metrics(folder: Path, data: ProcessedDataset, n: int, seed: int) ->
     return {"hr@1": m["hr@1"], "valid_ratio": m["valid_ratio"], "n_samples": m["n_samples"]}
 
 
+def generate_figures(folder: Path, data: ProcessedDataset, n: int, seed: int, compute: bool = True) -> dict:
+    """Generate-mode figures of a model on `n` seeded test samples, computed once and cached beside it; with
+    `compute=False` only a cached measurement is reported (decoding is the slowest part of the benchmark) and a
+    model never measured gets none (its seeds are listed with each figure)."""
+    key = f"generate:{n}:{seed}"
+    if not compute:
+        path = folder / "bench-results.json"
+        return json.loads(path.read_text()).get(key, {}) if path.is_file() else {}
+    return cached(folder, key, lambda: generate_metrics(folder, data, n, seed))
+
+
 def encoder_hr1(folder: Path) -> tuple[float, float]:
     m = json.loads((folder / "metrics.json").read_text())["test"]
     return m["candidates/hr@1"], m.get("candidates/hr@1_last", float("nan"))
@@ -135,10 +146,9 @@ def model_figures(name: str, folder: Path, data: ProcessedDataset, args, seed: i
         hr1, last = encoder_hr1(folder)
         return {"hr@1": hr1, "hr@1_last": last}
     m = json.loads((folder / "metrics.json").read_text())
-    g = cached(folder, f"generate:{args.generate_samples}:{seed}",
-               lambda: generate_metrics(folder, data, args.generate_samples, seed))
-    out = {"hr@1": m["test/hr@1"], "hr@1_last": m["test/hr@1_last"], "generate_hr@1": g["hr@1"],
-           "valid_ratio": g["valid_ratio"], "train_seconds": m["train_seconds"]}
+    g = generate_figures(folder, data, args.generate_samples, seed, not args.skip_generate)
+    out = {"hr@1": m["test/hr@1"], "hr@1_last": m["test/hr@1_last"], "generate_hr@1": g.get("hr@1"),
+           "valid_ratio": g.get("valid_ratio"), "train_seconds": m["train_seconds"]}
     if not name.startswith("sft"):
         out["reference_seconds"] = m["reference_seconds"]
     return out
@@ -196,7 +206,7 @@ def write_quality(args, data: ProcessedDataset) -> None:
 def quality(args) -> int:
     """Train what is missing, seed by seed, and rewrite the results after every trained model."""
     data = ProcessedDataset.load(args.data)
-    for seed in args.seeds:
+    for seed in [] if args.no_train else args.seeds:
         work = args.work / f"seed{seed}"
         enc = {m: train_encoder(m, args.data, work / m, seed) for m in ("mostpop", "sasrec")}
         sft = train_sft(args, enc["sasrec"], work / "sft-hybrid", seed)
@@ -308,11 +318,15 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=ROOT / "checkpoints/bench-sdpo")
     p.add_argument("--sft-samples", type=int, default=20000)
     p.add_argument("--sdpo-samples", type=int, default=4000)
-    p.add_argument("--generate-samples", type=int, default=1000)
+    p.add_argument("--generate-samples", type=int, default=1000, help="test samples ranked in generate mode")
+    p.add_argument("--skip-generate", action="store_true",
+                   help="report generate-mode figures only where already measured (cached); decode nothing")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--max-valid-samples", type=int, default=1000, help="valid samples ranked per validation round")
     p.add_argument("--max-test-samples", type=int, default=None, help="smoke runs only: a test subset")
     p.add_argument("--batches", type=int, default=6, help="step-cost: timed batches of 16 (+1 warm-up)")
+    p.add_argument("--no-train", action="store_true",
+                   help="quality: train nothing, report every model already trained under --work for --seeds")
     p.add_argument("--write", action="store_true")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

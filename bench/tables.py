@@ -1,8 +1,8 @@
 """README tables from the benchmark results (`bench/results/*.json`), so the README never quotes a stale figure.
 
     .venv/bin/python bench/tables.py          # rewrites the README sections between <!-- NAME:START/END --> markers
-Sections: SDPO-RESULTS (bench/results/sdpo.json), SERVING-RESULTS (serving.json), FAIRNESS-RESULTS (fairness.json).
-A section whose results file is missing is left as it is.
+Sections: SDPO-RESULTS (bench/results/sdpo.json), SERVING-RESULTS (serving.json), FAIRNESS-RESULTS (fairness.json),
+DEMO-RESULTS (demo.json). A section whose results file is missing is left as it is.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def fmt(entry: dict | None, digits: int = 3) -> str:
     """`0.287 ± 0.004 (3 seeds)` from a {"mean", "std", "seeds"} entry."""
     if not entry or entry.get("mean") is None:
         return "—"
-    n = len(entry.get("seeds", {}))
+    n = sum(v is not None for v in entry.get("seeds", {}).values())
     spread = f" ± {entry['std']:.{digits}f}" if n > 1 else ""
     return f"{entry['mean']:.{digits}f}{spread} ({n} seed{'s' if n != 1 else ''})"
 
@@ -116,6 +116,30 @@ def fairness_section(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def demo_section(r: dict) -> str:
+    machine = r.get("machine", {})
+    wall = r.get("wall_seconds")
+    lines = [f"Measured from a fresh clone with `{r.get('command', 'python bench/demo.py --write')}` "
+             f"(`{r.get('timed_command', 'git clone && make install && make demo')}`; commit "
+             f"`{str(r.get('commit', '?'))[:10]}`, {r.get('date', '?')}; {machine.get('cpu', '?')}, "
+             f"{machine.get('cores', '?')} cores, torch {machine.get('torch', '?')}): **{wall / 60:.1f} minutes** "
+             f"wall ({'within' if r.get('within_target') else 'OVER'} the {r.get('target_seconds', 900) / 60:.0f}-minute "
+             f"target), of which {r.get('setup_seconds', float('nan')):.0f} s set-up (`make install`).", "",
+             "| stage | seconds | `hr@1` |", "| --- | --- | --- |"]
+    for name, stage in r.get("stages", {}).items():
+        hr = stage.get("hr@1")
+        lines.append(f"| {name} | {stage['seconds']:.0f} | {'—' if hr is None else f'{hr:.3f}'} |")
+    table = r.get("table") or {}
+    if table:
+        lines += ["", f"Results on the same {r.get('n_test_samples', '?')} seeded test samples (score mode; "
+                      "`valid_ratio` in generate mode), demo scale:", "",
+                  "| model | `hr@1` | `valid_ratio` | `candidates/ndcg@5` | `mgu@1` |", "| --- | --- | --- | --- | --- |"]
+        for label, m in table.items():
+            cells = [m.get(k) for k in ("hr@1", "valid_ratio", "candidates/ndcg@5", "mgu@1")]
+            lines.append(f"| {label} | " + " | ".join("—" if v is None else f"{v:.3f}" for v in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def replace(text: str, name: str, body: str) -> str:
     start, end = f"<!-- {name}:START -->", f"<!-- {name}:END -->"
     if start not in text:
@@ -124,15 +148,20 @@ def replace(text: str, name: str, body: str) -> str:
     return f"{head}{start}\n{body}{end}{rest.split(end, 1)[1]}"
 
 
-def main() -> int:
-    text = README.read_text(encoding="utf-8")
-    for name, file, render in (("SDPO-RESULTS", "sdpo.json", sdpo_section),
-                               ("SERVING-RESULTS", "serving.json", serving_section),
-                               ("FAIRNESS-RESULTS", "fairness.json", fairness_section)):
+def render(text: str) -> str:
+    """`text` (the README) with every section whose results file exists rewritten from that file."""
+    for name, file, section in (("SDPO-RESULTS", "sdpo.json", sdpo_section),
+                                ("SERVING-RESULTS", "serving.json", serving_section),
+                                ("FAIRNESS-RESULTS", "fairness.json", fairness_section),
+                                ("DEMO-RESULTS", "demo.json", demo_section)):
         path = RESULTS / file
         if path.is_file() and f"<!-- {name}:START -->" in text:
-            text = replace(text, name, render(json.loads(path.read_text())))
-    README.write_text(text, encoding="utf-8")
+            text = replace(text, name, section(json.loads(path.read_text())))
+    return text
+
+
+def main() -> int:
+    README.write_text(render(README.read_text(encoding="utf-8")), encoding="utf-8")
     return 0
 
 

@@ -90,14 +90,14 @@ class DemoConfig:
     fresh: bool = option(False, "rerun stages whose output already exists")
     encoder_preset: str | None = option(None, "preset of the encoder: a shipped name (llmrec/configs/<name>.yaml) "
                                               "or a YAML file; None = encoder-<encoder>")
-    llm_preset: str = option("llm-tiny-cpu-small", "preset of the LLM stage: a shipped name "
+    llm_preset: str = option("llm-tiny-cpu-demo", "preset of the LLM stage: a shipped name "
                                                    "(llmrec/configs/<name>.yaml) or a YAML file")
-    llm_test_samples: int = option(500, "LLM stage: rank a seeded subset of this many test samples", min=1)
-    sdpo_preset: str = option("sdpo-tiny-cpu-small", "preset of the S-DPO stage: a shipped name "
+    llm_test_samples: int = option(1000, "LLM stage: rank a seeded subset of this many test samples", min=1)
+    sdpo_preset: str = option("sdpo-tiny-cpu-demo", "preset of the S-DPO stage: a shipped name "
                                                      "(llmrec/configs/<name>.yaml) or a YAML file")
-    generate_samples: int = option(200, "evaluate stage: rank a seeded subset of this many test samples in "
+    generate_samples: int = option(100, "evaluate stage: rank a seeded subset of this many test samples in "
                                         "`generate` mode (SFT and S-DPO)", min=1)
-    valid_samples: int = option(500, "evaluate stage: rank a seeded subset of this many valid samples in `score` "
+    valid_samples: int = option(1000, "evaluate stage: rank a seeded subset of this many valid samples in `score` "
                                      "mode (the re-ranking tunes on them)", min=1)
     eval_batch_size: int = option(32, "evaluate stage: prompts per batch (greedy decoding of a small model costs "
                                       "about the same per step for 8 or 32 prompts)", min=1)

@@ -126,3 +126,15 @@ def test_demo_benchmark_deletes_the_clone_prints_without_write_and_fails_with_ma
     assert done.returncode != 0
     assert "`make` failed with exit status 2" in done.stderr and ".log" in done.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def test_readme_result_tables_are_rendered_from_the_committed_results():
+    """The README quotes no stale figure: its result sections equal what bench/tables.py renders from bench/results."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bench_tables", root / "bench" / "tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert tables.render(readme) == readme, "README result tables are stale: run `python bench/tables.py`"
