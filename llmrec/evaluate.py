@@ -2,10 +2,11 @@
 
     llmrec evaluate --ckpt DIR --data DIR --mode {score,generate,constrained} [--split test] [--out DIR]
 
-Writes `metrics.json` (keys in `llmrec.evaluation.llm_split`), `scores.parquet` (every ranked sample's candidates
-and scores or choice, with the mode and split) and the resolved `config.yaml` into `--out` (default
-CKPT/eval-SPLIT-MODE). The checkpoint is self-contained (its encoder, catalog and tokenizer travel with it);
-`--data` must be the prepared dataset it was trained on (same catalog, same train/valid/test users).
+Writes `metrics.json` (keys in `llmrec.evaluation.llm_split`; in `score` mode also `score_norm`, the rule that
+ranked: the checkpoint's, or `--score-norm`), `scores.parquet` (every ranked sample's candidates and scores or
+choice, with the mode and split) and the resolved `config.yaml` into `--out` (default CKPT/eval-SPLIT-MODE).
+The checkpoint is self-contained (its encoder, catalog and tokenizer travel with it); `--data` must be the
+prepared dataset it was trained on (same catalog, same train/valid/test users).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class EvaluateConfig:
     batch_size: int = option(8, "prompts per batch", min=1)
     max_samples: int | None = option(None, "rank a seeded random subset of the split; None: all", min=1)
     max_new_tokens: int = option(MAX_NEW_TOKENS, "generation budget of `generate` mode", min=1)
+    score_norm: Literal["sum", "mean"] | None = option(
+        None, "how `score` mode ranks the candidates: sum of each answer's token log-probs or their mean (sum / "
+              "answer length); None: the rule the checkpoint records (train-llm --score-norm)")
     device: Literal["auto", "cpu", "gpu", "cuda"] = option("auto", "where to run (auto: a GPU if present)")
     dtype: Literal["float32", "bfloat16", "float16"] = option("float32", "weights dtype")
     seed: int = option(0, "seed of the sample subset", min=0, max=2**32 - 1)
@@ -63,9 +67,11 @@ def run_evaluate(config: EvaluateConfig) -> int:
     data = ProcessedDataset.load(config.data)
     encoder = load_encoder(config.encoder, data) if config.encoder is not None else None
     lm = load_recommender(config.ckpt, data, encoder, llm=config.llm, device=_torch_device(config.device),
-                          dtype=config.dtype)
+                          dtype=config.dtype, score_norm=config.score_norm)
     metrics, ranked = evaluate_split(lm, data, config.split, config.mode, config.batch_size, config.max_samples,
                                      config.seed, config.max_new_tokens)
+    if config.mode == "score":
+        metrics["score_norm"] = lm.score_norm  # which rule ranked: the checkpoint's or --score-norm
     groups = item_groups(data, "popularity")
     metrics.update(ranked_fairness(ranked, data, groups))
     with output_directory(out, "evaluate") as tmp:

@@ -64,3 +64,48 @@ def test_long_loops_report_rate_and_time_left_as_plain_lines_off_a_terminal(capl
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 6 and lines[0].startswith("ranking: 2/10 samples (20%)") and lines[-1].endswith("(done)")
     assert all("\r" not in line and "\x1b" not in line for line in lines)  # no terminal control characters
+
+
+# ------------------------------------------------------------------------------------- score normalisation
+
+
+def test_normalise_scores_by_hand_and_the_mean_can_flip_the_ranking():
+    import torch
+
+    from llmrec.llm.ranking import normalise_scores
+
+    # candidate 0: a 4-token answer, log-probs -1, -2, -1, -2 (sum -6); candidate 1: 2 tokens, -2, -2 (sum -4)
+    summed = torch.tensor([[-6.0, -4.0], [-3.0, -9.0]])
+    lengths = torch.tensor([[4, 2], [3, 3]])
+    assert normalise_scores(summed, lengths, "sum") is summed  # the default rule leaves the sums untouched
+    mean = normalise_scores(summed, lengths, "mean")
+    assert mean.tolist() == [[-1.5, -2.0], [-1.0, -3.0]]
+    assert summed.argmax(1).tolist() == [1, 0] and mean.argmax(1).tolist() == [0, 0]  # the long title wins
+    with pytest.raises(ValueError, match="unknown score normalisation 'max'"):
+        normalise_scores(summed, lengths, "max")  # type: ignore[arg-type]
+
+
+def test_mean_scoring_divides_each_candidates_summed_logprob_by_its_answer_length(tmp_path):
+    import torch
+
+    from llmrec.llm.datamodule import prompt_loader
+    from llmrec.llm.logprobs import sequence_logprobs
+    from llmrec.llm.ranking import rank, score_candidates
+
+    data = tiny_dataset(n_users=18, n_items=24, seq_len=7, n_candidates=6,
+                        titles=[" ".join(["Long"] * (1 + i % 4)) + f" Title {i}" for i in range(24)])
+    lm, facts = build_recommender(tiny_config(tmp_path, score_norm="mean"), data, MeanEncoder(data.n_items))
+    assert lm.score_norm == "mean" and facts["score_norm"] == "mean"
+    lm.eval()
+    batch = next(iter(prompt_loader(data.split("test"), lm.builder, 3, with_answer=False)))
+    lengths = torch.tensor([[len(lm.builder.answer_ids[c]) for c in row] for row in batch.candidates.tolist()])
+    assert len(set(lengths.flatten().tolist())) > 1  # answers of different lengths: the rule matters
+    with torch.no_grad():
+        summed = sequence_logprobs(lm, batch, batch.candidates)
+    mean = score_candidates(lm, batch)
+    torch.testing.assert_close(mean, summed / lengths, rtol=1e-4, atol=1e-5)
+    ranking = rank(lm, batch, "score")  # what evaluation, validation and serving call
+    torch.testing.assert_close(ranking.scores, mean)
+    assert ranking.chosen == [int(batch.candidates[b, mean[b].argmax()]) for b in range(3)]
+    lm.score_norm = "sum"
+    torch.testing.assert_close(score_candidates(lm, batch), summed, rtol=1e-4, atol=1e-4)

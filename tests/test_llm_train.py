@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from test_llm_support import save_hf_folder, saved_encoder, tiny_config, tiny_dataset
@@ -146,6 +147,41 @@ def test_save_then_load_gives_identical_scores(finetune, data, encoder, encoder_
     torch.testing.assert_close(score_candidates(loaded, batch, hybrid=False), expected_text)
 
 
+def test_the_score_rule_is_saved_restored_and_old_checkpoints_rank_by_the_sum(tmp_path):
+    from llmrec.llm.checkpoint import FACTS, read_facts
+    from llmrec.llm.logprobs import sequence_logprobs
+
+    data = tiny_dataset(n_users=18, n_items=24, seq_len=7, n_candidates=6,  # titles of 3 to 6 words
+                        titles=[" ".join(["Long"] * (1 + i % 4)) + f" Title {i}" for i in range(24)])
+    lm, facts = build_recommender(tiny_config(tmp_path, prompt="text", score_norm="mean"), data, None)
+    lm.eval()
+    batch = next(iter(prompt_loader(data.split("test"), lm.builder, 3, False)))
+    with torch.no_grad():
+        summed = sequence_logprobs(lm, batch, batch.candidates)
+    lengths = torch.tensor([[len(lm.builder.answer_ids[c]) for c in row] for row in batch.candidates.tolist()])
+    assert len(set(lengths.flatten().tolist())) > 1  # answers of different lengths: the rule matters
+    save(tmp_path / "ckpt", lm, facts, data, None)
+    assert read_facts(tmp_path / "ckpt")["score_norm"] == "mean"
+    loaded = load_recommender(tmp_path / "ckpt", data)
+    assert loaded.score_norm == "mean"
+    torch.testing.assert_close(score_candidates(loaded, batch), summed / lengths, rtol=1e-4, atol=1e-5)
+    overridden = load_recommender(tmp_path / "ckpt", data, score_norm="sum")
+    assert overridden.score_norm == "sum"
+    torch.testing.assert_close(score_candidates(overridden, batch), summed, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match="--score-norm: got 'max'"):
+        load_recommender(tmp_path / "ckpt", data, score_norm="max")
+    # a checkpoint written before the rule was recorded ranks by the sum, as it was trained and evaluated
+    written = json.loads((tmp_path / "ckpt" / FACTS).read_text())
+    del written["score_norm"]
+    (tmp_path / "ckpt" / FACTS).write_text(json.dumps(written))
+    old = load_recommender(tmp_path / "ckpt", data)
+    assert old.score_norm == "sum"
+    torch.testing.assert_close(score_candidates(old, batch), summed, rtol=1e-4, atol=1e-4)
+    (tmp_path / "ckpt" / FACTS).write_text(json.dumps({**written, "score_norm": "median"}))
+    with pytest.raises(CheckpointError, match="checkpoint.json: score_norm 'median', expected one of sum, mean"):
+        load_recommender(tmp_path / "ckpt", data)
+
+
 def swapped_tokenizer(base, folder):
     """A copy of `base` whose tokenizer maps two words to each other's ids: same config, same size."""
     import shutil
@@ -250,13 +286,16 @@ def test_cli_train_llm_then_evaluate_in_every_mode(data, tmp_path):
                    "max-steps: 2\nmax-valid-samples: 4\ndevice: cpu\n")
     args = ["train-llm", "--data", str(tmp_path / "data"), "--encoder", str(tmp_path / "enc"), "--llm", "tiny",
             "--config", str(cfg), "--cache-dir", str(tmp_path / "cache"), "--curriculum", "cosine",
-            "--out", str(tmp_path / "ckpt")]
+            "--score-norm", "mean", "--out", str(tmp_path / "ckpt")]
     assert main(args) == 0
     ckpt = tmp_path / "ckpt"
+    assert json.loads((ckpt / "checkpoint.json").read_text())["score_norm"] == "mean"
+    assert "mean of its answer's token log-probs" in (ckpt / "README.md").read_text()  # the model card says so
     assert {"config.yaml", "metrics.json", "checkpoint.json", "projector.safetensors", "catalog.parquet", "encoder",
             "tokenizer", "logs", "eval-test-score"} <= {p.name for p in ckpt.iterdir()}
     metrics = json.loads((ckpt / "metrics.json").read_text())
     assert metrics["test/n_samples"] == len(data.split("test")) and 0 <= metrics["test/hr@1"] <= 1
+    assert metrics["test/score_norm"] == "mean"
     curves = (ckpt / "logs" / "csv" / "metrics.csv").read_text().splitlines()
     assert "train/loss" in curves[0] and "valid/hr@1" in curves[0] and len(curves) >= 2
     import pandas as pd
@@ -277,6 +316,17 @@ def test_cli_train_llm_then_evaluate_in_every_mode(data, tmp_path):
         assert m["hr@1"] == pytest.approx((ranked["chosen"] == ranked["target"]).mean())
         if mode != "generate":
             assert m["valid_ratio"] == 1.0
+        assert m.get("score_norm") == ("mean" if mode == "score" else None)  # the checkpoint's rule ranked
+    # --score-norm overrides the checkpoint's rule for one evaluation, and its metrics.json says which rule ranked
+    assert main(["evaluate", "--ckpt", str(ckpt), "--data", str(tmp_path / "data"), "--score-norm", "sum",
+                 "--device", "cpu", "--out", str(tmp_path / "eval-sum")]) == 0
+    assert json.loads((tmp_path / "eval-sum" / "metrics.json").read_text())["score_norm"] == "sum"
+    mean = pd.read_parquet(ckpt / "eval-test-score" / "scores.parquet")
+    summed = pd.read_parquet(tmp_path / "eval-sum" / "scores.parquet")
+    lm = load_recommender(ckpt)
+    lengths = [[len(lm.builder.answer_ids[c]) for c in row] for row in mean["candidates"]]
+    np.testing.assert_allclose(np.concatenate(mean["scores"].tolist()),
+                               np.concatenate(summed["scores"].tolist()) / np.concatenate(lengths), rtol=1e-4)
     # a non-checkpoint folder refuses to be overwritten; a missing checkpoint is a clear error (exit 2)
     assert main(args[:-1] + [str(tmp_path / "data")]) == 2
     assert main(["evaluate", "--ckpt", str(tmp_path / "nope"), "--data", str(tmp_path / "data")]) == 2

@@ -371,6 +371,33 @@ def test_a_policy_starts_equal_to_its_reference(data, sft_lora):
         torch.testing.assert_close(sequence_logprobs(lm, batch.prompts, batch.items), reference)
 
 
+def test_train_sdpo_ranks_with_the_sft_checkpoints_score_rule_unless_overridden(data, encoder, encoder_dir, root):
+    import argparse
+
+    from llmrec.preference.train import output_facts
+
+    sft = make_sft(root / "sft-mean", data, encoder, encoder_dir, finetune="full", score_norm="mean")
+    assert read_facts(sft)["score_norm"] == "mean"
+    out = root / "out-mean"
+    assert run_train_sdpo(sdpo_config(root, "out-mean", sft=sft, max_steps=1, max_train_samples=8,
+                                      max_test_samples=4)) == 0
+    assert read_facts(out)["score_norm"] == "mean" and load_recommender(out, data).score_norm == "mean"
+    assert json.loads((out / "metrics.json").read_text())["test/score_norm"] == "mean"
+    assert json.loads((out / "eval-test-score" / "metrics.json").read_text())["score_norm"] == "mean"
+    # --score-norm overrides the inherited rule; an SFT checkpoint that records none ranked (and ranks) by the sum
+    facts = read_facts(sft)
+    assert output_facts(sft, facts, out, sdpo_config(root, "x", sft=sft, score_norm="sum"), 2)["score_norm"] == "sum"
+    assert output_facts(sft, facts, out, sdpo_config(root, "x", sft=sft), 2)["score_norm"] == "mean"
+    old = {k: v for k, v in facts.items() if k != "score_norm"}
+    assert output_facts(sft, old, out, sdpo_config(root, "x", sft=sft), 2)["score_norm"] == "sum"
+    parser = argparse.ArgumentParser()
+    add_options(parser, TrainSDPOConfig)
+    assert resolve_config(TrainSDPOConfig, parser.parse_args([])).score_norm is None  # None = inherit
+    assert resolve_config(TrainSDPOConfig, parser.parse_args(["--score-norm", "sum"])).score_norm == "sum"
+    with pytest.raises(ConfigError, match="option --score-norm: got 'max', expected one of sum, mean"):
+        sdpo_config(root, "x", score_norm="max")
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 
 

@@ -3,7 +3,8 @@
 A checkpoint folder holds
     checkpoint.json       facts needed to rebuild the model and to refuse mismatches: format marker, prompt kind,
                           catalog and split fingerprints, the base model's fingerprint (config, tokenizer, weight
-                          probe) and where it was, embedding rows, encoder fingerprint
+                          probe) and where it was, embedding rows, encoder fingerprint, the score-mode ranking
+                          rule `score_norm` (`sum` or `mean`; absent in older checkpoints: `sum`)
     config.yaml           the resolved training config
     catalog.parquet       item ids, titles (and genres) the prompts are built from, with the prompt domain
     tokenizer/            the tokenizer with the slot tokens (save_pretrained)
@@ -40,9 +41,9 @@ from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.fingerprint import split_mismatch
 from llmrec.encoders.base import SequentialEncoder
 from llmrec.encoders.checkpoint import load_encoder
-from llmrec.errors import CheckpointError
+from llmrec.errors import CheckpointError, ConfigError
 from llmrec.llm import backbone
-from llmrec.llm.hybrid import HybridLM
+from llmrec.llm.hybrid import SCORE_NORMS, HybridLM, ScoreNorm
 from llmrec.llm.lora import load_lora
 from llmrec.llm.recommender import assemble_recommender
 
@@ -181,17 +182,29 @@ def base_folder(folder: Path, facts: dict[str, Any], llm: str | Path | None) -> 
                           f"relative to the checkpoint); pass the base model's folder with --llm PATH")
 
 
+def score_norm_of(folder: Path, facts: dict[str, Any]) -> ScoreNorm:
+    """The score-mode ranking rule a checkpoint records; `sum` for checkpoints written before it was recorded."""
+    norm = facts.get("score_norm", "sum")
+    if norm not in SCORE_NORMS:
+        raise CheckpointError(f"{Path(folder) / FACTS}: score_norm {norm!r}, expected one of {', '.join(SCORE_NORMS)}")
+    return norm
+
+
 def load_recommender(folder: Path, data: ProcessedDataset | None = None, encoder: SequentialEncoder | None = None,
                      llm: str | Path | None = None, device: str | torch.device = "cpu",
-                     dtype: str = "float32") -> HybridLM:
+                     dtype: str = "float32", score_norm: ScoreNorm | None = None) -> HybridLM:
     """Rebuild the `HybridLM` saved in `folder`, on `device`, in eval mode.
 
-    Everything comes from the folder itself: catalog, tokenizer, encoder copy, weights. `data`, when given, must
-    be the catalog and split the model was trained on. `encoder` overrides the bundled encoder (it must be the
-    same weights); `llm` gives the base model folder of a LoRA checkpoint whose base moved.
+    Everything comes from the folder itself: catalog, tokenizer, encoder copy, weights, the score-mode ranking
+    rule. `data`, when given, must be the catalog and split the model was trained on. `encoder` overrides the
+    bundled encoder (it must be the same weights); `llm` gives the base model folder of a LoRA checkpoint whose
+    base moved; `score_norm` overrides the recorded ranking rule (None: the checkpoint's).
     """
     folder = Path(folder)
     facts = read_facts(folder)
+    recorded = score_norm_of(folder, facts)
+    if score_norm is not None and score_norm not in SCORE_NORMS:
+        raise ConfigError(f"option --score-norm: got {score_norm!r}, expected one of {', '.join(SCORE_NORMS)}")
     if data is not None:
         check_data_matches(folder, facts, data)
     catalog = Catalog.load(folder)
@@ -233,7 +246,7 @@ def load_recommender(folder: Path, data: ProcessedDataset | None = None, encoder
                                   f"(bundled in {folder / ENCODER_DIR}); leave --encoder out to use the bundled one")
     projector = _safetensors(folder / PROJECTOR) if facts["prompt"] != "text" else None
     lm = assemble_recommender(model, tokenizer, catalog, facts["prompt"], encoder, facts["max_length"],
-                              facts["seed"], projector)
+                              facts["seed"], projector, score_norm=score_norm or recorded)
     return lm.to(device).eval()
 
 

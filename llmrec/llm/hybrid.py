@@ -27,6 +27,9 @@ from llmrec.llm.prompts import Prompt, PromptBuilder
 
 PromptKind = Literal["hybrid", "text", "hybrid+summary"]
 PROMPT_KINDS: tuple[str, ...] = ("hybrid", "text", "hybrid+summary")
+# how score mode turns a candidate's answer-token log-probs into its score (`llmrec.llm.ranking.normalise_scores`)
+ScoreNorm = Literal["sum", "mean"]
+SCORE_NORMS: tuple[str, ...] = ("sum", "mean")
 IGNORE = -100
 
 
@@ -161,16 +164,23 @@ class HybridLM(nn.Module):
         prompt: `hybrid`, `text` (never uses encoder or projector) or `hybrid+summary`.
         projector: maps encoder vectors to the LM's hidden size (None for `text`).
         encoder: the frozen behavioural encoder (None for `text`); it is not part of this module's state.
+        score_norm: how score mode ranks candidates (`llmrec.llm.ranking.normalise_scores`): `sum` of the answer
+            tokens' log-probs, or their `mean` (divided by the answer's length); every ranking of this model
+            (validation, evaluation, serving) uses it. Preference losses always use the sums.
     """
 
     def __init__(self, model: nn.Module, builder: PromptBuilder, prompt: PromptKind = "hybrid",
-                 projector: Projector | None = None, encoder: SequentialEncoder | None = None):
+                 projector: Projector | None = None, encoder: SequentialEncoder | None = None,
+                 score_norm: ScoreNorm = "sum"):
         super().__init__()
         if prompt not in PROMPT_KINDS:
             raise ValueError(f"prompt {prompt!r}: expected one of {PROMPT_KINDS}")
+        if score_norm not in SCORE_NORMS:
+            raise ValueError(f"score_norm {score_norm!r}: expected one of {SCORE_NORMS}")
         if prompt != "text" and (projector is None or encoder is None):
             raise ValueError(f"{prompt} prompts need a projector and an encoder")
         self.model, self.builder, self.prompt, self.projector = model, builder, prompt, projector
+        self.score_norm: ScoreNorm = score_norm
         self._windowed_logits = accepts_logits_to_keep(model)
         # Kept outside the module tree: the encoder is frozen and saved in its own folder, never with the LLM.
         self._encoder = [encoder] if encoder is not None else []

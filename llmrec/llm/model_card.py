@@ -27,6 +27,10 @@ PROMPTS = {"hybrid": "hybrid (each item: its title + one behavioural token proje
            "hybrid+summary": "hybrid, plus one token projected from the encoder's representation of the whole "
                              "history"}
 
+SCORE_RULES = {"sum": "a candidate's score is the sum of its answer's token log-probs",
+               "mean": "a candidate's score is the mean of its answer's token log-probs: the sum divided by the "
+                       "answer's length in tokens"}
+
 
 def _encoder_facts(folder: Path) -> dict[str, Any] | None:
     path = folder / "encoder" / "config.yaml"
@@ -115,10 +119,11 @@ def model_card(folder: str | os.PathLike, facts: dict[str, Any], config_dict: di
     lines += ["", "## Training", "", f"Resolved options of `{command}` (also in `config.yaml`):", "", "```yaml",
               yaml.safe_dump(config_dict, sort_keys=False, allow_unicode=True).rstrip(), "```", ""]
     rows = _metric_rows(metrics)
+    rule = SCORE_RULES.get(facts.get("score_norm", "sum"), str(facts.get("score_norm")))
     lines += ["## Metrics", "",
-              ("`test/...` ranks each test sample's stored candidates in `score` mode (sum of the answer's token "
-               "log-probs); `hr@1` = correct / all samples; `valid/hr@1` chose the kept weights. Keys as in "
-               "DESIGN.md §8."),
+              (f"`test/...` ranks each test sample's stored candidates in `score` mode ({rule}; `score_norm` in "
+               f"checkpoint.json, used by every later ranking of this model); `hr@1` = correct / all samples; "
+               f"`valid/hr@1` chose the kept weights. Keys as in DESIGN.md §8."),
               ""]
     lines += (["| metric | value |", "| --- | --- |", *rows] if rows else ["(no metrics recorded)"]) + [""]
     lines += ["## Use", "", "```python", "from llmrec.serving import Recommender", "",

@@ -1,9 +1,10 @@
 """Ranking candidates with a trained LLM recommender: one interface, three modes (DESIGN.md §5).
 
 - `score`: each candidate's score is the sum of log-probs of its answer tokens (title + terminator) given the
-  prompt. The prompt runs ONCE; its KV cache is shared (not copied) by the C candidates, whose answers are
-  packed into one row per prompt behind a block-diagonal causal mask, so all B*C answers go through the model
-  in one pass. Gives a full ordering; always valid.
+  prompt, or, when the model's `score_norm` is `mean`, that sum divided by the answer's length
+  (`normalise_scores`). The prompt runs ONCE; its KV cache is shared (not copied) by the C candidates, whose
+  answers are packed into one row per prompt behind a block-diagonal causal mask, so all B*C answers go through
+  the model in one pass. Gives a full ordering; always valid.
 - `generate`: greedy decoding of up to 64 tokens, first line, lowercase substring match against each
   candidate's answer text; valid iff exactly one candidate matches (LLaRA's rule).
 - `constrained`: greedy decoding restricted to a trie over the candidates' answer tokens; always ends on a
@@ -17,7 +18,13 @@ from typing import Literal
 
 import torch
 
-from llmrec.llm.hybrid import HybridLM, PromptBatch, position_ids
+from llmrec.llm.hybrid import (
+    SCORE_NORMS,
+    HybridLM,
+    PromptBatch,
+    ScoreNorm,
+    position_ids,
+)
 from llmrec.llm.logprobs import (
     additive_mask,
     answer_positions,
@@ -46,24 +53,43 @@ def _last_logits_only(lm: HybridLM) -> dict:
     return {"logits_to_keep": 1} if lm.windowed_logits else {}
 
 
+def normalise_scores(summed: torch.Tensor, lengths: torch.Tensor, how: ScoreNorm = "sum") -> torch.Tensor:
+    """[B, C] candidate scores from their summed answer-token log-probs `summed` [B, C] and answer lengths
+    `lengths` [B, C] (tokens, terminator included, as `PromptBuilder.answer_table` counts them).
+
+    `sum` returns `summed` unchanged: log pi(answer | prompt), the answer's probability. `mean` returns
+    `summed / lengths`, the mean log-prob per answer token: every token of an answer adds a negative term to the
+    sum, so summed scores favour short titles whatever the model thinks of the item; dividing by the length
+    (length-normalised log-likelihood, the usual remedy in LLM ranking and multiple-choice scoring) removes that
+    bias. Preference losses need the sums (`llmrec.llm.logprobs.sequence_logprobs`) and never call this.
+    """
+    if how == "sum":
+        return summed
+    if how == "mean":
+        return summed / lengths.to(summed.dtype).clamp(min=1)
+    raise ValueError(f"unknown score normalisation {how!r}; expected one of {', '.join(SCORE_NORMS)}")
+
+
 @torch.inference_mode()
 def score_candidates(lm: HybridLM, batch: PromptBatch, hybrid: bool = True) -> torch.Tensor:
-    """[B, C] sum of answer-token log-probs per candidate, with the prompt's KV cache shared by its candidates.
+    """[B, C] score per candidate: its answer-token log-probs summed, or averaged when `lm.score_norm` is `mean`
+    (`normalise_scores`), with the prompt's KV cache shared by its candidates.
 
     Two model passes per batch: the prompts (left-padded, logits of the last position only), then all B*C
     answers at once, packed per prompt (`llmrec.llm.logprobs.pack_answers`) on top of the prompts' cache, which
     is neither copied nor repeated per candidate; a block-diagonal causal mask keeps candidates apart.
-    Equal to `sequence_logprobs(lm, batch, batch.candidates)` (which runs one pass, with gradients).
+    With `score_norm` `sum`, equal to `sequence_logprobs(lm, batch, batch.candidates)` (which runs one pass,
+    with gradients, and always sums).
     """
     out = lm(batch, hybrid, use_cache=True, **_last_logits_only(lm))
     packed = pack_answers(lm, batch.candidates)
     if packed.ids.shape[2] == 1:
-        return gather_logprobs(out.logits[:, -1], None, packed)
+        return normalise_scores(gather_logprobs(out.logits[:, -1], None, packed), packed.lengths, lm.score_norm)
     dtype = lm.model.get_input_embeddings().weight.dtype
     mask = additive_mask(answers_see(batch.attention_mask, packed), dtype)
     logits = lm.model(input_ids=packed.fed, attention_mask=mask, position_ids=answer_positions(batch.attention_mask,
                       packed), past_key_values=out.past_key_values, use_cache=True).logits  # [B, W, V]
-    return gather_logprobs(out.logits[:, -1], logits, packed)
+    return normalise_scores(gather_logprobs(out.logits[:, -1], logits, packed), packed.lengths, lm.score_norm)
 
 
 class CandidateTrie:

@@ -2,7 +2,7 @@
 
 Training (`llmrec.llm.train.build_recommender`) and loading (`llmrec.llm.checkpoint.load_recommender`) both end
 here, so a loaded model is put together exactly as the trained one was: same slot ids, same prompt builder
-(templates, seed, length budget), same projector shape.
+(templates, seed, length budget), same projector shape, same score-mode ranking rule (`score_norm`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from llmrec.data.catalog import Catalog
 from llmrec.encoders.base import SequentialEncoder
 from llmrec.errors import CheckpointError, ConfigError
 from llmrec.llm import backbone
-from llmrec.llm.hybrid import HybridLM, PromptKind
+from llmrec.llm.hybrid import HybridLM, PromptKind, ScoreNorm
 from llmrec.llm.projector import Projector
 from llmrec.llm.prompts import PromptBuilder
 
@@ -21,11 +21,12 @@ from llmrec.llm.prompts import PromptBuilder
 def assemble_recommender(model: torch.nn.Module, tokenizer, catalog: Catalog, prompt: PromptKind,
                          encoder: SequentialEncoder | None, max_length: int, seed: int,
                          projector_state: dict[str, torch.Tensor] | None = None,
-                         llm_hidden: int | None = None) -> HybridLM:
+                         llm_hidden: int | None = None, score_norm: ScoreNorm = "sum") -> HybridLM:
     """The `HybridLM` over `model` (plain or peft-wrapped), whose embeddings already hold the slot rows.
 
     `projector_state` loads a trained projector (else it is freshly initialised); `llm_hidden` is the LM's
-    hidden size when `model` is not yet the final module (defaults to its input embedding width).
+    hidden size when `model` is not yet the final module (defaults to its input embedding width); `score_norm`
+    is how score mode ranks candidates (`llmrec.llm.ranking.normalise_scores`).
     """
     slots = backbone.add_slot_tokens(tokenizer)  # present already: returns their ids
     rows = backbone.embedding_rows(model)
@@ -45,4 +46,4 @@ def assemble_recommender(model: torch.nn.Module, tokenizer, catalog: Catalog, pr
             except RuntimeError as e:
                 raise CheckpointError(f"projector weights do not fit the model ({' '.join(str(e).split())[:300]})"
                                       ) from None
-    return HybridLM(model, builder, prompt, projector, encoder if prompt != "text" else None)
+    return HybridLM(model, builder, prompt, projector, encoder if prompt != "text" else None, score_norm)

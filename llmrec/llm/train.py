@@ -5,10 +5,11 @@
 
 Writes a self-contained checkpoint folder (see `llmrec.llm.checkpoint`: trained weights, tokenizer, catalog, a
 copy of the encoder) with the resolved `config.yaml`, `metrics.json` (best valid `hr@1` and the test metrics of
-the chosen weights in `score` mode), `eval-test-score/` (the test ranking's `metrics.json` and `scores.parquet`)
-and `logs/` (loss and validation curves: CSV, and TensorBoard when installed). While training, the state to
-resume from is saved to `<out>.resume/` (`llmrec.training.resume`); `--resume` continues an interrupted run from
-it, and a finished run removes it.
+the chosen weights in `score` mode, both ranked by `--score-norm`, which the checkpoint records),
+`eval-test-score/` (the test ranking's `metrics.json` and `scores.parquet`) and `logs/` (loss and validation
+curves: CSV, and TensorBoard when installed). While training, the state to resume from is saved to
+`<out>.resume/` (`llmrec.training.resume`); `--resume` continues an interrupted run from it, and a finished run
+removes it.
 """
 
 from __future__ import annotations
@@ -93,6 +94,10 @@ class TrainLLMConfig:
     max_length: int | None = option(None, "longest prompt + answer in tokens; oldest history items are dropped "
                                           "beyond (default: the model's context; 512 for tiny)", min=1)
     cache_dir: Path = option(Path("data/cache/llm"), "where the tiny backbone is built (once per catalog/size)")
+    score_norm: Literal["sum", "mean"] = option(
+        "sum", "how score mode ranks the candidates, in validation (checkpoint choice), test and every later use of "
+               "the checkpoint (recorded in it): sum of each answer's token log-probs, or their mean (sum / answer "
+               "length in tokens), which removes the sum's bias towards short titles")
     fairness_weights: Literal["none", "popularity", "genre"] = option(
         "none", "per-sample loss weights from item groups (IFairLRS, DESIGN.md §7): each training sample's loss is "
                 "multiplied by its target group's weight, normalised to mean 1 over the training set")
@@ -171,8 +176,9 @@ def build_recommender(config: TrainLLMConfig, data: ProcessedDataset, encoder: S
         model = apply_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets,
                            trainable_tokens=[slots.history, slots.candidate, slots.text, slots.summary])
     lm = assemble_recommender(model, tokenizer, Catalog.from_dataset(data), config.prompt, encoder, max_length,
-                              config.seed, llm_hidden=llm_hidden)
-    facts = {"finetune": finetune, "prompt": config.prompt, "domain": data.domain, "max_length": max_length,
+                              config.seed, llm_hidden=llm_hidden, score_norm=config.score_norm)
+    facts = {"finetune": finetune, "prompt": config.prompt, "score_norm": config.score_norm, "domain": data.domain,
+             "max_length": max_length,
              "seed": config.seed, "protocol": data.protocol, "catalog_fingerprint": data.catalog_fingerprint(),
              "split": split_fingerprint(data), "n_candidates": data.meta.get("n_candidates"),
              "max_history": data.meta.get("max_history"),
@@ -240,6 +246,7 @@ def run_train_llm(config: TrainLLMConfig) -> int:
         lm.eval()
         test, ranked = evaluate_split(lm, data, "test", "score", config.eval_batch_size, config.max_test_samples,
                                       config.seed)
+        test["score_norm"] = lm.score_norm  # which rule ranked (validation used the same)
         metrics = {"valid/hr@1": keep_best.best_score, "best_step": keep_best.best_step,
                    "valid/history": keep_best.history, "train_seconds": train_seconds,
                    "device": lightning_accelerator(config.device), **{f"test/{k}": v for k, v in test.items()}}

@@ -19,6 +19,9 @@
    (the reference log-probs are recomputed: they are deterministic), and a finished run removes it.
 
 Per-sample loss weights (`--fairness-weights popularity|genre`, DESIGN.md §7) enter every loss per sample.
+Every ranking (SFT start, validation, test) and the output checkpoint use the SFT checkpoint's score-mode rule
+(`score_norm`: summed or length-normalised answer log-probs) unless `--score-norm` overrides it; the losses
+always compare summed log-probs.
 Defaults follow S-DPO's authors (beta 1, N = 3, 3 epochs, no weight decay) except the learning rate: they used
 1e-5 for LoRA on a 7B Llama; 1e-4 suits the small models this project trains on a CPU.
 """
@@ -53,6 +56,7 @@ from llmrec.llm.checkpoint import (
     read_facts,
     relative_path,
     save_checkpoint,
+    score_norm_of,
 )
 from llmrec.llm.hybrid import HybridLM
 from llmrec.llm.model_card import write_model_card
@@ -143,6 +147,10 @@ class TrainSDPOConfig:
     max_valid_samples: int | None = option(1000, "rank a seeded random subset of the valid samples (checkpoint "
                                                  "choice); None: all", min=1)
     max_test_samples: int | None = option(None, "rank a seeded random subset of the test samples; None: all", min=1)
+    score_norm: Literal["sum", "mean"] | None = option(
+        None, "how score mode ranks the candidates (validation, SFT start, test, and the output checkpoint): sum of "
+              "each answer's token log-probs or their mean (sum / answer length); None: the SFT checkpoint's rule. "
+              "The preference losses always use the sums")
     fairness_weights: Literal["none", "popularity", "genre"] = option(
         "none", "per-sample loss weights from item groups (IFairLRS, DESIGN.md §7): each training sample's loss is "
                 "multiplied by its target group's weight, normalised to mean 1 over the training set")
@@ -194,8 +202,10 @@ def _check_out(out: Path, sft: Path) -> None:
 def output_facts(sft: Path, facts: dict[str, Any], out: Path, config: TrainSDPOConfig, negatives: int,
                  ) -> dict[str, Any]:
     """The checkpoint facts of the S-DPO output: the SFT's (same model layout, prompts, data fingerprints), where
-    the base model of a LoRA checkpoint is found from `out`, `"stage": "sdpo"` and the S-DPO options."""
+    the base model of a LoRA checkpoint is found from `out`, the score-mode ranking rule (`--score-norm`, else the
+    SFT's), `"stage": "sdpo"` and the S-DPO options."""
     new = {k: v for k, v in facts.items() if k not in ("format", "format_version")}
+    new["score_norm"] = config.score_norm or score_norm_of(sft, facts)
     base = dict(facts["base"])
     if facts["finetune"] == "lora":
         base_dir = base_folder(sft, facts, config.llm)
@@ -257,7 +267,8 @@ def run_train_sdpo(config: TrainSDPOConfig) -> int:
     weights = training_weights(config, data, train)
     items = preference_items(train, config.negatives, config.seed)  # [M, 1+N], chosen first
 
-    lm = load_recommender(sft, data, llm=config.llm, device=_torch_device(config.device), dtype=config.dtype)
+    lm = load_recommender(sft, data, llm=config.llm, device=_torch_device(config.device), dtype=config.dtype,
+                          score_norm=config.score_norm)
     new_facts = output_facts(sft, facts, out, config, n_negatives)
     with output_directory(out, "train-sdpo", error=CheckpointError, hash_all=True) as tmp:  # the bundle manifest
         start, _ = evaluate_split(lm, data, "valid", "score", config.eval_batch_size, config.max_valid_samples,
@@ -281,6 +292,7 @@ def run_train_sdpo(config: TrainSDPOConfig) -> int:
         lm.eval()
         test, ranked = evaluate_split(lm, data, "test", "score", config.eval_batch_size, config.max_test_samples,
                                       config.seed)
+        test["score_norm"] = lm.score_norm  # which rule ranked (the SFT start and validation used the same)
         metrics = {"valid/hr@1": keep_best.best_score, "best_step": keep_best.best_step,
                    "valid/history": keep_best.history, "sft/valid/hr@1": start["hr@1"],
                    "reference_seconds": reference_seconds, "train_seconds": train_seconds,

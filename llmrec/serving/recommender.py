@@ -6,8 +6,8 @@
     rec.recommend_many([[50, 172], [3, 4, 5]])                # many users, one model pass per batch
 
 Each answer is a list of `{"id", "title", "score", "rank"}`, best first; `score` is the LLM's log-probability of
-the item's answer (its title tokens + terminator) after the prompt (`score` mode of `llmrec.llm.ranking`), so
-higher is better and scores are comparable within one answer only.
+the item's answer (its title tokens + terminator) after the prompt (`score` mode of `llmrec.llm.ranking`; its mean
+per answer token when the checkpoint's `score_norm` is `mean`), so higher is better and scores are comparable within one answer only.
 
 How a request becomes a prompt (the same builder, templates and length budget as in training):
 - items: an item id (int) or an exact catalog title (str; runs of whitespace count as one space). A title that
