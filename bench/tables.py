@@ -129,6 +129,8 @@ def demo_section(r: dict) -> str:
     for name, stage in r.get("stages", {}).items():
         hr = stage.get("hr@1")
         lines.append(f"| {name} | {stage['seconds']:.0f} | {'—' if hr is None else f'{hr:.3f}'} |")
+    lines += ["", "Stage `hr@1`: encoder = SASRec on the LLMs' test samples; llm, sdpo = score mode; evaluate = the S-DPO "
+                  "model in generate mode; rerank = after IFairLRS re-ranking."]
     table = r.get("table") or {}
     if table:
         lines += ["", f"Results on the same {r.get('n_test_samples', '?')} seeded test samples (score mode; "
