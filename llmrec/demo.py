@@ -14,7 +14,8 @@ stage. `--fresh` reruns every selected stage. What a preset file says is not com
   1. prepare   the dataset (default ML-100K, from the offline source chain) with the `llara` protocol and
                `--eval-positions all` (thousands of test samples);
   2. encoder   the MostPop baseline (`train-encoder --model mostpop`) and SASRec (`--encoder`), each with its
-               shipped preset (`--encoder-preset` for SASRec), evaluated on the 20 stored candidates;
+               shipped preset (SASRec: `encoder-sasrec-demo`, capped at 15 epochs; `--encoder-preset` to
+               change), evaluated on the 20 stored candidates;
   3. llm       SFT of a tiny Llama recommender with hybrid prompts (`--llm-preset`, a documented SMALL scale:
                full fine-tuning of the tiny model, projector, text -> hybrid curriculum, a subset of the training
                samples), ranking a seeded subset of `--llm-test-samples` test samples in `score` mode;
@@ -89,7 +90,8 @@ class DemoConfig:
     encoder: Literal["sasrec", "gru4rec", "caser"] = option("sasrec", "sequential encoder to train")
     fresh: bool = option(False, "rerun stages whose output already exists")
     encoder_preset: str | None = option(None, "preset of the encoder: a shipped name (llmrec/configs/<name>.yaml) "
-                                              "or a YAML file; None = encoder-<encoder>")
+                                              "or a YAML file; None = encoder-<encoder>-demo when shipped "
+                                              "(SASRec), else encoder-<encoder>")
     llm_preset: str = option("llm-tiny-cpu-demo", "preset of the LLM stage: a shipped name "
                                                    "(llmrec/configs/<name>.yaml) or a YAML file")
     llm_test_samples: int = option(1000, "LLM stage: rank a seeded subset of this many test samples", min=1)
@@ -136,6 +138,16 @@ class DemoPaths:
     @property
     def rerank(self) -> Path:
         return self.sdpo / RERANK_DIR
+
+
+def default_encoder_preset(model: str) -> Path | None:
+    """The shipped preset the demo trains `model` with when `--encoder-preset` is not given: its demo preset
+    (`encoder-<model>-demo.yaml`, e.g. SASRec capped at the benchmark's 15 epochs) when one ships, else
+    `encoder-<model>.yaml`, else None (the command's defaults)."""
+    for name in (f"encoder-{model}-demo.yaml", f"encoder-{model}.yaml"):
+        if (PRESETS / name).is_file():
+            return PRESETS / name
+    return None
 
 
 def preset_path(value: str, option_name: str) -> Path:
@@ -471,8 +483,7 @@ def _train_encoders(config: DemoConfig, paths: DemoPaths, redo: bool) -> bool:
             print(f"  reusing {folder}", flush=True)
             continue
         trained = trained or model == config.encoder
-        shipped = PRESETS / f"encoder-{model}.yaml"
-        preset = shipped if shipped.is_file() else None
+        preset = default_encoder_preset(model)
         if model != BASELINE and config.encoder_preset is not None:
             preset = preset_path(config.encoder_preset, "encoder-preset")
         run_train_encoder(resolve_config(TrainEncoderConfig, {

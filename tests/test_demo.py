@@ -34,6 +34,7 @@ from llmrec.demo import (
     Stage,
     StageRunner,
     check_same_samples,
+    default_encoder_preset,
     evaluate_outputs,
     llm_output,
     prepare_output,
@@ -360,6 +361,19 @@ def test_presets_are_shipped_names_or_files(tmp_path):
     with pytest.raises(ConfigError, match=r"option --llm-preset: no preset file .*nope\.yaml") as e:
         preset_path("nope", "llm-preset")
     assert "\n" not in str(e.value) and "llm-tiny-cpu-small" in str(e.value)
+
+
+def test_the_demo_trains_sasrec_with_its_capped_preset_and_other_encoders_with_their_own():
+    from llmrec.config import load_yaml_mapping
+
+    demo, full = default_encoder_preset("sasrec"), preset_path("encoder-sasrec", "encoder-preset")
+    assert demo.name == "encoder-sasrec-demo.yaml"
+    demo_values, full_values = load_yaml_mapping(demo), load_yaml_mapping(full)
+    assert demo_values.pop("max-epochs") == 15 and full_values.pop("max-epochs") == 40
+    assert demo_values == full_values  # the tuned SASRec, only capped
+    assert default_encoder_preset("gru4rec").name == "encoder-gru4rec.yaml"
+    assert default_encoder_preset("mostpop").name == "encoder-mostpop.yaml"
+    assert default_encoder_preset("no-such-model") is None
 
 
 def test_results_text_marks_missing_values():
