@@ -153,7 +153,7 @@ def test_every_shipped_preset_parses():
     assert {p.name for p in presets} >= {f"encoder-{m}.yaml" for m in ("sasrec", "gru4rec", "caser", "mostpop")}
     for p in presets:
         config = resolve_config(TrainEncoderConfig, {}, Path(str(p)))
-        assert config.model == p.name[len("encoder-"):-len(".yaml")]
+        assert config.model == p.name[len("encoder-"):-len(".yaml")].removesuffix("-demo")  # encoder-<model>[-demo]
         assert set(load_yaml_mapping(Path(str(p)))) <= {f.name.replace("_", "-") for f in
                                                         dataclasses.fields(TrainEncoderConfig)} | {
             f.name for f in dataclasses.fields(TrainEncoderConfig)}
