@@ -500,28 +500,35 @@ def _run_quietly(run: Callable[[Any], int], config: Any) -> None:
         run(config)
 
 
-def _train_llm(config: DemoConfig, paths: DemoPaths) -> bool:
+def _train_llm_stage(run: Callable[[Any], int], config_class: type, values: dict[str, Any], preset: Path,
+                     needs: tuple[Path, str, str]) -> bool:
+    """Train one LLM stage (SFT or S-DPO) from its preset and the demo's own values, once its input stage is done.
+
+    `needs` is (input folder, input stage, this stage), for the one-line message when the input is missing.
+    """
     from llmrec.config import resolve_config
+
+    _needs(*needs)
+    _run_quietly(run, resolve_config(config_class, values, preset))
+    return True
+
+
+def _train_llm(config: DemoConfig, paths: DemoPaths) -> bool:
     from llmrec.llm.train import TrainLLMConfig, run_train_llm
 
-    _needs(paths.encoder, "encoder", "llm")
-    preset = preset_path(config.llm_preset, "llm-preset")
-    _run_quietly(run_train_llm, resolve_config(TrainLLMConfig, {
+    return _train_llm_stage(run_train_llm, TrainLLMConfig, {
         "data": paths.data, "encoder": paths.encoder, "out": paths.llm, "seed": config.seed,
-        "max_test_samples": config.llm_test_samples}, preset))
-    return True
+        "max_test_samples": config.llm_test_samples}, preset_path(config.llm_preset, "llm-preset"),
+        needs=(paths.encoder, "encoder", "llm"))
 
 
 def _train_sdpo(config: DemoConfig, paths: DemoPaths) -> bool:
-    from llmrec.config import resolve_config
     from llmrec.preference.train import TrainSDPOConfig, run_train_sdpo
 
-    _needs(paths.llm, "llm", "sdpo")
-    preset = preset_path(config.sdpo_preset, "sdpo-preset")
-    _run_quietly(run_train_sdpo, resolve_config(TrainSDPOConfig, {
+    return _train_llm_stage(run_train_sdpo, TrainSDPOConfig, {
         "sft": paths.llm, "data": paths.data, "out": paths.sdpo, "seed": config.seed,
-        "max_test_samples": config.llm_test_samples}, preset))
-    return True
+        "max_test_samples": config.llm_test_samples}, preset_path(config.sdpo_preset, "sdpo-preset"),
+        needs=(paths.llm, "llm", "sdpo"))
 
 
 def _print_llm(title: str, folder: Path) -> None:
