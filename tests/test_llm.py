@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import types
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,15 @@ from llmrec.errors import CheckpointError, ConfigError, DataError
 from llmrec.llm import backbone
 from llmrec.llm.curriculum import SCHEDULES, hybrid_probability
 from llmrec.llm.datamodule import prompt_loader
-from llmrec.llm.hybrid import IGNORE, answer_loss, answer_window, fill_slots, position_ids
+from llmrec.llm.hybrid import (
+    IGNORE,
+    answer_loss,
+    answer_window,
+    cache_keyword,
+    fill_slots,
+    position_ids,
+    returned_cache,
+)
 from llmrec.llm.prompts import TEMPLATES, PromptBuilder, choose_template
 from llmrec.llm.ranking import (
     CandidateTrie,
@@ -325,6 +335,37 @@ def test_constrained_decoding_always_returns_one_of_the_candidates(hybrid_lm, da
         for b, item in enumerate(chosen):
             assert item in batch.candidates[b].tolist()
             assert generated[b] == hybrid_lm.builder.answer_ids[item]
+
+
+def test_the_kv_cache_is_passed_and_read_under_the_name_the_model_uses(hybrid_lm, data):
+    """transformers 5.24 renamed `past_key_values` to `cache` (old name warns, removed in 5.40); older releases
+    and unconverted models know only `past_key_values`. Ranking must use whichever the model takes, warning-free."""
+    class OldNames(torch.nn.Module):
+        def forward(self, input_ids=None, attention_mask=None, past_key_values=None, use_cache=None):
+            return None
+
+    assert cache_keyword(OldNames()) == "past_key_values"
+    assert hybrid_lm.cache_keyword == cache_keyword(hybrid_lm.model)
+    assert returned_cache(types.SimpleNamespace(past_key_values="kv")) == "kv"
+    assert returned_cache(types.SimpleNamespace(cache="kv", past_key_values=None)) == "kv"
+
+    logged: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    hf_logger = logging.getLogger("transformers")
+    hf_logger.addHandler(handler)
+    logging.Logger.warning_once.cache_clear()  # transformers logs each deprecation once per process
+    batch = first_batch(hybrid_lm, data, n=2)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            scores = score_candidates(hybrid_lm, batch)
+            greedy_decode(hybrid_lm, batch, max_new_tokens=3)
+            greedy_decode(hybrid_lm, batch, constrained=True)
+    finally:
+        hf_logger.removeHandler(handler)
+    assert torch.isfinite(scores).all()
+    assert not [m for m in logged if "deprecated" in m], logged
 
 
 def test_the_three_modes_share_one_interface(hybrid_lm, data):

@@ -14,8 +14,9 @@ explicit position ids, so the same code serves training, scoring and decoding.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -149,10 +150,30 @@ def answer_window(labels: torch.Tensor) -> int:
     return min(labels.shape[1] - first + 1, labels.shape[1])
 
 
+def _forward_parameters(model: nn.Module) -> Mapping[str, inspect.Parameter]:
+    """The keyword parameters of the (possibly peft-wrapped) causal LM's own `forward`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inspect.signature(base.forward).parameters
+
+
 def accepts_logits_to_keep(model: nn.Module) -> bool:
     """Whether the (possibly peft-wrapped) causal LM can compute logits for the last positions only."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return "logits_to_keep" in _forward_parameters(model)
+
+
+def cache_keyword(model: nn.Module) -> str:
+    """The keyword under which the (possibly peft-wrapped) causal LM takes a KV cache.
+
+    transformers 5.24 renamed `past_key_values` to `cache` (the old name warns, and goes in 5.40); earlier releases,
+    which `setup.cfg` admits (>= 4.56), and models not yet converted know only `past_key_values`.
+    """
+    return "cache" if "cache" in _forward_parameters(model) else "past_key_values"
+
+
+def returned_cache(output: Any) -> Any:
+    """The KV cache a Hugging Face forward pass returned (called with `use_cache=True`), under either name."""
+    cache = getattr(output, "cache", None)  # transformers >= 5.24; reading `past_key_values` there warns
+    return cache if cache is not None else output.past_key_values
 
 
 class HybridLM(nn.Module):
@@ -182,6 +203,7 @@ class HybridLM(nn.Module):
         self.model, self.builder, self.prompt, self.projector = model, builder, prompt, projector
         self.score_norm: ScoreNorm = score_norm
         self._windowed_logits = accepts_logits_to_keep(model)
+        self.cache_keyword = cache_keyword(model)  # `cache` or `past_key_values`, as this model's forward names it
         # Kept outside the module tree: the encoder is frozen and saved in its own folder, never with the LLM.
         self._encoder = [encoder] if encoder is not None else []
         if encoder is not None:
@@ -226,7 +248,8 @@ class HybridLM(nn.Module):
         return embeds
 
     def forward(self, batch: PromptBatch, hybrid: bool = True, **kwargs):
-        """Run the LM on the batch; returns the Hugging Face output (logits, past_key_values)."""
+        """Run the LM on the batch; returns the Hugging Face output (logits and, with `use_cache`, the KV cache:
+        `returned_cache`)."""
         return self.model(inputs_embeds=self.inputs_embeds(batch, hybrid), attention_mask=batch.attention_mask,
                           position_ids=position_ids(batch.attention_mask), **kwargs)
 

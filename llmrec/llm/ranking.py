@@ -24,6 +24,7 @@ from llmrec.llm.hybrid import (
     PromptBatch,
     ScoreNorm,
     position_ids,
+    returned_cache,
 )
 from llmrec.llm.logprobs import (
     additive_mask,
@@ -88,7 +89,7 @@ def score_candidates(lm: HybridLM, batch: PromptBatch, hybrid: bool = True) -> t
     dtype = lm.model.get_input_embeddings().weight.dtype
     mask = additive_mask(answers_see(batch.attention_mask, packed), dtype)
     logits = lm.model(input_ids=packed.fed, attention_mask=mask, position_ids=answer_positions(batch.attention_mask,
-                      packed), past_key_values=out.past_key_values, use_cache=True).logits  # [B, W, V]
+                      packed), use_cache=True, **{lm.cache_keyword: returned_cache(out)}).logits  # [B, W, V]
     return normalise_scores(gather_logprobs(out.logits[:, -1], logits, packed), packed.lengths, lm.score_norm)
 
 
@@ -121,7 +122,7 @@ def greedy_decode(lm: HybridLM, batch: PromptBatch, max_new_tokens: int = MAX_NE
     eos = lm.builder.eos
     mask = batch.attention_mask
     out = lm(batch, hybrid, use_cache=True, **_last_logits_only(lm))
-    logits, cache = out.logits[:, -1].float(), out.past_key_values
+    logits, cache = out.logits[:, -1].float(), returned_cache(out)
     pos = position_ids(mask)[:, -1:]
     tries = nodes = None
     steps = max_new_tokens
@@ -157,9 +158,9 @@ def greedy_decode(lm: HybridLM, batch: PromptBatch, max_new_tokens: int = MAX_NE
         next_ids = torch.where(torch.tensor(done, device=next_ids.device), eos, next_ids)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         pos = pos + 1
-        out = lm.model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
-                       use_cache=True)
-        logits, cache = out.logits[:, -1].float(), out.past_key_values
+        out = lm.model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=pos, use_cache=True,
+                       **{lm.cache_keyword: cache})
+        logits, cache = out.logits[:, -1].float(), returned_cache(out)
     return generated, chosen
 
 
