@@ -140,14 +140,16 @@ def read_demo_results(path: Path) -> dict[str, Any]:
 
 
 def venv_versions(clone_dir: Path) -> dict[str, str | None]:
-    """Python and torch versions of the clone's own `.venv` (None where it has none)."""
+    """Python, torch, transformers and peft versions of the clone's own `.venv` (None where it has none)."""
+    names = ("python", "torch", "transformers", "peft")
     python = clone_dir / ".venv" / "bin" / "python"
     if not python.is_file():
-        return {"python": None, "torch": None}
-    code = "import platform, torch; print(platform.python_version()); print(torch.__version__)"
+        return dict.fromkeys(names)
+    code = ("import platform, torch, transformers, peft; print(platform.python_version()); "
+            "print(torch.__version__); print(transformers.__version__); print(peft.__version__)")
     done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=False)
     lines = done.stdout.split()
-    return {"python": lines[0] if lines else None, "torch": lines[1] if len(lines) > 1 else None}
+    return {name: lines[i] if len(lines) > i else None for i, name in enumerate(names)}
 
 
 def measure(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None, Path]:
@@ -219,11 +221,33 @@ def measure(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None, Path]
             shutil.rmtree(work, ignore_errors=True)
 
 
+EARLIER_RUNS_KEPT = 5
+
+
+def run_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one run worth keeping beside a newer one: when, where, how long, and the `hr@1` per row."""
+    summary = {key: result.get(key) for key in ("date", "commit", "wall_seconds", "setup_seconds", "within_target")}
+    summary["machine"] = {key: result.get("machine", {}).get(key)
+                          for key in ("cpu", "cores", "torch", "transformers") if key in result.get("machine", {})}
+    summary["stages_seconds"] = {name: stage.get("seconds") for name, stage in result.get("stages", {}).items()}
+    summary["hr@1"] = {label: row.get("hr@1") for label, row in (result.get("table") or {}).items()}
+    return summary
+
+
+def with_earlier_runs(result: dict[str, Any], previous: dict[str, Any] | None,
+                      keep: int = EARLIER_RUNS_KEPT) -> dict[str, Any]:
+    """`result` with `earlier_runs`: the run it replaces (summarised), then that run's own earlier runs, newest
+    first, at most `keep`. Machines of one kind differ (CPU model, load), so the spread across runs is kept."""
+    earlier = [run_summary(previous), *previous.get("earlier_runs", [])] if previous else []
+    return {**result, "earlier_runs": earlier[:keep]}
+
+
 def write_results(path: Path, result: dict[str, Any]) -> None:
-    """Replace `path` with `result` atomically."""
+    """Replace `path` with `result` atomically, keeping the runs it held as `earlier_runs`."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(with_earlier_runs(result, previous), indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -116,6 +116,11 @@ def fairness_section(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def number(value: float | None, spec: str) -> str:
+    """`value` formatted with `spec`, or a dash when it was not measured."""
+    return "—" if value is None else format(value, spec)
+
+
 def demo_section(r: dict) -> str:
     machine = r.get("machine", {})
     wall = r.get("wall_seconds")
@@ -139,6 +144,22 @@ def demo_section(r: dict) -> str:
         for label, m in table.items():
             cells = [m.get(k) for k in ("hr@1", "valid_ratio", "candidates/ndcg@5", "mgu@1")]
             lines.append(f"| {label} | " + " | ".join("—" if v is None else f"{v:.3f}" for v in cells) + " |")
+    earlier = r.get("earlier_runs") or []
+    if earlier:
+        lines += ["", "Earlier runs of the same benchmark (newest first):", "",
+                  "| date | commit | CPU | minutes wall | set-up s | " + " | ".join(
+                      f"{name} s" for name in ("encoder", "llm", "sdpo")) + " | `hr@1` SFT / S-DPO / MostPop |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for run in earlier:
+            seconds, hr = run.get("stages_seconds", {}), run.get("hr@1", {})
+            lines.append(
+                f"| {str(run.get('date', '?'))[:10]} | `{str(run.get('commit', '?'))[:10]}` | "
+                f"{run.get('machine', {}).get('cpu', '?')} | "
+                f"{number(run['wall_seconds'] / 60 if run.get('wall_seconds') is not None else None, '.1f')} | "
+                f"{number(run.get('setup_seconds'), '.0f')} | "
+                + " | ".join(number(seconds.get(name), ".0f") for name in ("encoder", "llm", "sdpo"))
+                + " | " + " / ".join(number(hr.get(label), ".3f") for label in ("SFT LLM", "S-DPO LLM", "MostPop"))
+                + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,7 @@ repository whose `make install` / `make demo` stand in for the real ones.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -98,7 +99,8 @@ def test_demo_benchmark_times_a_fresh_clone_of_the_committed_head(tmp_path):
     assert r["within_target"] is True
     for key in ("cpu", "cores"):
         assert r["machine"][key]
-    assert r["machine"]["torch"] is None  # the fake install made no real .venv/bin/python
+    assert r["machine"]["torch"] is None and r["machine"]["transformers"] is None  # no real .venv/bin/python
+    assert r["earlier_runs"] == []
     assert r["date"] and r["command"].startswith("python bench/demo.py")
     (clone,) = [p / "clone" for p in work.iterdir() if p.is_dir()]
     assert (clone / "marker.txt").read_text() == "committed\n"
@@ -108,6 +110,38 @@ def test_demo_benchmark_times_a_fresh_clone_of_the_committed_head(tmp_path):
     log = next(work.glob("llmrec-demo-*.log")).read_text()
     assert "demo ran" in log and "$ make install" in log and "$ make demo" in log
     assert "demo ran" not in done.stdout  # --quiet: the make output went to the log only
+
+
+def test_demo_benchmark_keeps_the_runs_it_replaces_and_the_readme_lists_them(tmp_path):
+    repo, head = _fake_repo(tmp_path)
+    results = tmp_path / "demo.json"
+    earliest = {"date": "2026-01-02T03:04:05+00:00", "commit": "0" * 40, "wall_seconds": 600.0, "setup_seconds": 90.0,
+                "machine": {"cpu": "Old CPU", "cores": 2, "torch": "2.0"},
+                "stages": {"llm": {"seconds": 300.0, "hr@1": 0.25}},
+                "table": {"SFT LLM": {"hr@1": 0.25}, "S-DPO LLM": {"hr@1": 0.3}, "MostPop": {"hr@1": 0.29}},
+                "earlier_runs": [{"date": "older", "wall_seconds": 60.0}] * 9}
+    results.write_text(json.dumps(earliest))
+    for _ in range(2):
+        done = run_demo_bench("--repo", str(repo), "--work", str(tmp_path / "work"), "--quiet", "--write",
+                              "--results", str(results))
+        assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(results.read_text())
+    first, replaced, *older = r["earlier_runs"]
+    assert len(r["earlier_runs"]) == 5  # the newest five are kept
+    assert first["commit"] == head and first["wall_seconds"] <= r["wall_seconds"] + 60
+    assert first["stages_seconds"] == {"prepare": 2.5, "encoder": 60.0, "sdpo": 90.25}
+    assert replaced == {"date": earliest["date"], "commit": "0" * 40, "wall_seconds": 600.0, "setup_seconds": 90.0,
+                        "within_target": None, "machine": {"cpu": "Old CPU", "cores": 2, "torch": "2.0"},
+                        "stages_seconds": {"llm": 300.0},
+                        "hr@1": {"SFT LLM": 0.25, "S-DPO LLM": 0.3, "MostPop": 0.29}}
+    assert older == [{"date": "older", "wall_seconds": 60.0}] * 3
+
+    spec = importlib.util.spec_from_file_location("bench_tables", BENCH / "tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    rows = tables.demo_section(r).split("Earlier runs of the same benchmark")[1].splitlines()
+    assert "| 2026-01-02 | `0000000000` | Old CPU | 10.0 | 90 | — | 300 | — | 0.250 / 0.300 / 0.290 |" in rows
+    assert "| older | `?` | ? | 1.0 | — | — | — | — | — / — / — |" in rows
 
 
 def test_demo_benchmark_deletes_the_clone_prints_without_write_and_fails_with_make(tmp_path):
