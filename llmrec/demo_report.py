@@ -15,6 +15,7 @@ Figures are drawn with matplotlib's Agg canvas through `matplotlib.figure.Figure
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,10 @@ HR_FILE = "hr1.png"
 FAIRNESS_DIR = "fairness"
 GP_GH_FILE = "gp-gh.png"
 MGU_FILE = "mgu-k.png"
-LOSS_KEYS: tuple[str, ...] = ("train/loss_step", "train/loss")  # the encoder logs on_step and on_epoch
+# The encoder logs its loss on_step and on_epoch; with ~14 steps an epoch Lightning writes the step loss once an
+# epoch, of the epoch's last (partial) batch, so the epoch mean is the truer curve. The first key with the most
+# logged points wins: the step loss only when it was logged more often than the epoch mean.
+LOSS_KEYS: tuple[str, ...] = ("train/loss_epoch", "train/loss_step", "train/loss")
 VALID_KEYS: tuple[str, ...] = ("valid/hr@1", "valid/candidates/hr@1", "valid/full/ndcg@10")
 
 
@@ -118,10 +122,15 @@ def _column(table: pd.DataFrame, key: str) -> tuple[np.ndarray, np.ndarray]:
     return steps, rows[key].to_numpy(dtype=np.float64) if key in rows.columns else np.zeros(0)
 
 
-def curves_from_table(label: str, table: pd.DataFrame) -> StageCurves:
-    """The curves of a Lightning `metrics.csv` table (one row per logging call, NaN where not logged)."""
-    loss_key = next((k for k in LOSS_KEYS if k in table.columns and table[k].notna().any()), None)
-    valid_key = next((k for k in VALID_KEYS if k in table.columns and table[k].notna().any()), None)
+def curves_from_table(label: str, table: pd.DataFrame, monitor: str | None = None) -> StageCurves:
+    """The curves of a Lightning `metrics.csv` table (one row per logging call, NaN where not logged).
+
+    The valid curve is `monitor` (the metric KeepBest watched, as the stage's metrics.json names it) when logged,
+    else the first logged of VALID_KEYS (the LLM stages watch `valid/hr@1` and record no `monitor`)."""
+    logged = {k: int(table[k].notna().sum()) for k in LOSS_KEYS if k in table.columns and table[k].notna().any()}
+    loss_key = max(logged, key=logged.__getitem__) if logged else None  # max keeps the first of equal counts
+    keys = (monitor, *VALID_KEYS) if monitor else VALID_KEYS
+    valid_key = next((k for k in keys if k in table.columns and table[k].notna().any()), None)
     loss_steps, loss = _column(table, loss_key) if loss_key else (np.zeros(0, np.int64), np.zeros(0))
     valid_steps, valid = _column(table, valid_key) if valid_key else (np.zeros(0, np.int64), np.zeros(0))
     return StageCurves(label, loss_steps, loss, valid_key, valid_steps, valid)
@@ -136,7 +145,30 @@ def read_stage_curves(label: str, folder: Path) -> StageCurves | None:
         table = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
         return None
-    return curves_from_table(label, table)
+    try:
+        monitor = json.loads((Path(folder) / "metrics.json").read_text(encoding="utf-8")).get("monitor")
+    except (OSError, ValueError, AttributeError):
+        monitor = None
+    return curves_from_table(label, table, monitor if isinstance(monitor, str) else None)
+
+
+def running_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """[S] trailing mean of [S] `values` over the last `window` entries (fewer at the start, where fewer exist).
+
+    A training loss logged every few steps of a small batch is noisy (the S-DPO loss of 8 samples jumps by 2x
+    from step to step); its running mean shows whether it goes down.
+    """
+    if window < 1:
+        raise ValueError(f"running mean over window {window}: expected at least 1")
+    sums = np.cumsum(np.concatenate([[0.0], values.astype(np.float64)]))
+    ends = np.arange(1, len(values) + 1)
+    starts = np.maximum(ends - window, 0)
+    return (sums[ends] - sums[starts]) / (ends - starts)
+
+
+def loss_window(n_points: int) -> int:
+    """Entries per running mean of a loss curve of `n_points`: about a twentieth of the curve, at least 3."""
+    return max(3, n_points // 20)
 
 
 # ------------------------------------------------------------------------------------------------ figures
@@ -152,11 +184,21 @@ def curves_figure(curves: Sequence[StageCurves], path: Path) -> None:
     axes = fig.subplots(2, len(curves), squeeze=False, sharex="col")  # one step axis per stage
     for col, c in enumerate(curves):
         top, bottom = axes[0][col], axes[1][col]
-        few = len(c.loss) <= 20  # a short run: show each logged step
-        top.plot(c.loss_steps, c.loss, color="#1f77b4", linewidth=1.2, marker="o" if few else None, markersize=3)
+        if len(c.loss) <= 20:  # a short run: show each logged step
+            top.plot(c.loss_steps, c.loss, color="#1f77b4", linewidth=1.2, marker="o", markersize=3)
+        else:  # each logged step faint, their running mean on top
+            window = loss_window(len(c.loss))
+            top.plot(c.loss_steps, c.loss, color="#1f77b4", linewidth=0.8, alpha=0.3, label="logged")
+            top.plot(c.loss_steps, running_mean(c.loss, window), color="#1f77b4", linewidth=1.8,
+                     label=f"running mean of {window}")
+            top.legend(loc="upper right", fontsize="small")
         top.set_title(c.label)
         top.set_ylabel("train loss")
         bottom.plot(c.valid_steps, c.valid, color="#d62728", marker="o")
+        if len(c.valid):  # every VALID_KEYS metric is higher-is-better: KeepBest keeps the weights of the maximum
+            best = int(np.argmax(c.valid))
+            bottom.annotate(f"kept: {c.valid[best]:.3f}", (c.valid_steps[best], c.valid[best]),
+                            textcoords="offset points", xytext=(0, -14), ha="center", fontsize="small")
         bottom.set_ylabel(c.valid_key or "no validation logged")
         bottom.set_xlabel("optimiser step")
         for ax in (top, bottom):
@@ -254,8 +296,10 @@ def report_markdown(rows: Sequence[ResultRow], figures: dict[str, str], figures_
               f"no generated answers. `mgu@1` = mean over 5 popularity groups of |GP@1 - GH| (lower is fairer)."),
              "", "## Training curves", "",
              ("Train loss (top) and the validation metric that chooses the kept weights (bottom) of every trained "
-              "stage against the optimiser step, from each stage's `logs/csv/metrics.csv`. MostPop only counts "
-              "items: it has no curve."), ""]
+              "stage against the optimiser step, from each stage's `logs/csv/metrics.csv`. The encoder's loss is "
+              "its epoch mean; a loss logged many times is drawn faint with its running mean on top. `kept` marks "
+              "the validation round whose weights the stage kept (a stage validated once has one point). MostPop "
+              "only counts items: it has no curve."), ""]
     lines += fig("curves", "training curves")
     lines += ["## hr@1 per stage", ""] + fig("hr", "hr@1 per stage")
     lines += ["## GP@1 vs GH per popularity group", "",

@@ -44,7 +44,7 @@ from llmrec.demo import (
     sample_keys,
     sdpo_output,
 )
-from llmrec.demo_report import ResultRow, curves_from_table, results_text, stage_lines
+from llmrec.demo_report import ResultRow, curves_from_table, loss_window, results_text, running_mean, stage_lines
 from llmrec.encoders.checkpoint import load_encoder
 from llmrec.encoders.evaluate import encoder_ranking
 from llmrec.errors import ConfigError, DataError
@@ -282,8 +282,8 @@ def test_training_curves_come_from_each_stages_csv_log(first):
         table = pd.read_csv(first.out / folder / "logs" / "csv" / "metrics.csv")
         curves = curves_from_table(folder, table)
         assert curves.valid_key == valid_key and len(curves.loss) >= 1 and len(curves.valid) >= 1
-        loss_key = "train/loss_step" if "train/loss_step" in table.columns else "train/loss"
-        assert curves.loss.tolist() == table[loss_key].dropna().tolist()
+        loss_key = {"sasrec": "train/loss_epoch"}.get(folder, "train/loss")  # the encoder logs its step loss once
+        assert curves.loss.tolist() == table[loss_key].dropna().tolist()           # an epoch: its epoch mean is used
         assert curves.valid.tolist() == table[valid_key].dropna().tolist()
 
 
@@ -448,3 +448,40 @@ def test_a_partly_remade_stage_does_not_pass_its_seconds_off_as_the_whole_stages
     fresh = StageRunner(["evaluate"], fresh=True, previous={})
     assert fresh.run(stage) is False and calls == [False, True] and fresh.records["evaluate"]["partial"] is False
     assert "== stage 1/1 evaluate: rank" in capsys.readouterr().out
+
+
+def test_running_mean_of_a_loss_curve_by_hand():
+    values = np.array([4.0, 2.0, 6.0, 0.0, 1.0])
+    # window 2: [4], [4, 2], [2, 6], [6, 0], [0, 1]
+    assert running_mean(values, 2).tolist() == [4.0, 3.0, 4.0, 3.0, 0.5]
+    assert running_mean(values, 1).tolist() == values.tolist()
+    assert running_mean(values, 10).tolist() == [4.0, 3.0, 4.0, 3.0, 13.0 / 5]
+    assert running_mean(np.zeros(0), 3).tolist() == []
+    with pytest.raises(ValueError, match="window 0"):
+        running_mean(values, 0)
+    assert (loss_window(21), loss_window(250), loss_window(1000)) == (3, 12, 50)
+
+
+def test_the_loss_curve_is_the_most_often_logged_loss_and_the_epoch_mean_on_a_tie():
+    import pandas as pd
+
+    nan = float("nan")
+    once_an_epoch = pd.DataFrame({"step": [13, 13, 27, 27], "train/loss_step": [7.1, nan, 6.7, nan],
+                                  "train/loss_epoch": [nan, 7.4, nan, 7.0]})
+    curves = curves_from_table("enc", once_an_epoch)
+    assert curves.loss_steps.tolist() == [13, 27] and curves.loss.tolist() == [7.4, 7.0]
+    often = pd.DataFrame({"step": [4, 9, 13, 13], "train/loss_step": [7.5, 7.3, 7.1, nan],
+                          "train/loss_epoch": [nan, nan, nan, 7.4]})
+    assert curves_from_table("enc", often).loss.tolist() == [7.5, 7.3, 7.1]
+    assert curves_from_table("llm", pd.DataFrame({"step": [1, 2], "train/loss": [3.0, 2.0]})).loss.tolist() == [3.0, 2.0]
+    assert len(curves_from_table("none", pd.DataFrame({"step": [1], "valid/hr@1": [0.2]})).loss) == 0
+
+
+def test_the_valid_curve_is_the_metric_the_stage_watched():
+    import pandas as pd
+
+    table = pd.DataFrame({"step": [10, 20], "valid/candidates/hr@1": [0.3, 0.2], "valid/full/ndcg@10": [0.05, 0.07]})
+    assert curves_from_table("loo", table, monitor="valid/full/ndcg@10").valid.tolist() == [0.05, 0.07]
+    assert curves_from_table("llara", table, monitor="valid/candidates/hr@1").valid_key == "valid/candidates/hr@1"
+    assert curves_from_table("none recorded", table).valid_key == "valid/candidates/hr@1"
+    assert curves_from_table("not logged", table, monitor="valid/hr@1").valid_key == "valid/candidates/hr@1"
