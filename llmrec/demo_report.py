@@ -155,7 +155,7 @@ def read_stage_curves(label: str, folder: Path) -> StageCurves | None:
 def running_mean(values: np.ndarray, window: int) -> np.ndarray:
     """[S] trailing mean of [S] `values` over the last `window` entries (fewer at the start, where fewer exist).
 
-    A training loss logged every few steps of a small batch is noisy (the S-DPO loss of 8 samples jumps by 2x
+    A training loss logged every few steps of a small batch is noisy (the S-DPO loss of 16 samples jumps by 2x
     from step to step); its running mean shows whether it goes down.
     """
     if window < 1:
