@@ -242,10 +242,24 @@ def with_earlier_runs(result: dict[str, Any], previous: dict[str, Any] | None,
     return {**result, "earlier_runs": earlier[:keep]}
 
 
-def write_results(path: Path, result: dict[str, Any]) -> None:
-    """Replace `path` with `result` atomically, keeping the runs it held as `earlier_runs`."""
+def read_previous_results(path: Path) -> dict[str, Any] | None:
+    """The results file a new run will replace (None when there is none), checked BEFORE the run: a damaged file
+    is named in one line while nothing has been measured yet, instead of failing after the demo's minutes."""
+    if not path.is_file():
+        return None
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SystemExit(f"--results {path}: not valid JSON ({e}); move it away or pass another --results") from None
+    if not isinstance(previous, dict) or not isinstance(previous.get("earlier_runs", []), list):
+        raise SystemExit(f"--results {path}: expected an object whose \"earlier_runs\" is a list; move it away or "
+                         "pass another --results")
+    return previous
+
+
+def write_results(path: Path, result: dict[str, Any], previous: dict[str, Any] | None) -> None:
+    """Replace `path` with `result` atomically, keeping `previous` (what it held) as `earlier_runs`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(with_earlier_runs(result, previous), indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -253,6 +267,7 @@ def write_results(path: Path, result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    previous = read_previous_results(args.results) if args.write else None
     code, result, log_path = measure(args)
     if result is None:
         return code or 1
@@ -261,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['demo_seconds']:.0f} s): {'within' if result['within_target'] else 'OVER'} the "
           f"{result['target_seconds']:.0f} s target; log {log_path}")
     if args.write:
-        write_results(args.results, result)
+        write_results(args.results, result, previous)
         print(f"wrote {args.results}")
     return 0
 

@@ -143,7 +143,7 @@ def demo_section(r: dict) -> str:
                   "| model | `hr@1` | `valid_ratio` | `candidates/ndcg@5` | `mgu@1` |", "| --- | --- | --- | --- | --- |"]
         for label, m in table.items():
             cells = [m.get(k) for k in ("hr@1", "valid_ratio", "candidates/ndcg@5", "mgu@1")]
-            lines.append(f"| {label} | " + " | ".join("—" if v is None else f"{v:.3f}" for v in cells) + " |")
+            lines.append(f"| {label} | " + " | ".join(number(v, ".3f") for v in cells) + " |")
     earlier = r.get("earlier_runs") or []
     if earlier:
         lines += ["", "Earlier runs of the same benchmark (newest first):", "",

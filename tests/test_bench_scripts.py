@@ -144,6 +144,22 @@ def test_demo_benchmark_keeps_the_runs_it_replaces_and_the_readme_lists_them(tmp
     assert "| older | `?` | ? | 1.0 | — | — | — | — | — / — / — |" in rows
 
 
+def test_a_damaged_results_file_is_named_before_anything_is_measured(tmp_path):
+    repo, _ = _fake_repo(tmp_path)
+    work = tmp_path / "work"
+    for text, expected in (('{"wall_seconds": 1,', "not valid JSON (Expecting property name enclosed in double quotes: "
+                                                    "line 1 column 20 (char 19))"),
+                           ('[1, 2]', 'expected an object whose "earlier_runs" is a list'),
+                           ('{"earlier_runs": 3}', 'expected an object whose "earlier_runs" is a list')):
+        results = tmp_path / "demo.json"
+        results.write_text(text)
+        done = run_demo_bench("--repo", str(repo), "--work", str(work), "--quiet", "--write", "--results", str(results))
+        assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+            f"--results {results}: {expected}; move it away or pass another --results"], done.stderr
+        assert results.read_text() == text  # left as it was
+        assert not work.exists() or not any(work.iterdir())  # nothing cloned, nothing run
+
+
 def test_demo_benchmark_deletes_the_clone_prints_without_write_and_fails_with_make(tmp_path):
     repo, _ = _fake_repo(tmp_path)
     work = tmp_path / "work"
