@@ -30,7 +30,7 @@ from sdpo import ROOT, VARIANTS, machine, summary, train_encoder, train_sdpo, tr
 
 sys.path.insert(0, str(ROOT))
 
-from llmrec.config import resolve_config
+from llmrec.base.config import resolve_config
 from llmrec.data.dataset import ProcessedDataset
 
 RESULTS = ROOT / "bench" / "results" / "fairness.json"
@@ -41,7 +41,7 @@ log = logging.getLogger("bench.fairness")
 def evaluate_valid(folder: Path, data_dir: Path, samples: int | None) -> Path:
     """The model's valid ranking in score mode (`eval-valid-score/`) on a seeded subset of `samples` valid samples
     (None: all), which `rerank` measures U_G and chooses alpha on."""
-    from llmrec.evaluate import EvaluateConfig, run_evaluate
+    from llmrec.commands.evaluate import EvaluateConfig, run_evaluate
 
     out = folder / "eval-valid-score"
     if not (out / "scores.parquet").is_file():
@@ -54,7 +54,7 @@ def llm_fairness(folder: Path, data: ProcessedDataset) -> dict:
     """hr@1 and fairness of a checkpoint's saved test ranking (`eval-test-score/`), computed from its scores."""
     from llmrec.evaluation.llm_split import read_scores
     from llmrec.fairness.evaluate import ranked_fairness
-    from llmrec.fairness.groups import item_groups
+    from llmrec.evaluation.groups import item_groups
 
     ranked = read_scores(folder / "eval-test-score")
     metrics = json.loads((folder / "eval-test-score" / "metrics.json").read_text())
@@ -135,7 +135,7 @@ def main() -> int:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data = ProcessedDataset.load(args.data)
-    from llmrec.fairness.groups import item_groups
+    from llmrec.evaluation.groups import item_groups
 
     groups = item_groups(data, "popularity")
 

@@ -41,7 +41,7 @@ from machine import (  # bench/machine.py (scripts run from bench/)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmrec.config import resolve_config
+from llmrec.base.config import resolve_config
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.llm.train import TrainLLMConfig, run_train_llm
 

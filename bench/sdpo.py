@@ -38,7 +38,7 @@ from machine import cpu_name, update_results  # bench/machine.py (scripts run fr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmrec.config import resolve_config
+from llmrec.base.config import resolve_config
 from llmrec.data.dataset import ProcessedDataset
 
 RESULTS = ROOT / "bench" / "results" / "sdpo.json"

@@ -1,6 +1,6 @@
 """`python -m llmrec` is the same entry point as the `llmrec` console script."""
 
-from llmrec.cli import main
+from llmrec.commands.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

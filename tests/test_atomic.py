@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from llmrec.atomic import atomic_directory, atomic_write, atomic_write_text
+from llmrec.base.atomic import atomic_directory, atomic_write, atomic_write_text
 
 
 def test_failed_write_keeps_old_file(tmp_path: Path) -> None:

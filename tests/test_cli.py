@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from llmrec import cli
-from llmrec.config import option
-from llmrec.errors import DataError
+from llmrec.commands import cli
+from llmrec.base.config import option
+from llmrec.base.errors import DataError
 
 
 @dataclass
@@ -33,8 +33,6 @@ def echo_command(monkeypatch: pytest.MonkeyPatch) -> None:
     module = types.ModuleType("llmrec_test_echo")
     module.EchoConfig, module.run_echo = EchoConfig, run_echo  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "llmrec_test_echo", module)
-    monkeypatch.setattr(cli, "_available", lambda: {"echo": cli.Command("llmrec_test_echo", "EchoConfig",
-                                                                         "run_echo", "say hello")})
     monkeypatch.setitem(cli.COMMANDS, "echo", cli.Command("llmrec_test_echo", "EchoConfig", "run_echo", "say hello"))
 
 

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from llmrec.cli import COMMANDS
-from llmrec.cli_reference import END, START, cli_reference, replace_section
+from llmrec.commands.cli import COMMANDS
+from llmrec.commands.cli_reference import END, START, cli_reference, replace_section
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -13,7 +13,7 @@ def test_the_readme_reference_is_the_current_help_of_every_command():
     assert all(f"#### `llmrec {name}`" in generated for name in COMMANDS)
     assert "--threads" in generated and "--lr" in generated  # real option help, not just titles
     section = README.read_text(encoding="utf-8").split(START, 1)[1].split(END, 1)[0]
-    assert section.strip() == generated.strip(), "run `python -m llmrec.cli_reference` to update README.md"
+    assert section.strip() == generated.strip(), "run `python -m llmrec.commands.cli_reference` to update README.md"
 
 
 def test_replace_section_keeps_the_text_around_it():

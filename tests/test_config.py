@@ -10,8 +10,8 @@ from typing import Literal
 import pytest
 import yaml
 
-from llmrec.config import add_options, load_config, option, resolve_config, save_config
-from llmrec.errors import ConfigError
+from llmrec.base.config import add_options, load_config, option, resolve_config, save_config
+from llmrec.base.errors import ConfigError
 
 
 @dataclass
@@ -149,7 +149,7 @@ def test_flags_and_yaml_go_through_the_same_check(tmp_path):
 
 
 def test_check_config_covers_the_python_api():
-    from llmrec.config import check_config
+    from llmrec.base.config import check_config
 
     check_config(Ranged())
     with pytest.raises(ConfigError, match="option --p: got -0.5"):

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from llmrec.data.build import BuildOptions, build
 from llmrec.data.formats.custom import NULL_TEXTS, CustomColumns, load_custom
-from llmrec.errors import DataError
+from llmrec.base.errors import DataError
 
 # ids that spell a missing value ("null", "nan", ...) are refused by design (see test_data_raw_damage.py)
 IDS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=6).filter(

@@ -10,11 +10,11 @@ import shutil
 import pytest
 from data_fixtures import CUSTOM_COLUMNS, write_custom, write_grouplens_100k
 
-from llmrec.atomic import OUTPUT_MARKER
-from llmrec.cli import main
+from llmrec.base.atomic import OUTPUT_MARKER
+from llmrec.commands.cli import main
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.prepare import PrepareConfig, prepare
-from llmrec.errors import DataError
+from llmrec.base.errors import DataError
 
 
 def _damage(out, kind: str) -> None:

@@ -20,10 +20,10 @@ from data_fixtures import (
     write_steam,
 )
 
-from llmrec.cli import main
+from llmrec.commands.cli import main
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.prepare import PrepareConfig, prepare
-from llmrec.errors import DataError
+from llmrec.base.errors import DataError
 
 
 def _prep(dataset, raw, out, **kw):

@@ -18,9 +18,9 @@ from data_fixtures import (
     write_steam,
 )
 
-from llmrec.cli import main
+from llmrec.commands.cli import main
 from llmrec.data.prepare import PrepareConfig, prepare
-from llmrec.errors import ConfigError, DataError
+from llmrec.base.errors import ConfigError, DataError
 
 
 def _prep(dataset, raw, out, **kw):

@@ -31,7 +31,7 @@ from llmrec.data.formats.recbole import load_recbole_ml100k
 from llmrec.data.formats.steam import load_steam
 from llmrec.data.prepare import PrepareConfig, prepare
 from llmrec.data.raw import RawFile
-from llmrec.errors import DataError
+from llmrec.base.errors import DataError
 
 
 def _f(path: Path) -> RawFile:

@@ -7,8 +7,8 @@ import json
 import pytest
 from data_fixtures import write_grouplens_100k
 
-from llmrec.cli import main
-from llmrec.config import load_config
+from llmrec.commands.cli import main
+from llmrec.base.config import load_config
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.prepare import PrepareConfig, prepare, resolve_paths
 

@@ -12,7 +12,7 @@ from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.prepare import PrepareConfig, prepare
 from llmrec.data.protocols import llara_positions, loo_positions, split_users
 from llmrec.data.titles import move_article, normalize_title, unique_titles
-from llmrec.errors import DataError
+from llmrec.base.errors import DataError
 
 
 @pytest.fixture(scope="module")

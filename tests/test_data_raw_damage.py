@@ -21,7 +21,7 @@ from data_fixtures import (
 )
 
 from llmrec.data.prepare import PrepareConfig, prepare
-from llmrec.errors import DataError
+from llmrec.base.errors import DataError
 
 LES_MIS = "Les Misérables (1995)"
 CITY = "The City of Lost Children (La Cité des enfants perdus) (1995)"

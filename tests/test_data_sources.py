@@ -15,7 +15,7 @@ from data_fixtures import write_grouplens_100k, write_recbole_100k
 
 from llmrec.data import ml100k_source as src
 from llmrec.data.prepare import PrepareConfig, prepare
-from llmrec.errors import DataError
+from llmrec.base.errors import DataError
 
 
 def _no_network(*args, **kwargs):

@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 from data_fixtures import write_grouplens_100k
 
-from llmrec.config import resolve_config
+from llmrec.base.config import resolve_config
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.sampling import ranked_subset
-from llmrec.demo import (
+from llmrec.commands.demo import (
     STAGES,
     DemoConfig,
     DemoPaths,
@@ -44,13 +44,13 @@ from llmrec.demo import (
     sample_keys,
     sdpo_output,
 )
-from llmrec.demo_report import ResultRow, curves_from_table, loss_window, results_text, running_mean, stage_lines
+from llmrec.commands.demo_report import ResultRow, curves_from_table, loss_window, results_text, running_mean, stage_lines
 from llmrec.encoders.checkpoint import load_encoder
 from llmrec.encoders.evaluate import encoder_ranking
-from llmrec.errors import ConfigError, DataError
+from llmrec.base.errors import ConfigError, DataError
 from llmrec.evaluation.llm_split import read_scores, split_metrics
 from llmrec.fairness.evaluate import ranked_fairness
-from llmrec.fairness.groups import item_groups
+from llmrec.evaluation.groups import item_groups
 
 WORDS = ["Red", "Blue", "Night", "River", "Storm", "Garden", "City", "Moon", "Fire", "Glass", "Stone", "Wolf"]
 N_ITEMS, N_USERS, LENGTH = 40, 50, 12
@@ -364,7 +364,7 @@ def test_presets_are_shipped_names_or_files(tmp_path):
 
 
 def test_the_demo_trains_sasrec_with_its_capped_preset_and_other_encoders_with_their_own():
-    from llmrec.config import load_yaml_mapping
+    from llmrec.base.config import load_yaml_mapping
 
     demo, full = default_encoder_preset("sasrec"), preset_path("encoder-sasrec", "encoder-preset")
     assert demo.name == "encoder-sasrec-demo.yaml"

@@ -8,7 +8,7 @@ from llmrec.encoders import ENCODERS, SequentialEncoder, build_encoder, pad_left
 from llmrec.encoders.datamodule import collate_windows, sequence_windows
 from llmrec.encoders.losses import full_softmax_loss, sample_negatives, sampled_bce_loss
 from llmrec.encoders.mostpop import MostPop
-from llmrec.errors import ConfigError
+from llmrec.base.errors import ConfigError
 
 N_ITEMS = 30
 TINY = {

@@ -12,7 +12,7 @@ from llmrec.encoders import (
 )
 from llmrec.encoders.index import ItemIndex
 from llmrec.encoders.synthetic import synthetic_dataset
-from llmrec.errors import CheckpointError
+from llmrec.base.errors import CheckpointError
 
 
 @pytest.fixture(scope="module")

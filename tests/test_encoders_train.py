@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from llmrec.cli import main
-from llmrec.config import load_yaml_mapping, resolve_config
+from llmrec.commands.cli import main
+from llmrec.base.config import load_yaml_mapping, resolve_config
 from llmrec.encoders import load_encoder
 from llmrec.encoders.synthetic import synthetic_dataset
 from llmrec.encoders.train import TrainEncoderConfig, run_train_encoder
-from llmrec.errors import CheckpointError, ConfigError, DataError
+from llmrec.base.errors import CheckpointError, ConfigError, DataError
 
 TINY = {"hidden_size": 16, "max_length": 8, "batch_size": 16, "progress_bar": False, "patience": 5}
 

@@ -13,14 +13,14 @@ from data_fixtures import GENRES, write_grouplens_100k, write_lastfm
 
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.prepare import PrepareConfig, prepare
-from llmrec.errors import ConfigError, DataError
-from llmrec.fairness.groups import (
+from llmrec.base.errors import ConfigError, DataError
+from llmrec.evaluation.groups import (
     ItemGroups,
     genre_groups,
     item_groups,
     popularity_groups,
 )
-from llmrec.fairness.metrics import (
+from llmrec.evaluation.fairness_metrics import (
     dgu,
     fairness_metrics,
     group_share_of_history,
@@ -35,7 +35,7 @@ from llmrec.fairness.rerank import (
     item_adjustment,
     rerank_scores,
 )
-from llmrec.fairness.weights import group_weights, sample_weights
+from llmrec.evaluation.fairness_weights import group_weights, sample_weights
 from llmrec.preference.losses import weighted_mean
 
 

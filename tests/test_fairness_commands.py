@@ -14,13 +14,13 @@ import pytest
 import yaml
 from test_llm_support import tiny_config, tiny_dataset
 
-from llmrec.config import resolve_config
+from llmrec.base.config import resolve_config
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.fingerprint import split_fingerprint
-from llmrec.errors import CheckpointError, ConfigError, DataError, LlmrecError
+from llmrec.base.errors import CheckpointError, ConfigError, DataError, LlmrecError
 from llmrec.evaluation.llm_split import read_scores, split_metrics, write_scores
 from llmrec.fairness.evaluate import ranked_fairness
-from llmrec.fairness.groups import ItemGroups, item_groups, popularity_groups
+from llmrec.evaluation.groups import ItemGroups, item_groups, popularity_groups
 from llmrec.fairness.report import (
     MARKER,
     ReportConfig,
@@ -442,7 +442,7 @@ def test_encoder_metrics_report_fairness_of_full_and_candidate_ranking(tmp_path)
 # ------------------------------------------------------------------------------------------------ end to end
 def test_trained_checkpoint_evaluate_rerank_report(tmp_path, tiny):
     """A real (tiny) train-llm checkpoint: evaluate valid, re-rank its saved scores, report."""
-    from llmrec.evaluate import EvaluateConfig, run_evaluate
+    from llmrec.commands.evaluate import EvaluateConfig, run_evaluate
     from llmrec.llm.train import run_train_llm
 
     data_dir = tiny[1]

@@ -7,8 +7,8 @@ import pytest
 import torch
 from test_llm_support import MeanEncoder, tiny_config, tiny_dataset
 
-from llmrec.fairness.groups import item_groups
-from llmrec.fairness.weights import group_weights, sample_weights, training_sample_weights
+from llmrec.evaluation.groups import item_groups
+from llmrec.evaluation.fairness_weights import group_weights, sample_weights, training_sample_weights
 from llmrec.llm.datamodule import LLMDataModule
 from llmrec.llm.hybrid import answer_token_losses
 from llmrec.llm.train import build_recommender

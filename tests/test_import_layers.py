@@ -1,4 +1,8 @@
-"""Imports run one way: data <- encoders <- llm <- preference/fairness <- serving; no module imports itself back."""
+"""Imports run one way, down the pipeline: no module imports a later layer, function-level imports included.
+
+base <- data <- evaluation (model-free) <- training <- encoders <- llm <- preference <- fairness <- serving
+<- commands. Every module of the package belongs to exactly one layer; there is no allow-list.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,10 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "llmrec"
-LAYERS = {"data": 0, "encoders": 1, "llm": 2, "preference": 3, "fairness": 3, "serving": 4}
-# The fairness definitions (groups, GP/GH/GU/MGU/DGU, the per-sample weight formula) are science every stage
-# uses, like HR and NDCG: pure modules that any stage may import, as long as they themselves import nothing above
-# the data layer. The fairness STAGE (re-ranking command, report) stays above the LLM stages.
-SHARED_METRICS = {"llmrec.fairness.groups", "llmrec.fairness.metrics", "llmrec.fairness.weights"}
+ORDER = ["base", "data", "evaluation", "training", "encoders", "llm", "preference", "fairness", "serving",
+         "commands"]
+LAYERS = {name: rank for rank, name in enumerate(ORDER)}
+TOP_LEVEL = {"llmrec": LAYERS["base"], "llmrec.__main__": LAYERS["commands"]}  # the package root and `python -m`
 
 
 def module_name(path: Path) -> str:
@@ -35,19 +38,26 @@ def import_graph() -> dict[str, set[str]]:
     return graph
 
 
-def layer(module: str) -> int | None:
-    parts = module.split(".")
-    return LAYERS.get(parts[1]) if len(parts) > 1 else None
+def layer(module: str) -> int:
+    if module in TOP_LEVEL:
+        return TOP_LEVEL[module]
+    package = module.split(".")[1]
+    assert package in LAYERS, f"{module} is in no layer: add its package to ORDER in this test"
+    return LAYERS[package]
 
 
-def test_no_stage_imports_a_later_stage():
+def test_every_module_is_in_a_layer_and_the_layers_are_packages():
     graph = import_graph()
-    assert len(graph) > 30
-    backwards = [(m, t) for m, ts in graph.items() for t in ts if t not in SHARED_METRICS
-                 and layer(m) is not None and layer(t) is not None and layer(t) > layer(m)]
+    assert len(graph) > 80
+    for module in graph:
+        layer(module)
+    assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()} == set(ORDER)
+
+
+def test_no_module_imports_a_later_layer():
+    graph = import_graph()
+    backwards = sorted(f"{m} -> {t}" for m, ts in graph.items() for t in ts if layer(t) > layer(m))
     assert backwards == []
-    for shared in SHARED_METRICS & set(graph):
-        assert all(layer(t) in (None, 0) or t in SHARED_METRICS for t in graph[shared]), shared
 
 
 def test_there_is_no_import_cycle():

@@ -14,7 +14,7 @@ import torch
 from test_llm_support import MeanEncoder, full_sequence_scores, save_hf_folder, tiny_config, tiny_dataset
 
 from llmrec.data.catalog import Catalog
-from llmrec.errors import CheckpointError, ConfigError, DataError
+from llmrec.base.errors import CheckpointError, ConfigError, DataError
 from llmrec.llm import backbone
 from llmrec.llm.curriculum import SCHEDULES, hybrid_probability
 from llmrec.llm.datamodule import prompt_loader
@@ -399,7 +399,7 @@ def test_hybrid_prompts_need_an_encoder(data, encoder, tmp_path):
 def test_every_shipped_llm_config_parses():
     from importlib.resources import files
 
-    from llmrec.config import resolve_config
+    from llmrec.base.config import resolve_config
     from llmrec.llm.train import TrainLLMConfig
 
     shipped = sorted(p for p in files("llmrec").joinpath("configs").iterdir() if p.name.startswith("llm-"))
@@ -412,7 +412,7 @@ def test_every_shipped_llm_config_parses():
 def test_every_shipped_sdpo_config_parses():
     from importlib.resources import files
 
-    from llmrec.config import resolve_config
+    from llmrec.base.config import resolve_config
     from llmrec.preference.train import TrainSDPOConfig
 
     shipped = sorted(p for p in files("llmrec").joinpath("configs").iterdir() if p.name.startswith("sdpo-"))

@@ -12,7 +12,7 @@ from test_llm_support import MeanEncoder, tiny_config, tiny_dataset
 from llmrec.data.sampling import final_position_mask, ranked_subset
 from llmrec.evaluation.llm_split import INVALID, evaluate_split, split_metrics
 from llmrec.llm.train import build_recommender
-from llmrec.training.progress import progress_line, track
+from llmrec.base.progress import progress_line, track
 
 
 def test_last_is_the_users_final_sample_in_the_full_split_not_in_the_subset():

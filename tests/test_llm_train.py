@@ -11,7 +11,7 @@ from test_llm_support import save_hf_folder, saved_encoder, tiny_config, tiny_da
 
 from llmrec.data.catalog import Catalog
 from llmrec.encoders.checkpoint import load_encoder
-from llmrec.errors import CheckpointError, ConfigError
+from llmrec.base.errors import CheckpointError, ConfigError
 from llmrec.llm.checkpoint import load_recommender, save_checkpoint
 from llmrec.llm.datamodule import prompt_loader
 from llmrec.llm.ranking import score_candidates
@@ -273,7 +273,7 @@ def test_an_encoder_trained_on_another_catalog_or_split_is_refused(data, tmp_pat
 
 
 def test_cli_train_llm_then_evaluate_in_every_mode(data, tmp_path):
-    from llmrec.cli import main
+    from llmrec.commands.cli import main
     from llmrec.data.dataset import ProcessedDataset
     from llmrec.encoders.checkpoint import save_encoder
     from llmrec.encoders.registry import build_encoder

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from data_fixtures import write_grouplens_100k
 
-from llmrec.atomic import (
+from llmrec.base.atomic import (
     BUILDING_MARKER,
     OUTPUT_MARKER,
     LegacyOutput,
@@ -34,8 +34,8 @@ from llmrec.atomic import (
     output_directory,
     read_output_marker,
 )
-from llmrec.cli import main
-from llmrec.errors import CheckpointError, ConfigError, DataError
+from llmrec.commands.cli import main
+from llmrec.base.errors import CheckpointError, ConfigError, DataError
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -297,7 +297,7 @@ def test_an_interrupted_run_is_cleaned_up_by_the_next_one(tmp_path):
     script = textwrap.dedent(f"""
         import os
         from pathlib import Path
-        from llmrec.atomic import output_directory
+        from llmrec.base.atomic import output_directory
         with output_directory(Path({str(out)!r}), "train-encoder") as tmp:
             (tmp / "weights.bin").write_bytes(b"half")
             os._exit(1)  # killed: no cleanup runs
@@ -354,7 +354,7 @@ def test_a_nested_output_goes_with_the_output_it_describes_unless_the_user_touch
             (tmp / "metrics.json").write_text('{"hr@1": 0.3}')
     assert read_output_marker(ckpt)["files"].keys() == {"weights.bin"}  # nested outputs are their own
     (ckpt / "eval-test-generate" / "notes.txt").write_text("mine")  # the user added a file to one of them
-    with caplog.at_level("INFO", logger="llmrec.atomic"), output_directory(ckpt, "train-llm") as tmp:
+    with caplog.at_level("INFO", logger="llmrec.base.atomic"), output_directory(ckpt, "train-llm") as tmp:
         (tmp / "weights.bin").write_bytes(b"v2")
     assert (ckpt / "weights.bin").read_bytes() == b"v2"
     assert not (ckpt / "eval-test-score").exists()  # llmrec's own evaluation of the replaced weights: dropped

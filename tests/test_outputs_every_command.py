@@ -8,7 +8,7 @@ import pytest
 from test_llm_support import saved_encoder, tiny_dataset
 from test_outputs import snapshot, user_folder
 
-from llmrec.cli import main
+from llmrec.commands.cli import main
 from llmrec.data.dataset import ProcessedDataset
 
 

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from test_llm_support import save_hf_folder, saved_encoder, tiny_config, tiny_dataset
 
-from llmrec.config import add_options, resolve_config
+from llmrec.base.config import add_options, resolve_config
 from llmrec.data.catalog import Catalog
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.encoders.checkpoint import load_encoder
-from llmrec.errors import CheckpointError, ConfigError, LlmrecError
+from llmrec.base.errors import CheckpointError, ConfigError, LlmrecError
 from llmrec.llm.checkpoint import load_recommender, read_facts, save_checkpoint
 from llmrec.llm.datamodule import prompt_loader
 from llmrec.llm.logprobs import sequence_logprobs
@@ -306,7 +306,7 @@ def sdpo_run(data, sft_lora, root):
 
 
 def test_the_output_is_a_regular_llm_checkpoint_that_evaluate_reads(sdpo_run, data, root):
-    from llmrec.evaluate import EvaluateConfig, run_evaluate
+    from llmrec.commands.evaluate import EvaluateConfig, run_evaluate
 
     out, _ = sdpo_run
     facts = read_facts(out)

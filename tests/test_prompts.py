@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
 from tokenizers.models import BPE
 from transformers import PreTrainedTokenizerFast
 
-from llmrec.errors import ConfigError, DataError
+from llmrec.base.errors import ConfigError, DataError
 from llmrec.llm.backbone import add_slot_tokens
 from llmrec.llm.hybrid import collate_prompts
 from llmrec.llm.prompts import (

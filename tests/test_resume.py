@@ -25,10 +25,10 @@ from safetensors.torch import load_file, save_file
 from test_llm_support import saved_encoder, tiny_dataset
 from torch.utils.data import DataLoader, TensorDataset
 
-from llmrec.atomic import read_output_marker
-from llmrec.cli import main
+from llmrec.base.atomic import read_output_marker
+from llmrec.commands.cli import main
 from llmrec.data.dataset import ProcessedDataset
-from llmrec.errors import CheckpointError
+from llmrec.base.errors import CheckpointError
 from llmrec.training.keep_best import KeepBest
 from llmrec.training.resume import (
     LATEST,

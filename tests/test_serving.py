@@ -17,9 +17,9 @@ import yaml
 from test_llm_support import full_sequence_scores
 from test_serving_support import same_answer, trained_checkpoint
 
-from llmrec.cli import main
+from llmrec.commands.cli import main
 from llmrec.data.catalog import Catalog
-from llmrec.errors import CheckpointError
+from llmrec.base.errors import CheckpointError
 from llmrec.llm.hybrid import collate_prompts
 from llmrec.llm.prompts import choose_template
 from llmrec.llm.ranking import score_candidates

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_serving_support import ServerThread, request, same_answer, trained_checkpoint
 
-from llmrec.errors import ConfigError
+from llmrec.base.errors import ConfigError
 from llmrec.serving.recommender import Recommender
 from llmrec.serving.server import TOKEN_ENV, Limits, bind_socket, create_app, read_token, validation_message
 

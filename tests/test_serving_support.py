@@ -12,7 +12,7 @@ from typing import Any
 
 from test_llm_support import saved_encoder, tiny_dataset
 
-from llmrec.cli import main
+from llmrec.commands.cli import main
 from llmrec.data.dataset import ProcessedDataset
 
 _BUILT: dict[str, Path] = {}

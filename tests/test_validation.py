@@ -22,12 +22,12 @@ from data_fixtures import write_grouplens_100k
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmrec import cli
-from llmrec.config import check_config, option_range, resolve_config, scalar_kind
-from llmrec.device import lightning_accelerator
+from llmrec.commands import cli
+from llmrec.base.config import check_config, option_range, resolve_config, scalar_kind
+from llmrec.base.device import lightning_accelerator
 from llmrec.encoders.synthetic import synthetic_dataset
 from llmrec.encoders.train import TrainEncoderConfig, run_train_encoder
-from llmrec.errors import ConfigError, TrainingDiverged
+from llmrec.base.errors import ConfigError, TrainingDiverged
 
 COMMANDS = list(cli.COMMANDS)
 

@@ -40,7 +40,7 @@ from llmrec.data.protocols import (
 )
 from llmrec.data.raw import RawData, no_data_rows
 from llmrec.data.titles import fallback_title, normalize_title, unique_titles
-from llmrec.errors import DataError
+from llmrec.base.errors import DataError
 
 log = logging.getLogger(__name__)
 _INT = re.compile(r"^[+-]?\d+$")

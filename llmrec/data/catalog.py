@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from llmrec.atomic import atomic_write
-from llmrec.errors import CheckpointError
+from llmrec.base.atomic import atomic_write
+from llmrec.base.errors import CheckpointError
 
 CATALOG_FILE = "catalog.parquet"
 CATALOG_COLUMNS: tuple[str, ...] = ("item_id", "title", "genres", "raw_id")

@@ -27,14 +27,14 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from llmrec.atomic import (
+from llmrec.base.atomic import (
     LegacyOutput,
     PreviousOutput,
     atomic_write_text,
     check_output,
     output_directory,
 )
-from llmrec.errors import DataError
+from llmrec.base.errors import DataError
 
 FORMAT_VERSION = 1
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
@@ -54,11 +54,11 @@ def _prepare_hint(path: Path) -> str:
 def _rebuild_hint(folder: Path, damaged: Path | None = None) -> str:
     """How to rebuild a damaged or incomplete prepare output, with the options saved beside it (config.yaml).
 
-    `prepare` refuses to overwrite a file changed since it wrote it (`llmrec.atomic.check_output`), so a
+    `prepare` refuses to overwrite a file changed since it wrote it (`llmrec.base.atomic.check_output`), so a
     `damaged` file must first leave the folder; a damaged meta.json of a folder without llmrec's output marker
     means prepare cannot prove the folder is its own at all, so the whole folder must be moved away.
     """
-    from llmrec.atomic import read_output_marker
+    from llmrec.base.atomic import read_output_marker
 
     config = folder / "config.yaml"
     rerun = (f"`llmrec prepare --config {config}`" if config.is_file() else
@@ -153,7 +153,7 @@ class ProcessedDataset:
     # ------------------------------------------------------------------ I/O
     def save(self, path: str | os.PathLike, extra_files: Callable[[Path], None] | None = None) -> Path:
         """Write the folder atomically; an existing folder must be a previous prepare output (files a user added
-        to it are kept: `llmrec.atomic.output_directory`). `extra_files(tmp)` writes more files into the folder
+        to it are kept: `llmrec.base.atomic.output_directory`). `extra_files(tmp)` writes more files into the folder
         before it is put in place (prepare's config.yaml)."""
         path = Path(path)
         meta = {**self.meta, "format": MARKER, "format_version": FORMAT_VERSION}

@@ -28,7 +28,7 @@ from pathlib import Path
 from llmrec.data.formats.movielens_100k import load_grouplens_100k
 from llmrec.data.formats.recbole import load_recbole_ml100k
 from llmrec.data.raw import RawData, RawFile
-from llmrec.errors import DataError
+from llmrec.base.errors import DataError
 
 log = logging.getLogger(__name__)
 

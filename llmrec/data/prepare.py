@@ -17,12 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from llmrec.config import config_to_dict, option, save_config
+from llmrec.base.config import config_to_dict, option, save_config
 from llmrec.data.build import BuildOptions, build
 from llmrec.data.dataset import SPLITS, ProcessedDataset, check_output_dir
 from llmrec.data.protocols import DEFAULT_MAX_HISTORY
 from llmrec.data.raw import RawData, find_file
-from llmrec.errors import ConfigError, DataError
+from llmrec.base.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from llmrec.errors import DataError
+from llmrec.base.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -20,20 +20,20 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from llmrec.atomic import (
+from llmrec.base.atomic import (
     LegacyOutput,
     PreviousOutput,
     atomic_write,
     check_output,
     output_directory,
 )
-from llmrec.config import config_to_dict, save_config
+from llmrec.base.config import config_to_dict, save_config
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.fingerprint import split_fingerprint, split_mismatch
 from llmrec.encoders.base import SequentialEncoder
 from llmrec.encoders.index import INDEX_FILE, ItemIndex, faiss_available
 from llmrec.encoders.registry import build_encoder
-from llmrec.errors import CheckpointError, ConfigError
+from llmrec.base.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def check_output_dir(path: Path) -> PreviousOutput | None:
 
 
 def encoder_output_directory(path: Path) -> AbstractContextManager[Path]:
-    """`llmrec.atomic.output_directory` for an encoder checkpoint: yields the temporary folder to fill."""
+    """`llmrec.base.atomic.output_directory` for an encoder checkpoint: yields the temporary folder to fill."""
     return output_directory(path, OUTPUT_COMMAND, legacy=LEGACY_OUTPUT, what="an encoder checkpoint",
                             error=CheckpointError)
 
@@ -118,7 +118,7 @@ def encoder_output_directory(path: Path) -> AbstractContextManager[Path]:
 def save_encoder(encoder: SequentialEncoder, folder: str | os.PathLike, data: ProcessedDataset | None = None,
                  config: Any = None, index: bool = True) -> Path:
     """Write an encoder checkpoint folder atomically (replacing only a previous encoder checkpoint, and
-    keeping the files a user added to it: see `llmrec.atomic`)."""
+    keeping the files a user added to it: see `llmrec.base.atomic`)."""
     folder = Path(folder)
     with encoder_output_directory(folder) as tmp:
         write_encoder_files(encoder, tmp, data, config, index)

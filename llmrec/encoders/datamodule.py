@@ -23,7 +23,7 @@ from llmrec.encoders.evaluate import (
     build_eval_set,
     length_order,
 )
-from llmrec.errors import DataError
+from llmrec.base.errors import DataError
 
 
 def sequence_windows(sequences: Sequence[np.ndarray], train_length: int) -> list[np.ndarray]:

@@ -14,7 +14,7 @@ Item-side fairness (IFairLRS, DESIGN.md §7; `evaluate` only, not the per-epoch 
 `full/dgu@k`, `full/gu@k/<group>` for K in 1, 5, 10, 20 of the full-catalog ranking, `candidates/...` for K in
 1, 5, 10 of the stored candidates (at K = 20 with 20 candidates GP is the candidate distribution whatever the
 model does), and `gh/<group>`, over 5 popularity groups counted on training interactions
-(`llmrec.fairness.groups`). What is recommended at K: the K best-scored items, ties broken by item id (full
+(`llmrec.evaluation.groups`). What is recommended at K: the K best-scored items, ties broken by item id (full
 ranking) or by the stored candidate order (candidates); items excluded from full ranking (padding, seen
 items) are never counted, even when fewer than K items remain. GH uses the samples' stored `history`
 column whichever `history` source the encoder reads, so that every model evaluated on a split (the LLMs
@@ -39,10 +39,10 @@ import torch
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.sampling import LAST_COLUMN, ranked_subset
 from llmrec.encoders.base import SequentialEncoder, pad_left
-from llmrec.errors import DataError
+from llmrec.base.errors import DataError
 from llmrec.evaluation.metrics import candidate_metrics, mask_seen_items, target_ranks
-from llmrec.fairness.groups import ItemGroups, item_groups
-from llmrec.fairness.metrics import (
+from llmrec.evaluation.groups import ItemGroups, item_groups
+from llmrec.evaluation.fairness_metrics import (
     fairness_metrics,
     group_share_of_history,
     rank_candidates,

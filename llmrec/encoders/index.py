@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmrec.atomic import atomic_write
-from llmrec.errors import CheckpointError
+from llmrec.base.atomic import atomic_write
+from llmrec.base.errors import CheckpointError
 
 INDEX_FILE = "items.faiss"
 

@@ -10,7 +10,7 @@ from llmrec.encoders.caser import Caser
 from llmrec.encoders.gru4rec import GRU4Rec
 from llmrec.encoders.mostpop import MostPop
 from llmrec.encoders.sasrec import SASRec
-from llmrec.errors import ConfigError
+from llmrec.base.errors import ConfigError
 
 ENCODERS: dict[str, type[SequentialEncoder]] = {
     "sasrec": SASRec,

@@ -2,7 +2,7 @@
 
 The output folder gets `encoder.safetensors`, `config.yaml` (this resolved config plus the `encoder:`
 section `load_encoder` reads), `metrics.json` (valid and test), `items.faiss` (when faiss is installed) and
-`logs/` (Lightning CSV and TensorBoard logs). It is written atomically (`llmrec.atomic.output_directory`): a
+`logs/` (Lightning CSV and TensorBoard logs). It is written atomically (`llmrec.base.atomic.output_directory`): a
 failed or diverged run leaves no half-written folder, an existing `--out` is replaced only if it is itself an
 encoder checkpoint, and files a user added to that checkpoint are kept. While training, the state to resume from
 is saved to `<out>.resume/` (`llmrec.training.resume`); `--resume` continues an interrupted run from it, and a
@@ -25,10 +25,10 @@ from typing import Any, Literal
 
 import torch
 
-from llmrec.atomic import atomic_write_text
-from llmrec.config import check_config, option
+from llmrec.base.atomic import atomic_write_text
+from llmrec.base.config import check_config, option
 from llmrec.data.dataset import ProcessedDataset
-from llmrec.device import check_device, lightning_accelerator
+from llmrec.base.device import check_device, lightning_accelerator
 from llmrec.encoders.base import SequentialEncoder
 from llmrec.encoders.checkpoint import (
     check_output_dir,
@@ -43,7 +43,7 @@ from llmrec.encoders.evaluate import (
 )
 from llmrec.encoders.mostpop import MostPop
 from llmrec.encoders.registry import build_encoder, encoder_hparam_names
-from llmrec.errors import ConfigError
+from llmrec.base.errors import ConfigError
 from llmrec.training.keep_best import KeepBest
 from llmrec.training.loggers import training_loggers
 from llmrec.training.resume import (

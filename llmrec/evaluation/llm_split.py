@@ -23,14 +23,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llmrec.atomic import atomic_write
+from llmrec.base.atomic import atomic_write
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.sampling import LAST_COLUMN, ranked_subset
 from llmrec.evaluation.metrics import candidate_metrics, choice_metrics, target_ranks
 from llmrec.llm.datamodule import prompt_loader
 from llmrec.llm.hybrid import HybridLM
 from llmrec.llm.ranking import MAX_NEW_TOKENS, Mode, rank
-from llmrec.training.progress import track
+from llmrec.base.progress import track
 
 SCORES_FILE = "scores.parquet"
 INVALID = -1
@@ -125,7 +125,7 @@ def write_evaluation(folder: Path, metrics: dict[str, Any], ranked: pd.DataFrame
     """`metrics.json` and `scores.parquet` of one ranked split into `folder` (created). `nested=True` marks the
     folder as an `llmrec evaluate` output of its own, for a ranking written inside a checkpoint (train-llm's and
     train-sdpo's `eval-test-score/`), so that `llmrec evaluate` may later replace it."""
-    from llmrec.atomic import atomic_write_text, mark_output
+    from llmrec.base.atomic import atomic_write_text, mark_output
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ def write_evaluation(folder: Path, metrics: dict[str, Any], ranked: pd.DataFrame
 
 def read_scores(folder: Path) -> pd.DataFrame:
     """The rows `write_scores` wrote (the `mode` and `split` columns kept, also set as `attrs`)."""
-    from llmrec.errors import CheckpointError
+    from llmrec.base.errors import CheckpointError
 
     path = Path(folder) / SCORES_FILE
     if not path.is_file():

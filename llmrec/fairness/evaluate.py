@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 from llmrec.data.dataset import ProcessedDataset
-from llmrec.errors import ConfigError, DataError
-from llmrec.fairness.groups import ItemGroups
-from llmrec.fairness.metrics import (
+from llmrec.base.errors import ConfigError, DataError
+from llmrec.evaluation.groups import ItemGroups
+from llmrec.evaluation.fairness_metrics import (
     FAIRNESS_KS,
     check_k,
     fairness_metrics,

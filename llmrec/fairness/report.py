@@ -29,13 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from llmrec.atomic import atomic_write, atomic_write_text, check_output, output_directory
-from llmrec.config import check_config, load_yaml_mapping, option, save_config
+from llmrec.base.atomic import atomic_write, atomic_write_text, check_output, output_directory
+from llmrec.base.config import check_config, load_yaml_mapping, option, save_config
 from llmrec.data.dataset import ProcessedDataset
-from llmrec.errors import ConfigError
+from llmrec.base.errors import ConfigError
 from llmrec.evaluation.llm_split import SCORES_FILE, read_scores, split_metrics
 from llmrec.fairness.evaluate import ranked_fairness, table_mode, table_split
-from llmrec.fairness.groups import ItemGroups, item_groups
+from llmrec.evaluation.groups import ItemGroups, item_groups
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmrec.errors import ConfigError, DataError
+from llmrec.base.errors import ConfigError, DataError
 from llmrec.evaluation.metrics import target_ranks
-from llmrec.fairness.groups import ItemGroups
-from llmrec.fairness.metrics import (
+from llmrec.evaluation.groups import ItemGroups
+from llmrec.evaluation.fairness_metrics import (
     FAIRNESS_KS,
     dgu,
     group_unfairness_at_ks,

@@ -36,11 +36,11 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from llmrec.atomic import atomic_write_text, check_output, output_directory
-from llmrec.config import check_config, load_yaml_mapping, option, save_config
+from llmrec.base.atomic import atomic_write_text, check_output, output_directory
+from llmrec.base.config import check_config, load_yaml_mapping, option, save_config
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.fingerprint import split_mismatch
-from llmrec.errors import CheckpointError, ConfigError, DataError
+from llmrec.base.errors import CheckpointError, ConfigError, DataError
 from llmrec.evaluation.llm_split import (
     SCORES_FILE,
     read_scores,
@@ -56,8 +56,8 @@ from llmrec.fairness.evaluate import (
     table_mode,
     table_split,
 )
-from llmrec.fairness.groups import ItemGroups, item_groups
-from llmrec.fairness.metrics import FAIRNESS_KS, check_k
+from llmrec.evaluation.groups import ItemGroups, item_groups
+from llmrec.evaluation.fairness_metrics import FAIRNESS_KS, check_k
 from llmrec.fairness.rerank import (
     DEFAULT_ALPHAS,
     choose_alpha,

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from transformers.utils import logging as hf_logging
 
-from llmrec.atomic import atomic_directory
-from llmrec.errors import CheckpointError, ConfigError
+from llmrec.base.atomic import atomic_directory
+from llmrec.base.errors import CheckpointError, ConfigError
 from llmrec.llm.prompts import SLOT_TOKENS, SlotIds, template_corpus
 from llmrec.llm.tokenizer import train_tokenizer
 

@@ -35,13 +35,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from llmrec.atomic import atomic_write_text
+from llmrec.base.atomic import atomic_write_text
 from llmrec.data.catalog import Catalog
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.fingerprint import split_mismatch
 from llmrec.encoders.base import SequentialEncoder
 from llmrec.encoders.checkpoint import load_encoder
-from llmrec.errors import CheckpointError, ConfigError
+from llmrec.base.errors import CheckpointError, ConfigError
 from llmrec.llm import backbone
 from llmrec.llm.hybrid import SCORE_NORMS, HybridLM, ScoreNorm
 from llmrec.llm.lora import load_lora

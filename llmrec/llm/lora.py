@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from llmrec.errors import ConfigError
+from llmrec.base.errors import ConfigError
 
 DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 GPT2_TARGETS: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from llmrec.atomic import atomic_write_text
+from llmrec.base.atomic import atomic_write_text
 
 CARD_FILE = "README.md"
 PROMPTS = {"hybrid": "hybrid (each item: its title + one behavioural token projected from the encoder's item "
@@ -145,7 +145,7 @@ def write_model_card(folder: str | os.PathLike, facts: dict[str, Any], config_di
     """Write `README.md` into the checkpoint folder `folder` (atomically); returns its path.
 
     `facts`: the checkpoint facts (`checkpoint.json` contents or the dict given to `save_checkpoint`);
-    `config_dict`: `llmrec.config.config_to_dict(config)`; `metrics`: what `metrics.json` holds.
+    `config_dict`: `llmrec.base.config.config_to_dict(config)`; `metrics`: what `metrics.json` holds.
     """
     text = model_card(folder, json.loads(json.dumps(facts, default=str)), config_dict, metrics)
     return atomic_write_text(Path(folder) / CARD_FILE, text)

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmrec.errors import ConfigError, DataError
+from llmrec.base.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

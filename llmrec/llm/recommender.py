@@ -11,7 +11,7 @@ import torch
 
 from llmrec.data.catalog import Catalog
 from llmrec.encoders.base import SequentialEncoder
-from llmrec.errors import CheckpointError, ConfigError
+from llmrec.base.errors import CheckpointError, ConfigError
 from llmrec.llm import backbone
 from llmrec.llm.hybrid import HybridLM, PromptKind, ScoreNorm
 from llmrec.llm.projector import Projector

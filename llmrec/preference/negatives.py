@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from llmrec.errors import ConfigError, DataError
+from llmrec.base.errors import ConfigError, DataError
 
 ALL = "all"
 NEGATIVES_STREAM = 1

@@ -26,12 +26,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from llmrec.atomic import atomic_write
-from llmrec.errors import CheckpointError
+from llmrec.base.atomic import atomic_write
+from llmrec.base.errors import CheckpointError
 from llmrec.llm.datamodule import prompt_loader
 from llmrec.llm.hybrid import HybridLM
 from llmrec.llm.logprobs import sequence_logprobs
-from llmrec.training.progress import track
+from llmrec.base.progress import track
 
 REFERENCE_FILE = "reference_logprobs.safetensors"
 REFERENCE_FORMAT = "llmrec-reference-logprobs"

@@ -38,15 +38,15 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from llmrec.atomic import atomic_write_text, check_output, output_directory
-from llmrec.config import check_config, config_to_dict, option, save_config
+from llmrec.base.atomic import atomic_write_text, check_output, output_directory
+from llmrec.base.config import check_config, config_to_dict, option, save_config
 from llmrec.data.catalog import Catalog
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.sampling import subset
-from llmrec.device import lightning_accelerator
-from llmrec.errors import CheckpointError, ConfigError
+from llmrec.base.device import lightning_accelerator
+from llmrec.base.errors import CheckpointError, ConfigError
 from llmrec.evaluation.llm_split import evaluate_split, write_evaluation
-from llmrec.fairness.weights import training_sample_weights
+from llmrec.evaluation.fairness_weights import training_sample_weights
 from llmrec.llm.checkpoint import (
     BASE_DIR,
     ENCODER_DIR,

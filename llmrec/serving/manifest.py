@@ -1,8 +1,8 @@
 """The bundle manifest: every file a checkpoint command wrote, checked before a model is served.
 
 An LLM checkpoint folder (`llmrec train-llm` or `llmrec train-sdpo` output) carries `.llmrec-output.json`,
-written last by `llmrec.atomic.output_directory`: each file the command wrote with its size and, up to
-`llmrec.atomic.HASH_LIMIT` bytes, its sha256. That marker is the bundle manifest. `verify_bundle` checks every
+written last by `llmrec.base.atomic.output_directory`: each file the command wrote with its size and, up to
+`llmrec.base.atomic.HASH_LIMIT` bytes, its sha256. That marker is the bundle manifest. `verify_bundle` checks every
 listed file before anything is loaded: a missing file, a changed size or a changed sha256 is one
 `CheckpointError` naming the file. Files larger than `HASH_LIMIT` (the full weights of a multi-GB model) are
 checked by size only, because the marker records no hash for them.
@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from llmrec.atomic import OUTPUT_FORMAT_VERSION, OUTPUT_MARKER, read_output_marker
-from llmrec.errors import CheckpointError
+from llmrec.base.atomic import OUTPUT_FORMAT_VERSION, OUTPUT_MARKER, read_output_marker
+from llmrec.base.errors import CheckpointError
 
 CHECKPOINT_COMMANDS: tuple[str, ...] = ("train-llm", "train-sdpo")
 

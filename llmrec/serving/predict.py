@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from llmrec.config import check_config, option
-from llmrec.errors import ConfigError
+from llmrec.base.config import check_config, option
+from llmrec.base.errors import ConfigError
 
 ID_LIST = re.compile(r"^\s*\d+(\s*,\s*\d+)*\s*,?\s*$")
 

@@ -45,7 +45,7 @@ import torch
 
 from llmrec.data.protocols import DEFAULT_MAX_HISTORY
 from llmrec.encoders.index import INDEX_FILE, ItemIndex, faiss_available
-from llmrec.errors import CheckpointError, DataError, LlmrecError
+from llmrec.base.errors import CheckpointError, DataError, LlmrecError
 from llmrec.llm.checkpoint import ENCODER_DIR, load_recommender, read_facts
 from llmrec.llm.hybrid import HybridLM, collate_prompts
 from llmrec.llm.prompts import Prompt, clean_title

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from llmrec.config import check_config, option
-from llmrec.errors import ConfigError
+from llmrec.base.config import check_config, option
+from llmrec.base.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

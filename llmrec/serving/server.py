@@ -34,7 +34,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from llmrec.errors import ConfigError
+from llmrec.base.errors import ConfigError
 from llmrec.serving.batching import BatcherClosed, MicroBatcher
 from llmrec.serving.recommender import Recommender, RequestError
 

@@ -4,7 +4,7 @@ A learning rate that is too high, a fp16 overflow or a bad batch can turn the lo
 every optimiser step writes nan into the weights, and a run that kept going would save a checkpoint that
 looks finished and ranks at random. `DivergenceGuard` raises `TrainingDiverged` (an `LlmrecError`: the
 command prints one line and exits 2) as soon as it sees it. The command's output folder is built in a
-temporary folder (`llmrec.atomic.output_directory`), so the exception leaves no output behind.
+temporary folder (`llmrec.base.atomic.output_directory`), so the exception leaves no output behind.
 
 Cost: the loss is checked after every step (one scalar moved to the CPU); the trainable weights — all of
 them for a small model, only the adapters and projector for LoRA — every `weights_every` steps and once
@@ -19,7 +19,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from llmrec.errors import TrainingDiverged
+from llmrec.base.errors import TrainingDiverged
 
 
 def _loss_of(outputs: Any) -> torch.Tensor | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-from llmrec.device import lightning_accelerator
+from llmrec.base.device import lightning_accelerator
 from llmrec.training.divergence import DivergenceGuard
 from llmrec.training.keep_best import KeepBest
 from llmrec.training.loggers import training_loggers

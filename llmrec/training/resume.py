@@ -3,7 +3,7 @@
 Every training stage (`train-encoder`, `train-llm`, `train-sdpo`) adds `ResumeCheckpoint` to its Lightning
 Trainer. Every `every_n_steps` optimiser steps, and after every validation round, it writes the whole training
 state to `<out>.resume/` (`resume_folder(out)`), never inside `<out>` (an output folder exists only once its
-command finished, see `llmrec.atomic`) and never under the hidden `.<out>.*.tmp` temporaries (the next run's
+command finished, see `llmrec.base.atomic`) and never under the hidden `.<out>.*.tmp` temporaries (the next run's
 stale-temporary cleanup removes those). Nothing is pickled:
 
     <out>.resume/
@@ -45,9 +45,9 @@ import pytorch_lightning as pl
 import torch
 from safetensors.torch import load_file, save_file
 
-from llmrec.atomic import atomic_write_text
-from llmrec.config import config_to_dict
-from llmrec.errors import CheckpointError
+from llmrec.base.atomic import atomic_write_text
+from llmrec.base.config import config_to_dict
+from llmrec.base.errors import CheckpointError
 from llmrec.training.keep_best import KeepBest, load_trainable_state, trainable_state
 
 log = logging.getLogger(__name__)

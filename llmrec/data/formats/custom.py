@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from llmrec.data.raw import TIME_LIMIT, RawData, RawFile, decode, make_raw, no_data_rows
-from llmrec.errors import DataError
+from llmrec.base.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from llmrec.data.raw import (
     require_id,
     split_fields,
 )
-from llmrec.errors import DataError
+from llmrec.base.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from llmrec.data.raw import (
     parse_time,
     require_id,
 )
-from llmrec.errors import DataError
+from llmrec.base.errors import DataError
 
 
 def _header(line: str, f: RawFile, required: tuple[str, ...]) -> dict[str, int]:

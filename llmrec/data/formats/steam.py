@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from llmrec.data.raw import RawData, RawFile, make_raw, no_data_rows
-from llmrec.errors import DataError
+from llmrec.base.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ results table and `report.md` with figures.
     llmrec demo [--dataset ml-100k] [--out checkpoints/demo] [--fresh] [--stages ...]
 
 Stages (each prints `== stage i/N name` when it starts and `-- name done in 1m23s` when it ends). A stage is
-skipped when its output is current: it exists (outputs are written through `llmrec.atomic.output_directory`, so
+skipped when its output is current: it exists (outputs are written through `llmrec.base.atomic.output_directory`, so
 an interrupted stage never leaves a folder that looks finished), it is no older than what it is made from (a
 retrained SFT model makes the S-DPO model, its rankings, the re-ranking and the report out of date), and it
 records the options this run asks for (prepare: dataset, `llara`, `all`, seed; training: seed and
@@ -29,7 +29,7 @@ stage. `--fresh` reruns every selected stage. What a preset file says is not com
                --alpha auto`, into `<sdpo>/rerank-popularity/`);
   7. predict   the final model's top 10 for one test user over the whole catalog (retrieve with the encoder,
                re-rank with the LLM), printed as `llmrec predict` prints it;
-  8. report    `<out>/report.md` with PNG figures in `<out>/report/` (`llmrec.demo_report`): training curves of
+  8. report    `<out>/report.md` with PNG figures in `<out>/report/` (`llmrec.commands.demo_report`): training curves of
                every trained stage, hr@1 per stage, GP vs GH per popularity group, and the results table.
 The results table (MostPop, SASRec, SFT LLM, S-DPO LLM, S-DPO + re-ranking: hr@1, valid_ratio, candidates/ndcg@5,
 mgu@1) is printed at the end; `<out>/demo-results.json` records each stage's seconds (for a reused stage, those of
@@ -51,16 +51,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from llmrec.config import option
+from llmrec.base.config import option
+from llmrec.base.progress import duration
 
 if TYPE_CHECKING:  # the command line imports this module to build its parser: nothing heavy at import time
     import pandas as pd
 
     from llmrec.data.dataset import ProcessedDataset
-    from llmrec.demo_report import ResultRow
+    from llmrec.commands.demo_report import ResultRow
 
 STAGES: tuple[str, ...] = ("prepare", "encoder", "llm", "sdpo", "evaluate", "rerank", "predict", "report")
-PRESETS = Path(__file__).parent / "configs"
+PRESETS = Path(__file__).resolve().parents[1] / "configs"
 RESULTS_FILE = "demo-results.json"
 REPORT_FILE = "report.md"
 FIGURES_DIR = "report"
@@ -152,7 +153,7 @@ def default_encoder_preset(model: str) -> Path | None:
 
 def preset_path(value: str, option_name: str) -> Path:
     """A preset given as a shipped name (`llm-tiny-cpu-small`) or a YAML file path; ConfigError if missing."""
-    from llmrec.errors import ConfigError
+    from llmrec.base.errors import ConfigError
 
     given = Path(value)
     path = given if given.suffix in (".yaml", ".yml") or len(given.parts) > 1 else PRESETS / f"{value}.yaml"
@@ -265,7 +266,7 @@ def rerank_output(paths: DemoPaths) -> Output:
 
 def report_outputs(config: DemoConfig, paths: DemoPaths) -> list[Output]:
     """report.md and its figures, made from every ranking and every training log."""
-    from llmrec.atomic import OUTPUT_MARKER
+    from llmrec.base.atomic import OUTPUT_MARKER
 
     made_from = (paths.encoder / METRICS, paths.llm / METRICS, paths.sdpo / METRICS,
                  *(o.marker for o in evaluate_outputs(config, paths).values()),
@@ -281,7 +282,7 @@ def sample_keys(table: pd.DataFrame) -> list[tuple[int, int]]:
 
 def check_same_samples(tables: dict[str, pd.DataFrame]) -> None:
     """DataError unless every ranked table holds the same (user, position) samples in the same order."""
-    from llmrec.errors import DataError
+    from llmrec.base.errors import DataError
 
     items = list(tables.items())
     for name, table in items[1:]:
@@ -296,13 +297,13 @@ def write_encoder_subset(folder: Path, data: ProcessedDataset, n: int, seed: int
     (metrics.json with the fairness metrics, scores.parquet, config.yaml)."""
     import yaml
 
-    from llmrec.atomic import atomic_write_text, output_directory
-    from llmrec.config import load_yaml_mapping
+    from llmrec.base.atomic import atomic_write_text, output_directory
+    from llmrec.base.config import load_yaml_mapping
     from llmrec.encoders.checkpoint import load_encoder
     from llmrec.encoders.evaluate import encoder_ranking
     from llmrec.evaluation.llm_split import write_evaluation
-    from llmrec.fairness.groups import item_groups
-    from llmrec.fairness.metrics import FAIRNESS_KS
+    from llmrec.evaluation.groups import item_groups
+    from llmrec.evaluation.fairness_metrics import FAIRNESS_KS
     from llmrec.fairness.rerank_command import table_metrics
 
     encoder = load_encoder(folder, data)
@@ -324,10 +325,10 @@ def write_encoder_subset(folder: Path, data: ProcessedDataset, n: int, seed: int
 def result_rows(paths: DemoPaths, data: ProcessedDataset, encoder: str) -> list[ResultRow]:
     """The five rows of the results table from the saved rankings (empty metrics where a ranking is missing);
     DataError when the rankings that exist are not of the same samples."""
-    from llmrec.demo_report import ResultRow
+    from llmrec.commands.demo_report import ResultRow
     from llmrec.evaluation.llm_split import SCORES_FILE, read_scores
-    from llmrec.fairness.groups import item_groups
-    from llmrec.fairness.metrics import FAIRNESS_KS
+    from llmrec.evaluation.groups import item_groups
+    from llmrec.evaluation.fairness_metrics import FAIRNESS_KS
     from llmrec.fairness.rerank_command import table_metrics
 
     groups = item_groups(data, "popularity")
@@ -397,7 +398,7 @@ class StageRunner:
         if not reuse:
             self.redo = stage.work(self.redo) or self.redo
         seconds = time.perf_counter() - started
-        print(f"-- {stage.name} done in {_duration(seconds)}", flush=True)
+        print(f"-- {stage.name} done in {duration(seconds)}", flush=True)
         record: dict[str, Any] = {"seconds": seconds, "hr@1": None, "reused": reuse, "partial": partial,
                                   "seconds_from": "this run"}
         if reuse:
@@ -411,11 +412,6 @@ class StageRunner:
         return reuse
 
 
-def _duration(seconds: float) -> str:
-    """`llmrec.training.progress.duration`, imported when used (that module imports Lightning)."""
-    from llmrec.training.progress import duration
-
-    return duration(seconds)
 
 
 def _read_previous(path: Path) -> dict[str, Any]:
@@ -429,7 +425,7 @@ def _read_previous(path: Path) -> dict[str, Any]:
 def write_results(path: Path, records: dict[str, dict[str, Any]], rows: list[ResultRow], encoder: str,
                   wall_seconds: float, facts: dict[str, Any]) -> Path:
     """`demo-results.json`: per-stage seconds and hr@1, the baselines' hr@1, the table and the wall time."""
-    from llmrec.atomic import atomic_write_text
+    from llmrec.base.atomic import atomic_write_text
 
     by_label = {r.label: r for r in rows}
     n = next((r.metrics.get("n_samples") for r in rows if r.metrics.get("n_samples") is not None), None)
@@ -463,7 +459,7 @@ def _print_encoder(name: str, folder: Path) -> None:
 
 def _needs(folder: Path, stage: str, needed_by: str) -> None:
     """ConfigError unless `folder` holds a finished output (of stage `stage`)."""
-    from llmrec.errors import ConfigError
+    from llmrec.base.errors import ConfigError
 
     if not _finished(folder):
         raise ConfigError(f"stage {needed_by} needs {folder} (made by the {stage} stage; add it to --stages)")
@@ -472,9 +468,9 @@ def _needs(folder: Path, stage: str, needed_by: str) -> None:
 def _train_encoders(config: DemoConfig, paths: DemoPaths, redo: bool) -> bool:
     """Train the encoders that are not current (all with `redo`); True when the LLM's encoder was trained
     (MostPop alone changes only its own ranking, which the evaluate stage then remakes: it is out of date)."""
-    from llmrec.config import resolve_config
+    from llmrec.base.config import resolve_config
     from llmrec.encoders.train import TrainEncoderConfig, run_train_encoder
-    from llmrec.training.progress import interactive
+    from llmrec.base.progress import interactive
 
     outputs = encoder_outputs(config, paths)
     trained = False
@@ -506,7 +502,7 @@ def _train_llm_stage(run: Callable[[Any], int], config_class: type, values: dict
 
     `needs` is (input folder, input stage, this stage), for the one-line message when the input is missing.
     """
-    from llmrec.config import resolve_config
+    from llmrec.base.config import resolve_config
 
     _needs(*needs)
     _run_quietly(run, resolve_config(config_class, values, preset))
@@ -541,7 +537,7 @@ def _print_llm(title: str, folder: Path) -> None:
 def _evaluate(config: DemoConfig, paths: DemoPaths, redo: bool) -> bool:
     """Make the rankings that are not current (all with `redo`)."""
     from llmrec.data.dataset import ProcessedDataset
-    from llmrec.evaluate import EvaluateConfig, run_evaluate
+    from llmrec.commands.evaluate import EvaluateConfig, run_evaluate
     from llmrec.evaluation.llm_split import read_scores
 
     for folder, stage in ((paths.baseline, "encoder"), (paths.encoder, "encoder"), (paths.llm, "llm"),
@@ -585,7 +581,7 @@ def _rerank(paths: DemoPaths) -> bool:
 
 def _predict(paths: DemoPaths) -> bool:
     from llmrec.data.dataset import ProcessedDataset
-    from llmrec.errors import ConfigError, DataError
+    from llmrec.base.errors import ConfigError, DataError
     from llmrec.serving.predict import PredictConfig, run_predict
 
     final = next((d for d in (paths.sdpo, paths.llm) if _finished(d)), None)
@@ -612,10 +608,10 @@ def _generated_samples(paths: DemoPaths) -> int | None:
 
 
 def _report(config: DemoConfig, paths: DemoPaths, rows: list[ResultRow], runner: StageRunner) -> bool:
-    from llmrec.atomic import atomic_write_text, output_directory
+    from llmrec.base.atomic import atomic_write_text, output_directory
     from llmrec.data.dataset import ProcessedDataset
-    from llmrec.demo_report import read_stage_curves, report_markdown, write_figures
-    from llmrec.fairness.groups import item_groups
+    from llmrec.commands.demo_report import read_stage_curves, report_markdown, write_figures
+    from llmrec.evaluation.groups import item_groups
 
     curves = [c for c in (read_stage_curves(LABELS[config.encoder], paths.encoder),
                           read_stage_curves("SFT LLM", paths.llm), read_stage_curves("S-DPO LLM", paths.sdpo))
@@ -697,9 +693,9 @@ def _after(name: str, paths: DemoPaths, config: DemoConfig, reused: bool) -> Non
 
 def run_demo(config: DemoConfig) -> int:
     """Run the selected stages (see the module docstring); print the results table; write demo-results.json."""
-    from llmrec.config import check_config
-    from llmrec.demo_report import results_text
-    from llmrec.errors import ConfigError, DataError
+    from llmrec.base.config import check_config
+    from llmrec.commands.demo_report import results_text
+    from llmrec.base.errors import ConfigError, DataError
 
     check_config(config)
     unknown = [s for s in config.stages if s not in STAGES]
@@ -740,6 +736,6 @@ def run_demo(config: DemoConfig) -> int:
                 print(f"  {row.label}: {row.note}; run the demo without --stages to remake it", flush=True)
     wall = time.perf_counter() - started
     write_results(paths.results, runner.records, rows, config.encoder, wall, facts)
-    print(f"\ndemo finished in {_duration(wall)}; outputs in {paths.out} and {paths.data}"
+    print(f"\ndemo finished in {duration(wall)}; outputs in {paths.out} and {paths.data}"
           + (f"; report: {paths.report}" if paths.report.is_file() else ""), flush=True)
     return 0

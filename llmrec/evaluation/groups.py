@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from llmrec.errors import ConfigError, DataError
+from llmrec.base.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from llmrec.data.dataset import ProcessedDataset

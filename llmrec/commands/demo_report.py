@@ -1,8 +1,8 @@
-"""The results of `llmrec demo` (`llmrec.demo`): the results table, the training curves and `report.md`.
+"""The results of `llmrec demo` (`llmrec.commands.demo`): the results table, the training curves and `report.md`.
 
 Everything here reads files the pipeline already wrote and runs no model:
 - `ResultRow`: one row of the results table (MostPop, the encoder, SFT LLM, S-DPO LLM, S-DPO + re-ranking), all
-  measured on the SAME seeded subset of the test samples (`llmrec.demo` makes sure of that);
+  measured on the SAME seeded subset of the test samples (`llmrec.commands.demo` makes sure of that);
 - `results_text` / `results_markdown`: that table for the terminal and for Markdown;
 - `read_stage_curves`: the train loss and the validation metric of one training stage against the optimiser
   step, from the Lightning CSV log every trainer writes (`<folder>/logs/csv/metrics.csv`,
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from llmrec.atomic import atomic_write
+from llmrec.base.atomic import atomic_write
 from llmrec.fairness.report import ReportEntry, write_report
 from llmrec.training.loggers import LOG_DIR
 
@@ -256,7 +256,7 @@ def write_figures(folder: Path, rows: Sequence[ResultRow], curves: Sequence[Stag
 
 # ------------------------------------------------------------------------------------------------ report.md
 def stage_lines(stages: dict[str, dict[str, Any]]) -> list[str]:
-    """The Markdown table of the stages' records (`llmrec.demo.StageRunner`): seconds and how each was made."""
+    """The Markdown table of the stages' records (`llmrec.commands.demo.StageRunner`): seconds and how each was made."""
     lines = ["| stage | seconds | this run |", "|---|---:|---|"]
     for name, s in stages.items():
         seconds = s.get("seconds")

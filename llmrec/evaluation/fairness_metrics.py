@@ -24,8 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from llmrec.errors import ConfigError
-from llmrec.fairness.groups import ItemGroups
+from llmrec.base.errors import ConfigError
+from llmrec.evaluation.groups import ItemGroups
 
 FAIRNESS_KS: tuple[int, ...] = (1, 5, 10)
 

@@ -34,8 +34,8 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
-from llmrec.atomic import atomic_write_text
-from llmrec.errors import ConfigError
+from llmrec.base.atomic import atomic_write_text
+from llmrec.base.errors import ConfigError
 
 T = TypeVar("T")
 

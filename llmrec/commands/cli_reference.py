@@ -1,6 +1,6 @@
 """The command-line reference in the README, generated from the CLI's own `--help` so that it stays true.
 
-    python -m llmrec.cli_reference          # rewrite the README's reference section in place
+    python -m llmrec.commands.cli_reference          # rewrite the README's reference section in place
 The README holds the output between `<!-- CLI-REFERENCE:START -->` and `<!-- CLI-REFERENCE:END -->`; a test
 fails when they differ, so a changed option cannot leave the README behind.
 """
@@ -16,8 +16,8 @@ WIDTH = "110"  # argparse wraps help at $COLUMNS: fixed, so the text does not de
 
 
 def cli_reference() -> str:
-    """Markdown: `llmrec --help`, then each command's `--help`, in the order of `llmrec.cli.COMMANDS`."""
-    from llmrec.cli import COMMANDS, build_parser
+    """Markdown: `llmrec --help`, then each command's `--help`, in the order of `llmrec.commands.cli.COMMANDS`."""
+    from llmrec.commands.cli import COMMANDS, build_parser
 
     saved = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = WIDTH
@@ -45,7 +45,7 @@ def replace_section(text: str, body: str) -> str:
 
 
 def main() -> int:
-    readme = Path(__file__).resolve().parents[1] / "README.md"
+    readme = Path(__file__).resolve().parents[2] / "README.md"
     readme.write_text(replace_section(readme.read_text(encoding="utf-8"), cli_reference()), encoding="utf-8")
     print(f"updated the CLI reference in {readme}")
     return 0

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from llmrec.data.dataset import ProcessedDataset
-from llmrec.fairness.groups import ItemGroups, item_groups
+from llmrec.evaluation.groups import ItemGroups, item_groups
 
 
 def group_weights(train_histories: Sequence[Sequence[int] | np.ndarray], train_targets: Sequence[int] | np.ndarray,

@@ -17,15 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from llmrec.atomic import check_output, output_directory
-from llmrec.config import check_config, option, save_config
+from llmrec.base.atomic import check_output, output_directory
+from llmrec.base.config import check_config, option, save_config
 from llmrec.data.dataset import ProcessedDataset
-from llmrec.device import lightning_accelerator
+from llmrec.base.device import lightning_accelerator
 from llmrec.encoders.checkpoint import load_encoder
-from llmrec.errors import ConfigError
+from llmrec.base.errors import ConfigError
 from llmrec.evaluation.llm_split import evaluate_split, write_evaluation
 from llmrec.fairness.evaluate import ranked_fairness
-from llmrec.fairness.groups import item_groups
+from llmrec.evaluation.groups import item_groups
 from llmrec.fairness.report import ReportEntry, write_report
 from llmrec.llm.checkpoint import load_recommender, read_facts
 from llmrec.llm.ranking import MAX_NEW_TOKENS

@@ -55,7 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from llmrec.errors import ConfigError, LlmrecError
+from llmrec.base.errors import ConfigError, LlmrecError
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from llmrec.errors import ConfigError
+from llmrec.base.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

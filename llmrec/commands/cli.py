@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from llmrec.config import add_options, option, resolve_config
-from llmrec.device import check_device, set_threads
-from llmrec.errors import LlmrecError
+from llmrec.base.config import add_options, option, resolve_config
+from llmrec.base.device import check_device, set_threads
+from llmrec.base.errors import LlmrecError
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ COMMANDS: dict[str, Command] = {
                              "train an ID-based sequential encoder (SASRec, GRU4Rec, Caser) or MostPop"),
     "train-llm": Command("llmrec.llm.train", "TrainLLMConfig", "run_train_llm",
                          "fine-tune an LLM recommender with hybrid prompts, curriculum and LoRA"),
-    "evaluate": Command("llmrec.evaluate", "EvaluateConfig", "run_evaluate",
+    "evaluate": Command("llmrec.commands.evaluate", "EvaluateConfig", "run_evaluate",
                         "rank candidates with a trained LLM recommender (score, generate or constrained)"),
     "train-sdpo": Command("llmrec.preference.train", "TrainSDPOConfig", "run_train_sdpo",
                           "preference-train an SFT recommender with S-DPO (several negatives per prompt) or a "
@@ -53,7 +53,7 @@ COMMANDS: dict[str, Command] = {
                        "the next items for one history from a trained checkpoint, as a table or JSON"),
     "serve": Command("llmrec.serving.serve", "ServeConfig", "run_serve",
                      "answer next-item requests over HTTP (FastAPI + uvicorn; binds 127.0.0.1 by default)"),
-    "demo": Command("llmrec.demo", "DemoConfig", "run_demo",
+    "demo": Command("llmrec.commands.demo", "DemoConfig", "run_demo",
                     "run every stage on MovieLens-100K at a small, documented scale"),
 }
 
@@ -82,21 +82,6 @@ def _out_of_memory(e: BaseException) -> bool:
             or "can't allocate memory" in text or "out of memory" in text.lower())
 
 
-def _available() -> dict[str, Command]:
-    """Commands whose module exists (stages land issue by issue).
-
-    Looks for the module's file instead of calling `find_spec`, which would import the parent packages
-    (and torch with them) just to print the command list.
-    """
-    root = Path(__file__).parent
-    out = {}
-    for name, cmd in COMMANDS.items():
-        rel = Path(*cmd.module.split(".")[1:])
-        if (root / rel).with_suffix(".py").is_file() or (root / rel / "__init__.py").is_file():
-            out[name] = cmd
-    return out
-
-
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser; only `command`'s module is imported to build its options."""
     from llmrec import __version__
@@ -106,7 +91,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     parser.set_defaults(subparsers={})
-    for name, cmd in _available().items():
+    for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help, allow_abbrev=False)
         parser.get_default("subparsers")[name] = p
         if name == command:
