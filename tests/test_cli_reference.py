@@ -14,7 +14,8 @@ def test_the_reference_page_is_the_current_help_of_every_command():
     assert "--threads" in generated and "--lr" in generated  # real option help, not just titles
     assert REFERENCE_FILE == "docs/cli.md"
     section = REFERENCE.read_text(encoding="utf-8").split(START, 1)[1].split(END, 1)[0]
-    assert section.strip() == generated.strip(), f"run `python -m llmrec.commands.cli_reference` to update {REFERENCE_FILE}"
+    assert section.strip() == generated.strip(), \
+        f"run `python -m llmrec.commands.cli_reference` to update {REFERENCE_FILE}"
 
 
 def test_replace_section_keeps_the_text_around_it():
