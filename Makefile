@@ -1,7 +1,11 @@
 # Two commands on a fresh machine: `make demo` (the main job) and `make test` (the test suite).
-# GPU users choose their torch build, e.g.
-#   make demo TORCH_SPEC='torch==2.5.1' TORCH_INDEX='--index-url https://download.pytorch.org/whl/cu124'
+# torch: TORCH_SPEC is installed with pip's own index settings (PyPI unless PIP_INDEX_URL or pip.conf says
+# otherwise). On Linux x86-64, PyPI's torch==2.13.0 is the CUDA build (several GB with its nvidia-* wheels);
+# a machine whose pip finds a local CPU wheel first gets that one. Choose the build with TORCH_INDEX, e.g.
+#   make install TORCH_INDEX='--index-url https://download.pytorch.org/whl/cpu'      # CPU only, ~200 MB
+#   make install TORCH_SPEC='torch==2.5.1' TORCH_INDEX='--index-url https://download.pytorch.org/whl/cu124'
 # or point VENV at an environment that already has torch (TORCH_SPEC= skips the torch step).
+# .venv is built once: after changing TORCH_SPEC or TORCH_INDEX, run `make clean` first.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0

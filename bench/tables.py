@@ -1,8 +1,9 @@
-"""README tables from the benchmark results (`bench/results/*.json`), so the README never quotes a stale figure.
+"""Result tables of the README and docs/benchmarks.md from `bench/results/*.json`, so no page quotes a stale figure.
 
-    .venv/bin/python bench/tables.py          # rewrites the README sections between <!-- NAME:START/END --> markers
-Sections: SDPO-RESULTS (bench/results/sdpo.json), SERVING-RESULTS (serving.json), FAIRNESS-RESULTS (fairness.json),
-DEMO-RESULTS (demo.json). A section whose results file is missing is left as it is.
+    .venv/bin/python bench/tables.py          # rewrites the sections between <!-- NAME:START/END --> markers
+Sections: DEMO-RESULTS (bench/results/demo.json, in README.md), SDPO-RESULTS (sdpo.json), SERVING-RESULTS
+(serving.json) and FAIRNESS-RESULTS (fairness.json), in docs/benchmarks.md. A section may sit in any of the
+DOCUMENTS; one whose results file is missing is left as it is.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-README = ROOT / "README.md"
+DOCUMENTS = (ROOT / "README.md", ROOT / "docs" / "benchmarks.md")  # the pages that hold result sections
+SECTIONS = ("SDPO-RESULTS", "SERVING-RESULTS", "FAIRNESS-RESULTS", "DEMO-RESULTS")
 
 
 def fmt(entry: dict | None, digits: int = 3) -> str:
@@ -166,13 +168,13 @@ def demo_section(r: dict) -> str:
 def replace(text: str, name: str, body: str) -> str:
     start, end = f"<!-- {name}:START -->", f"<!-- {name}:END -->"
     if start not in text:
-        raise SystemExit(f"README.md has no {start} marker")
+        raise SystemExit(f"the page has no {start} marker")
     head, rest = text.split(start, 1)
     return f"{head}{start}\n{body}{end}{rest.split(end, 1)[1]}"
 
 
 def render(text: str) -> str:
-    """`text` (the README) with every section whose results file exists rewritten from that file."""
+    """`text` (a page of DOCUMENTS) with each section it holds rewritten from its results file, if that exists."""
     for name, file, section in (("SDPO-RESULTS", "sdpo.json", sdpo_section),
                                 ("SERVING-RESULTS", "serving.json", serving_section),
                                 ("FAIRNESS-RESULTS", "fairness.json", fairness_section),
@@ -184,7 +186,8 @@ def render(text: str) -> str:
 
 
 def main() -> int:
-    README.write_text(render(README.read_text(encoding="utf-8")), encoding="utf-8")
+    for page in DOCUMENTS:
+        page.write_text(render(page.read_text(encoding="utf-8")), encoding="utf-8")
     return 0
 
 

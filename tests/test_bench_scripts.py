@@ -178,13 +178,19 @@ def test_demo_benchmark_deletes_the_clone_prints_without_write_and_fails_with_ma
     assert not (tmp_path / "r.json").exists()
 
 
-def test_readme_result_tables_are_rendered_from_the_committed_results():
-    """The README quotes no stale figure: its result sections equal what bench/tables.py renders from bench/results."""
+def test_result_tables_are_rendered_from_the_committed_results():
+    """No page quotes a stale figure: the result sections of README.md and docs/benchmarks.md equal what
+    bench/tables.py renders from bench/results, and every section is on some page (none was lost in a move)."""
     import importlib.util
 
     root = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location("bench_tables", root / "bench" / "tables.py")
     tables = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tables)
-    readme = (root / "README.md").read_text(encoding="utf-8")
-    assert tables.render(readme) == readme, "README result tables are stale: run `python bench/tables.py`"
+    assert {page.relative_to(root).as_posix() for page in tables.DOCUMENTS} == {"README.md", "docs/benchmarks.md"}
+    pages = {page.name: page.read_text(encoding="utf-8") for page in tables.DOCUMENTS}
+    for name, text in pages.items():
+        assert tables.render(text) == text, f"{name}: result tables are stale: run `python bench/tables.py`"
+    for section in tables.SECTIONS:
+        assert sum(f"<!-- {section}:START -->" in text for text in pages.values()) == 1, section
+    assert "<!-- DEMO-RESULTS:START -->" in pages["README.md"]  # the newcomer's page shows the demo's figures

@@ -1,19 +1,21 @@
-"""The README's command-line reference is the CLI's own help, regenerated: a test keeps it current."""
+"""The command-line reference (docs/cli.md) is the CLI's own help, regenerated: a test keeps it current."""
 
 from pathlib import Path
 
 from llmrec.commands.cli import COMMANDS
-from llmrec.commands.cli_reference import END, START, cli_reference, replace_section
+from llmrec.commands.cli_reference import END, REFERENCE_FILE, START, cli_reference, replace_section
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REFERENCE = Path(__file__).resolve().parents[1] / REFERENCE_FILE
 
 
-def test_the_readme_reference_is_the_current_help_of_every_command():
+def test_the_reference_page_is_the_current_help_of_every_command():
     generated = cli_reference()
     assert all(f"#### `llmrec {name}`" in generated for name in COMMANDS)
     assert "--threads" in generated and "--lr" in generated  # real option help, not just titles
-    section = README.read_text(encoding="utf-8").split(START, 1)[1].split(END, 1)[0]
-    assert section.strip() == generated.strip(), "run `python -m llmrec.commands.cli_reference` to update README.md"
+    assert REFERENCE_FILE == "docs/cli.md"
+    section = REFERENCE.read_text(encoding="utf-8").split(START, 1)[1].split(END, 1)[0]
+    assert section.strip() == generated.strip(), \
+        f"run `python -m llmrec.commands.cli_reference` to update {REFERENCE_FILE}"
 
 
 def test_replace_section_keeps_the_text_around_it():

@@ -1,4 +1,4 @@
-"""Preference losses against values computed by hand (llmrec.preference.losses, DESIGN.md §6)."""
+"""Preference losses against values computed by hand (llmrec.preference.losses, docs/design.md §6)."""
 
 import math
 

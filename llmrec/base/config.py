@@ -3,7 +3,7 @@
 Each command's configuration is a `@dataclass` whose fields are declared with `option(default, help, ...)`.
 The declaration is the single source of truth for an option: its type, default, help text and the range of
 values it accepts (`min`/`max`, `choices`, extra allowed values such as `-1`). `add_options` turns the fields
-into `--dashed-flags` (the names DESIGN.md uses) whose help shows the range, `resolve_config` merges a
+into `--dashed-flags` (the names docs/design.md uses) whose help shows the range, `resolve_config` merges a
 `--config FILE.yaml` (keys may use dashes or underscores) and the flags actually given, and validates every
 value against the field's type and range BEFORE anything runs; an error is one line that names the flag (or
 the YAML file and key), the value and what was expected:
@@ -16,7 +16,7 @@ functions call it, since the Python API skips `resolve_config`). Cross-field rul
 be a multiple of the head count) stay in the run functions. `save_config` writes the resolved configuration
 as `config.yaml` into each output folder so that every result can be reproduced.
 
-Why not jsonargparse: it only accepts `--snake_case` flags; the CLI documented in the issues and DESIGN.md
+Why not jsonargparse: it only accepts `--snake_case` flags; the CLI documented in the issues and docs/design.md
 uses `--dashed-names`, and its errors do not name the YAML file a bad value came from.
 """
 

@@ -1,4 +1,4 @@
-"""The `llmrec` command line: one entry point, one subcommand per pipeline stage (DESIGN.md §2).
+"""The `llmrec` command line: one entry point, one subcommand per pipeline stage (docs/design.md §2).
 
 Each subcommand is a config dataclass plus a run function in the module that owns the stage; the module is
 imported only when its subcommand runs, so `llmrec --help` and `llmrec prepare` stay fast. Errors the user

@@ -1,8 +1,8 @@
-"""The command-line reference in the README, generated from the CLI's own `--help` so that it stays true.
+"""The command-line reference, docs/cli.md, generated from the CLI's own `--help` so that it stays true.
 
-    python -m llmrec.commands.cli_reference          # rewrite the README's reference section in place
-The README holds the output between `<!-- CLI-REFERENCE:START -->` and `<!-- CLI-REFERENCE:END -->`; a test
-fails when they differ, so a changed option cannot leave the README behind.
+    python -m llmrec.commands.cli_reference          # rewrite the reference section of docs/cli.md in place
+docs/cli.md holds the output between `<!-- CLI-REFERENCE:START -->` and `<!-- CLI-REFERENCE:END -->`; a test
+fails when they differ, so a changed option cannot leave the documentation behind.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 START, END = "<!-- CLI-REFERENCE:START -->", "<!-- CLI-REFERENCE:END -->"
+REFERENCE_FILE = "docs/cli.md"  # relative to the repository root
 WIDTH = "110"  # argparse wraps help at $COLUMNS: fixed, so the text does not depend on the terminal
 
 
@@ -38,16 +39,16 @@ def cli_reference() -> str:
 def replace_section(text: str, body: str) -> str:
     """`text` with the part between the markers replaced by `body`."""
     if START not in text or END not in text:
-        raise ValueError(f"the README has no {START} ... {END} section")
+        raise ValueError(f"{REFERENCE_FILE} has no {START} ... {END} section")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
     return f"{head}{START}\n{body}{END}{tail}"
 
 
 def main() -> int:
-    readme = Path(__file__).resolve().parents[2] / "README.md"
-    readme.write_text(replace_section(readme.read_text(encoding="utf-8"), cli_reference()), encoding="utf-8")
-    print(f"updated the CLI reference in {readme}")
+    reference = Path(__file__).resolve().parents[2] / REFERENCE_FILE
+    reference.write_text(replace_section(reference.read_text(encoding="utf-8"), cli_reference()), encoding="utf-8")
+    print(f"updated the CLI reference in {reference}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`llmrec evaluate`: rank the stored candidates of a split with a trained LLM recommender (DESIGN.md §8).
+"""`llmrec evaluate`: rank the stored candidates of a split with a trained LLM recommender (docs/design.md §8).
 
     llmrec evaluate --ckpt DIR --data DIR --mode {score,generate,constrained} [--split test] [--out DIR]
 

@@ -1,1 +1,1 @@
-"""Processed-data contract, raw loaders, protocols and candidate sampling (DESIGN.md §3)."""
+"""Processed-data contract, raw loaders, protocols and candidate sampling (docs/design.md §3)."""

@@ -1,4 +1,4 @@
-"""Candidate sets: the target plus uniformly drawn negatives the user has not seen (DESIGN.md §3).
+"""Candidate sets: the target plus uniformly drawn negatives the user has not seen (docs/design.md §3).
 
 Each sample's random numbers are a function of (seed, user id, position) alone -- a counter-based hash
 (splitmix64) of those three numbers and a draw counter, never a running generator -- so

@@ -1,4 +1,4 @@
-"""The processed dataset: the one contract between `llmrec prepare` and every later stage (DESIGN.md §3).
+"""The processed dataset: the one contract between `llmrec prepare` and every later stage (docs/design.md §3).
 
 A processed folder holds
     interactions.parquet  user_id, item_id, timestamp        (sorted by user, then time; ids contiguous from 1)

@@ -1,4 +1,4 @@
-"""Where MovieLens-100K comes from (DESIGN.md §3): a chain of sources, tried in order.
+"""Where MovieLens-100K comes from (docs/design.md §3): a chain of sources, tried in order.
 
 1. files the user put in the raw folder (default `data/raw/ml-100k/`): GroupLens `u.data` + `u.item`, or
    RecBole `ml-100k.inter` + `ml-100k.item` (also inside a `ml-100k/` subfolder, as the archive unpacks);

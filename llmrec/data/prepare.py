@@ -1,4 +1,4 @@
-"""`llmrec prepare`: raw interaction logs -> canonical tables, splits and candidate sets (DESIGN.md §3).
+"""`llmrec prepare`: raw interaction logs -> canonical tables, splits and candidate sets (docs/design.md §3).
 
 Python API: `prepare(PrepareConfig(...)) -> ProcessedDataset` (writes the folder and returns it);
 CLI: `llmrec prepare --dataset ml-100k --protocol llara`, which also prints a summary table.

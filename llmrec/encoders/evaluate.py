@@ -1,4 +1,4 @@
-"""Evaluate an encoder on a processed split: full ranking and the stored 20 candidates (DESIGN.md §8).
+"""Evaluate an encoder on a processed split: full ranking and the stored 20 candidates (docs/design.md §8).
 
 Full ranking (`full/hr@k`, `full/ndcg@k`) scores every item; padding and, by default, every item the user
 interacted with before the target (`user_sequence(u)[:position]`) are excluded. Candidate ranking
@@ -10,7 +10,7 @@ Which history the encoder reads: `sequence` = the user's whole earlier sequence 
 `max_length` (most recent items); `sample` = the sample's stored `history` (for `llara`, the <= 10 items the
 LLM prompt shows). `auto` = `sequence` for `loo`, `sample` for `llara`.
 
-Item-side fairness (IFairLRS, DESIGN.md §7; `evaluate` only, not the per-epoch validation): `full/mgu@k`,
+Item-side fairness (IFairLRS, docs/design.md §7; `evaluate` only, not the per-epoch validation): `full/mgu@k`,
 `full/dgu@k`, `full/gu@k/<group>` for K in 1, 5, 10, 20 of the full-catalog ranking, `candidates/...` for K in
 1, 5, 10 of the stored candidates (at K = 20 with 20 candidates GP is the candidate distribution whatever the
 model does), and `gh/<group>`, over 5 popularity groups counted on training interactions

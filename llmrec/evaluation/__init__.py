@@ -1,1 +1,1 @@
-"""Ranking metrics shared by every stage (DESIGN.md §8)."""
+"""Ranking metrics shared by every stage (docs/design.md §8)."""

@@ -1,4 +1,4 @@
-"""Item-side group-fairness metrics of IFairLRS (Jiang et al., WWW 2024), DESIGN.md §7. NumPy throughout.
+"""Item-side group-fairness metrics of IFairLRS (Jiang et al., WWW 2024), docs/design.md §7. NumPy throughout.
 
 For a grouping with membership M (see `groups.py`):
     GH(G)    = share of G among all items of the evaluated samples' histories

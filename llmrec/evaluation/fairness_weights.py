@@ -1,4 +1,4 @@
-"""In-learning reweighting of IFairLRS (Jiang et al., WWW 2024), DESIGN.md §7.
+"""In-learning reweighting of IFairLRS (Jiang et al., WWW 2024), docs/design.md §7.
 
     W_G = GH_train(G) / GT_train(G)
 where GH_train is the share of G among the items of the training samples' histories and GT_train the share

@@ -1,4 +1,4 @@
-"""Item groups for item-side fairness (IFairLRS, DESIGN.md §7): popularity groups or genres.
+"""Item groups for item-side fairness (IFairLRS, docs/design.md §7): popularity groups or genres.
 
 A grouping is a dense membership matrix M [n_items + 1, G]: M[i, g] is item i's share in group g. Row 0
 (padding) is all zeros, so padding ids in histories or rankings count for nothing. Every fairness formula in

@@ -1,4 +1,4 @@
-"""Ranking a split's stored candidates with an LLM recommender, and the metrics of DESIGN.md §8.
+"""Ranking a split's stored candidates with an LLM recommender, and the metrics of docs/design.md §8.
 
 `rank_split` runs the model once over (a seeded subset of) a split and returns one row per ranked sample —
 user, position, target, candidate ids in stored order, each candidate's score (score mode) or the chosen item
@@ -75,7 +75,7 @@ def hits(ranked: pd.DataFrame) -> np.ndarray:
 
 
 def split_metrics(ranked: pd.DataFrame, mode: Mode) -> dict[str, Any]:
-    """Metrics of DESIGN.md §8 from `rank_split`'s rows."""
+    """Metrics of docs/design.md §8 from `rank_split`'s rows."""
     if mode == "score":
         if len(ranked):
             scores = torch.tensor(np.stack([np.asarray(s, dtype=np.float32) for s in ranked["scores"]]))

@@ -1,4 +1,4 @@
-"""Ranking metrics for next-item recommendation with one relevant item per sample (DESIGN.md §8).
+"""Ranking metrics for next-item recommendation with one relevant item per sample (docs/design.md §8).
 
 Ranks are 0-based: rank 0 means the target was ranked first. Ties count against the model (the target is
 placed after every other item with the same score), so a model that scores everything equally gets

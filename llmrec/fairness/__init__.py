@@ -1,5 +1,5 @@
 """Item-side fairness (IFairLRS; Jiang et al., "Item-side Fairness of Large Language Model-based Recommendation
-System", WWW 2024), DESIGN.md §7.
+System", WWW 2024), docs/design.md §7.
 
 - `groups`: item groups (popularity quintiles from training interactions, or genres) as a membership matrix;
 - `metrics`: GH, GP@K, GU@K, MGU@K, DGU@K on ranked lists;

@@ -1,4 +1,4 @@
-"""Item-side fairness (IFairLRS, DESIGN.md §7) of a saved ranking: the table `llmrec evaluate` writes as
+"""Item-side fairness (IFairLRS, docs/design.md §7) of a saved ranking: the table `llmrec evaluate` writes as
 `scores.parquet` (`llmrec.evaluation.llm_split.rank_split` / `read_scores`), one row per ranked sample.
 
 What is "recommended" at K:

@@ -1,4 +1,4 @@
-"""`llmrec report`: accuracy and item-side fairness (IFairLRS, DESIGN.md §7-§8) of several models, as a
+"""`llmrec report`: accuracy and item-side fairness (IFairLRS, docs/design.md §7-§8) of several models, as a
 Markdown page with PNG figures.
 
     llmrec report DIR [DIR ...] [--out DIR] [--data DIR] [--grouping popularity|genre] [--bars-k K]

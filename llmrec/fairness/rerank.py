@@ -1,4 +1,4 @@
-"""Post-learning re-ranking of IFairLRS (Jiang et al., WWW 2024), DESIGN.md §7. NumPy (hr@1 via the project's
+"""Post-learning re-ranking of IFairLRS (Jiang et al., WWW 2024), docs/design.md §7. NumPy (hr@1 via the project's
 torch `target_ranks`, so ties count against the model exactly as in every metrics.json).
 
     U_G   = sum_K (K / sum_K' K') GU(G)@K           measured on VALID with the unadjusted model,

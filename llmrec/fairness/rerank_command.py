@@ -1,4 +1,4 @@
-"""`llmrec rerank`: IFairLRS post-learning re-ranking (DESIGN.md §7) of saved score-mode rankings; no model runs.
+"""`llmrec rerank`: IFairLRS post-learning re-ranking (docs/design.md §7) of saved score-mode rankings; no model runs.
 
     llmrec rerank --scores CKPT [--alpha auto|X] [--grouping popularity|genre] [--data DIR] [--out DIR]
 

@@ -1,1 +1,1 @@
-"""LLM stage: backbones, projector, hybrid prompts, curriculum, LoRA training and ranking (DESIGN.md §5)."""
+"""LLM stage: backbones, projector, hybrid prompts, curriculum, LoRA training and ranking (docs/design.md §5)."""

@@ -1,4 +1,4 @@
-"""Backbones: a tiny Llama built locally, or any Hugging Face causal LM in a local folder (DESIGN.md §5).
+"""Backbones: a tiny Llama built locally, or any Hugging Face causal LM in a local folder (docs/design.md §5).
 
 `--llm tiny` builds a small randomly initialised Llama (`LlamaConfig`, seeded) and a word-level (default) or
 byte-level BPE tokenizer trained on the catalog's titles and the prompt templates (`llmrec.llm.tokenizer`), saves both with
@@ -156,7 +156,7 @@ def load_tokenizer(path: Path):
 
 def load_causal_lm(path: Path, dtype: str = "float32", gradient_checkpointing: bool = False,
                    load_in_4bit: bool = False) -> torch.nn.Module:
-    """`AutoModelForCausalLM` from a local folder, with the GPU options of DESIGN.md §10."""
+    """`AutoModelForCausalLM` from a local folder, with the GPU options of docs/design.md §10."""
     from transformers import AutoModelForCausalLM
 
     path = check_model_folder(path)

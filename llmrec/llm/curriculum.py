@@ -1,4 +1,4 @@
-"""Curriculum from text-only to hybrid prompts (LLaRA §3.3, "curriculum prompt tuning"; DESIGN.md §5).
+"""Curriculum from text-only to hybrid prompts (LLaRA §3.3, "curriculum prompt tuning"; docs/design.md §5).
 
 `hybrid_probability(schedule, progress)` is the probability that a training batch uses hybrid prompts at
 `progress = global_step / total_steps` in [0, 1]. LLaRA uses the linear schedule p = t / T. Valid and test

@@ -1,6 +1,6 @@
 """LoRA wiring (peft) for the LLM stage; the model code never mentions it.
 
-Defaults follow DESIGN.md §5: r=8, alpha=32, dropout=0.1 on the attention and MLP projections
+Defaults follow docs/design.md §5: r=8, alpha=32, dropout=0.1 on the attention and MLP projections
 (q, k, v, o, gate, up, down). Only the target modules that exist in the model are wrapped (GPT-2 names its
 projections differently: `c_attn`, `c_proj`, `c_fc`). The slot tokens' embedding rows are trained too, through
 peft's `trainable_token_indices` (the `<|text|>` row is what text-only prompts see), without unfreezing the

@@ -123,7 +123,7 @@ def model_card(folder: str | os.PathLike, facts: dict[str, Any], config_dict: di
     lines += ["## Metrics", "",
               (f"`test/...` ranks each test sample's stored candidates in `score` mode ({rule}; `score_norm` in "
                f"checkpoint.json, used by every later ranking of this model); `hr@1` = correct / all samples; "
-               f"`valid/hr@1` chose the kept weights. Keys as in DESIGN.md §8."),
+               f"`valid/hr@1` chose the kept weights. Keys as in docs/design.md §8."),
               ""]
     lines += (["| metric | value |", "| --- | --- |", *rows] if rows else ["(no metrics recorded)"]) + [""]
     lines += ["## Use", "", "```python", "from llmrec.serving import Recommender", "",

@@ -1,5 +1,5 @@
 """The projector: maps encoder behavioural embeddings into the LLM's input-embedding space (LLaRA, Liao et al.
-2024, "LLaRA: Large Language-Recommendation Assistant", SIGIR; DESIGN.md §5).
+2024, "LLaRA: Large Language-Recommendation Assistant", SIGIR; docs/design.md §5).
 
 A two-layer MLP `H_enc -> H_llm -> H_llm` with GELU, trained jointly with the LoRA adapter while the encoder
 stays frozen. Its output replaces the embedding of each behavioural slot token (`llmrec.llm.hybrid`).

@@ -1,4 +1,4 @@
-"""Prompt templates, rendered as text and tokenized in one call (DESIGN.md §5).
+"""Prompt templates, rendered as text and tokenized in one call (docs/design.md §5).
 
 An item is rendered as its title, a space and ONE slot token: a behavioural slot (`<|hist|>` for a history
 item, `<|cand|>` for a candidate) whose embedding is later replaced by `projector(encoder item embedding)`,

@@ -1,4 +1,4 @@
-"""Ranking candidates with a trained LLM recommender: one interface, three modes (DESIGN.md §5).
+"""Ranking candidates with a trained LLM recommender: one interface, three modes (docs/design.md §5).
 
 - `score`: each candidate's score is the sum of log-probs of its answer tokens (title + terminator) given the
   prompt, or, when the model's `score_norm` is `mean`, that sum divided by the answer's length

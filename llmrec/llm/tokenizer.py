@@ -1,4 +1,4 @@
-"""Tokenizers of the tiny backbone, trained locally on a catalog's titles and the prompt templates (DESIGN.md §5).
+"""Tokenizers of the tiny backbone, trained locally on a catalog's titles and the prompt templates (docs/design.md §5).
 
 Three kinds, each the kind of a family of real LLMs:
 - `word` (the default): word-level. Why it is the default for the tiny backbone: the catalog is closed (every

@@ -1,4 +1,4 @@
-"""`llmrec train-llm`: fine-tune an LLM recommender with hybrid prompts, curriculum and LoRA (DESIGN.md §5).
+"""`llmrec train-llm`: fine-tune an LLM recommender with hybrid prompts, curriculum and LoRA (docs/design.md §5).
 
     llmrec train-llm --data DIR --encoder DIR --llm {tiny,PATH} [--curriculum linear|step|cosine|constant]
                      [--prompt hybrid|text|hybrid+summary] [--config FILE] --out DIR
@@ -99,7 +99,7 @@ class TrainLLMConfig:
                "the checkpoint (recorded in it): sum of each answer's token log-probs, or their mean (sum / answer "
                "length in tokens), which removes the sum's bias towards short titles")
     fairness_weights: Literal["none", "popularity", "genre"] = option(
-        "none", "per-sample loss weights from item groups (IFairLRS, DESIGN.md §7): each training sample's loss is "
+        "none", "per-sample loss weights from item groups (IFairLRS, docs/design.md §7): each training sample's loss is "
                 "multiplied by its target group's weight, normalised to mean 1 over the training set")
     epochs: int = option(4, "training epochs", min=1)
     max_steps: int = option(-1, "stop after this many optimiser steps (-1: no limit)", min=1, also=(-1,))

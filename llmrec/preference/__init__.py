@@ -1,1 +1,1 @@
-"""Preference stage: S-DPO and the DPO family on top of the SFT recommender (DESIGN.md §6)."""
+"""Preference stage: S-DPO and the DPO family on top of the SFT recommender (docs/design.md §6)."""

@@ -3,7 +3,7 @@
 A training batch carries the prompts WITHOUT answers (the policy scores the 1 + N answers behind one prompt
 pass), the items [B, 1+N] whose answers are scored (chosen first), their reference log-probs [B, 1+N]
 (`llmrec.preference.reference`) and, when the run uses them, per-sample loss weights [B] (fairness
-reweighting, DESIGN.md §7) in `prompts.weights`. Prompts are built by the SFT model's own `PromptBuilder`, so a
+reweighting, docs/design.md §7) in `prompts.weights`. Prompts are built by the SFT model's own `PromptBuilder`, so a
 sample gets the same template (seeded per sample) as in SFT and as when its reference log-probs were computed.
 Validation ranks valid candidates exactly as in SFT (`llmrec.llm.datamodule.prompt_loader`).
 """

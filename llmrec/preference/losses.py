@@ -1,4 +1,4 @@
-"""Losses of the preference stage: DPO, S-DPO and its robust / dynamic / adaptive variants (DESIGN.md §6).
+"""Losses of the preference stage: DPO, S-DPO and its robust / dynamic / adaptive variants (docs/design.md §6).
 
 Pure torch functions, no model and no Lightning. Every input is a log-probability SUMMED over an answer's tokens
 (title + terminator, prompt masked): for prompt x, the chosen answer y_w and N negatives y_1..y_N,
@@ -6,7 +6,7 @@ Pure torch functions, no model and no Lightning. Every input is a log-probabilit
 Shapes: B samples, N negatives per sample; `*_chosen` is [B], `*_rejected` is [B, N] ([B] for pairwise losses).
 
 Each loss returns a `PreferenceLoss` holding PER-SAMPLE losses [B] and detached rewards for logging; the batch
-loss is `weighted_mean(out.losses, weights, out.kept)` (per-sample fairness weights of DESIGN.md §7 multiply each
+loss is `weighted_mean(out.losses, weights, out.kept)` (per-sample fairness weights of docs/design.md §7 multiply each
 sample's loss), or `robust_aggregate(...)` for Dr. DPO. beta-DPO and alpha-DPO keep running statistics of the
 margins: they take a `MarginStats` and return the updated one instead of mutating hidden state.
 
@@ -364,7 +364,7 @@ def weighted_mean(losses: torch.Tensor, weights: torch.Tensor | None = None,
 
     Normalised by the number of (kept) samples, NOT by the sum of the weights: dividing by sum_i w_i would cancel
     the weights in any batch whose samples share one weight (e.g. all from one popularity group), while IFairLRS's
-    weights (DESIGN.md §7) already average 1 over the training set. So the gradient w.r.t. L_i is w_i / B, and
+    weights (docs/design.md §7) already average 1 over the training set. So the gradient w.r.t. L_i is w_i / B, and
     weights = None gives the plain mean.
 
     Args:
@@ -421,7 +421,7 @@ def robust_aggregate(losses: torch.Tensor, beta_prime: float = 1.0, weights: tor
 
 
 def reward_metrics(out: PreferenceLoss) -> dict[str, torch.Tensor]:
-    """Logging metrics over the batch (DESIGN.md §6), as detached 0-d tensors.
+    """Logging metrics over the batch (docs/design.md §6), as detached 0-d tensors.
 
     `rewards/chosen` = mean chosen reward; `rewards/rejected` = mean over all negatives; `rewards/margins` =
     mean of (chosen - mean of the sample's negatives); `rewards/accuracies` = share of samples whose chosen reward

@@ -1,4 +1,4 @@
-"""The LightningModule of the preference stage: S-DPO and its variants on the SFT recommender (DESIGN.md §6).
+"""The LightningModule of the preference stage: S-DPO and its variants on the SFT recommender (docs/design.md §6).
 
 Per training batch: ONE forward pass of prompt + packed answers (`sequence_logprobs`) gives the policy's summed
 log-probs of the chosen answer and the N negatives [B, 1+N]; with the stored reference log-probs they enter one

@@ -8,7 +8,7 @@ A draw keeps the candidates' stored order, so `--negatives 19` and `all` on 20 c
 
 What differs from the authors' code: they sample negatives from the candidate list of each prompt at
 data-loading time (so a sample sees other negatives in each epoch); here they are fixed per sample and seed,
-which makes the reference log-probs computable once before training (DESIGN.md §6).
+which makes the reference log-probs computable once before training (docs/design.md §6).
 """
 
 from __future__ import annotations

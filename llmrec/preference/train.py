@@ -1,4 +1,4 @@
-"""`llmrec train-sdpo`: preference-train an SFT recommender with S-DPO or a DPO-family variant (DESIGN.md §6).
+"""`llmrec train-sdpo`: preference-train an SFT recommender with S-DPO or a DPO-family variant (docs/design.md §6).
 
     llmrec train-sdpo --sft DIR --data DIR --out DIR [--negatives 3|all] [--loss sdpo|dr-sdpo|beta-sdpo|alpha-sdpo]
                       [--beta 1.0] [--config FILE]
@@ -18,7 +18,7 @@
    from is saved to `<out>.resume/` (`llmrec.training.resume`); `--resume` continues an interrupted run from it
    (the reference log-probs are recomputed: they are deterministic), and a finished run removes it.
 
-Per-sample loss weights (`--fairness-weights popularity|genre`, DESIGN.md §7) enter every loss per sample.
+Per-sample loss weights (`--fairness-weights popularity|genre`, docs/design.md §7) enter every loss per sample.
 Every ranking (SFT start, validation, test) and the output checkpoint use the SFT checkpoint's score-mode rule
 (`score_norm`: summed or length-normalised answer log-probs) unless `--score-norm` overrides it; the losses
 always compare summed log-probs.
@@ -152,7 +152,7 @@ class TrainSDPOConfig:
               "each answer's token log-probs or their mean (sum / answer length); None: the SFT checkpoint's rule. "
               "The preference losses always use the sums")
     fairness_weights: Literal["none", "popularity", "genre"] = option(
-        "none", "per-sample loss weights from item groups (IFairLRS, DESIGN.md §7): each training sample's loss is "
+        "none", "per-sample loss weights from item groups (IFairLRS, docs/design.md §7): each training sample's loss is "
                 "multiplied by its target group's weight, normalised to mean 1 over the training set")
     llm: str | None = option(None, "base model folder of a LoRA SFT checkpoint whose base moved (default: the "
                                    "recorded one)")
@@ -180,7 +180,7 @@ class TrainSDPOConfig:
 def training_weights(config: TrainSDPOConfig, data: ProcessedDataset, train: pd.DataFrame) -> np.ndarray | None:
     """[M] per-sample loss weights of the training samples `train` (rows of the train split), or None for all 1.
 
-    The hook of fairness reweighting (DESIGN.md §7): weights are computed over the FULL train split (normalising
+    The hook of fairness reweighting (docs/design.md §7): weights are computed over the FULL train split (normalising
     over a subset or a batch would make a sample's weight depend on its neighbours) and picked by
     `train[INDEX_COLUMN]`; they reach the loss per sample through `PromptBatch.weights`.
     """

@@ -1,4 +1,4 @@
-"""Serving next-item predictions from a trained checkpoint (DESIGN.md §9).
+"""Serving next-item predictions from a trained checkpoint (docs/design.md §9).
 
     from llmrec.serving import Recommender
     rec = Recommender.from_pretrained("checkpoints/demo/llm-hybrid-sasrec")

@@ -1,4 +1,4 @@
-"""`llmrec predict`: the next items for one history, from the shell (DESIGN.md §9).
+"""`llmrec predict`: the next items for one history, from the shell (docs/design.md §9).
 
     llmrec predict --ckpt DIR --history 50,172,133 [--candidates 7,12 'Heat (1995)'] [--k 10] [--json]
 

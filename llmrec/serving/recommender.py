@@ -1,4 +1,4 @@
-"""`Recommender`: next-item predictions from a trained LLM checkpoint, from Python (DESIGN.md §9).
+"""`Recommender`: next-item predictions from a trained LLM checkpoint, from Python (docs/design.md §9).
 
     rec = Recommender.from_pretrained("checkpoints/demo/llm-hybrid-sasrec")     # verifies the bundle manifest
     rec.recommend([50, 172, 133], k=10)                      # whole catalog: retrieve top-N, re-rank with the LLM
