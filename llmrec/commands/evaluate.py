@@ -52,10 +52,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EvaluateConfig:
-    ckpt: Path | None = option(None, "checkpoint folder written by `llmrec train-llm`, `train-sdpo` or "
-                                     "`train-encoder`")
+    # the help texts are those of the README's generated command reference (an encoder checkpoint works too)
+    ckpt: Path | None = option(None, "checkpoint folder written by `llmrec train-llm`")
     data: Path | None = option(None, "processed dataset folder (the catalog the checkpoint was trained on)")
-    mode: Literal["score", "generate", "constrained"] = option("score", "ranking mode (encoders: score)")
+    mode: Literal["score", "generate", "constrained"] = option("score", "ranking mode")
     split: Literal["valid", "test"] = option("test", "which samples to rank")
     out: Path | None = option(None, "output folder for metrics.json (default: CKPT/eval-SPLIT-MODE)")
     encoder: Path | None = option(None, "encoder folder (default: the one recorded in the checkpoint)")
