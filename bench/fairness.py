@@ -52,8 +52,8 @@ def evaluate_valid(folder: Path, data_dir: Path, samples: int | None) -> Path:
 
 def llm_fairness(folder: Path, data: ProcessedDataset) -> dict:
     """hr@1 and fairness of a checkpoint's saved test ranking (`eval-test-score/`), computed from its scores."""
-    from llmrec.evaluation.llm_split import read_scores
-    from llmrec.fairness.evaluate import ranked_fairness
+    from llmrec.evaluation.ranked_metrics import ranked_fairness
+    from llmrec.evaluation.scores import read_scores
     from llmrec.evaluation.groups import item_groups
 
     ranked = read_scores(folder / "eval-test-score")

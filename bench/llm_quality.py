@@ -77,19 +77,19 @@ def train_encoder(model: str, data_dir: Path, out: Path, seed: int, epochs: int,
 def encoder_hr1(encoder_dir: Path, data: ProcessedDataset, max_samples: int | None, seed: int) -> float:
     """Candidate hr@1 of an encoder on (a seeded subset of) the test split, via the encoder stage's evaluator."""
     from llmrec.encoders.checkpoint import load_encoder
-    from llmrec.encoders.evaluate import build_eval_set, evaluate
+    from llmrec.encoders.ranker import evaluate_encoder
     from llmrec.data.sampling import subset
 
     encoder = load_encoder(encoder_dir, data)
     sub = ProcessedDataset(meta=data.meta, items=data.items, interactions=data.interactions, users=data.users,
                            samples={**data.samples, "test": subset(data.split("test"), max_samples, seed)},
                            root=data.root)
-    return float(evaluate(encoder, build_eval_set(sub, "test", encoder.max_length))["candidates/hr@1"])
+    return float(evaluate_encoder(encoder, sub, "test", batch_size=1024)["candidates/hr@1"])
 
 
 def llm_hr1(ckpt: Path, data: ProcessedDataset, encoder_dir: Path | None, max_samples: int | None, seed: int,
             device: str) -> float:
-    from llmrec.evaluation.llm_split import evaluate_split
+    from llmrec.llm.ranker import evaluate_split
     from llmrec.llm.checkpoint import load_recommender
 
     lm = load_recommender(ckpt, data, device=device)  # the checkpoint carries its own encoder

@@ -116,7 +116,7 @@ def cached(folder: Path, key: str, compute) -> dict:
 
 
 def generate_metrics(folder: Path, data: ProcessedDataset, n: int, seed: int) -> dict:
-    from llmrec.evaluation.llm_split import evaluate_split
+    from llmrec.llm.ranker import evaluate_split
     from llmrec.llm.checkpoint import load_recommender
 
     lm = load_recommender(folder, data)

@@ -46,10 +46,10 @@ from llmrec.commands.demo import (
 )
 from llmrec.commands.demo_report import ResultRow, curves_from_table, loss_window, results_text, running_mean, stage_lines
 from llmrec.encoders.checkpoint import load_encoder
-from llmrec.encoders.evaluate import encoder_ranking
 from llmrec.base.errors import ConfigError, DataError
-from llmrec.evaluation.llm_split import read_scores, split_metrics
-from llmrec.fairness.evaluate import ranked_fairness
+from llmrec.commands.evaluate import EvaluateConfig, run_evaluate
+from llmrec.evaluation.ranked_metrics import ranked_fairness
+from llmrec.evaluation.scores import read_scores
 from llmrec.evaluation.groups import item_groups
 
 WORDS = ["Red", "Blue", "Night", "River", "Storm", "Garden", "City", "Moon", "Fire", "Glass", "Stone", "Wolf"]
@@ -243,18 +243,18 @@ def test_mostpop_row_equals_a_hand_count(first):
 
 
 @pytest.mark.parametrize("model", ["mostpop", "sasrec"])
-def test_encoder_ranking_equals_the_encoders_own_evaluation(first, model):
-    """On the whole test split, the demo's encoder ranking gives the metrics `train-encoder` computed."""
+def test_evaluate_on_the_demos_encoders_gives_train_encoders_numbers(first, model, tmp_path):
+    """`llmrec evaluate` of a demo encoder on the whole test split: exactly the metrics `train-encoder` computed."""
     data = ProcessedDataset.load(first.data)
-    encoder = load_encoder(first.out / model, data)
-    ranked = encoder_ranking(encoder, data, "test", None, SEED)
+    with redirect_stdout(StringIO()):
+        run_evaluate(EvaluateConfig(ckpt=first.out / model, data=first.data, split="test", out=tmp_path / "eval"))
     own = json.loads((first.out / model / "metrics.json").read_text())["test"]
-    metrics = split_metrics(ranked, "score")
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n_samples"] == own["n_samples"] == len(data.split("test"))
-    for key in ("candidates/hr@1", "candidates/ndcg@5", "candidates/hr@10"):
-        assert metrics[key] == pytest.approx(own[key])
-    fairness = ranked_fairness(ranked, data, item_groups(data, "popularity"))
-    assert fairness["mgu@1"] == pytest.approx(own["candidates/mgu@1"])
+    assert {k: v for k, v in own.items() if k != "eval_seconds"} == {k: metrics[k] for k in own if k != "eval_seconds"}
+    assert metrics["hr@1"] == own["candidates/hr@1"]
+    fairness = ranked_fairness(read_scores(tmp_path / "eval"), data, item_groups(data, "popularity"))
+    assert fairness["mgu@1"] == metrics["mgu@1"] == own["candidates/mgu@1"]
 
 
 def test_report_has_valid_png_figures_and_the_table(first):

@@ -165,11 +165,12 @@ def test_length_buckets_cover_every_window_once_per_epoch_and_are_seeded():
 
 
 def test_encoder_ranking_ranks_the_llm_subset_with_the_encoders_own_scores():
-    """MostPop's table of a seeded test subset: the rows `ranked_subset` draws (as the LLM's `rank_split`), each
+    """MostPop's table of a seeded test subset: the rows `ranked_subset` draws (as for the LLM), each
     candidate scored count * (n + 1) + (n + 1 - id), chosen = the most counted candidate (ties: lower id)."""
     from llmrec.data.sampling import LAST_COLUMN, ranked_subset
-    from llmrec.encoders.evaluate import build_eval_set, encoder_ranking, evaluate
+    from llmrec.encoders.ranker import EncoderRanker, evaluate_encoder
     from llmrec.encoders.synthetic import synthetic_dataset
+    from llmrec.evaluation.evaluator import rank_split
 
     data = synthetic_dataset(n_users=40, n_items=40, protocol="llara", eval_positions="all")
     mostpop = MostPop(data.n_items).fit(data.train_sequences())
@@ -178,7 +179,7 @@ def test_encoder_ranking_ranks_the_llm_subset_with_the_encoders_own_scores():
         for item in seq:
             counts[item] += 1
     test = data.split("test")
-    table = encoder_ranking(mostpop, data, "test", 7, seed=3)
+    table = rank_split(EncoderRanker(mostpop, data), data, "test", 7, seed=3).table
     expected = ranked_subset(test, 7, 3)
     assert 7 < len(test) and len(table) == 7
     assert table["user_id"].tolist() == expected["user_id"].tolist()
@@ -197,8 +198,8 @@ def test_encoder_ranking_ranks_the_llm_subset_with_the_encoders_own_scores():
     # on the whole split a (random) SASRec's table gives the candidate hr@1 its own evaluation computes
     torch.manual_seed(0)
     sasrec = build_encoder("sasrec", data.n_items, **TINY["sasrec"]).eval()
-    whole = encoder_ranking(sasrec, data, "test", None, seed=0, batch_size=5)
-    own = evaluate(sasrec, build_eval_set(data, "test", sasrec.max_length, exclude_seen=False))
+    whole = rank_split(EncoderRanker(sasrec, data, exclude_seen=False, batch_size=5), data, "test").table
+    own = evaluate_encoder(sasrec, data, "test", exclude_seen=False)
     assert np.mean(whole["chosen"] == whole["target"]) == pytest.approx(own["candidates/hr@1"])
     assert len(whole) == own["n_samples"] == len(test)
 

@@ -59,25 +59,26 @@ def test_sasrec_on_loo_learns_and_writes_a_complete_checkpoint(tmp_path, loo):
     assert m["valid"]["full/ndcg@10"] > pop["valid"]["full/ndcg@10"] + 0.1
     # the saved checkpoint reproduces the reported test metrics
     from llmrec.data.dataset import ProcessedDataset
-    from llmrec.encoders.evaluate import build_eval_set, evaluate
+    from llmrec.encoders.ranker import evaluate_encoder
 
     data = ProcessedDataset.load(loo)
     enc = load_encoder(out, data)
-    again = evaluate(enc, build_eval_set(data, "test", enc.max_length))
+    again = evaluate_encoder(enc, data, "test")
     assert again["full/ndcg@10"] == pytest.approx(m["test"]["full/ndcg@10"], abs=1e-9)
 
 
 def test_evaluation_does_not_depend_on_batching(llara):
     from llmrec.data.dataset import ProcessedDataset
     from llmrec.encoders import build_encoder
-    from llmrec.encoders.evaluate import build_eval_set, evaluate
+    from llmrec.encoders.evaluate import build_eval_set
+    from llmrec.encoders.ranker import evaluate_encoder
 
     data = ProcessedDataset.load(llara)
     torch.manual_seed(0)
     enc = build_encoder("sasrec", data.n_items, hidden_size=8, max_length=6)
     eval_set = build_eval_set(data, "test", enc.max_length)
     assert all(len(h) <= 6 for h in eval_set.histories)
-    a, b = evaluate(enc, eval_set, batch_size=3), evaluate(enc, eval_set, batch_size=1000)
+    a, b = evaluate_encoder(enc, data, "test", batch_size=3), evaluate_encoder(enc, data, "test", batch_size=1000)
     a.pop("eval_seconds"), b.pop("eval_seconds")
     assert a == pytest.approx(b)
 

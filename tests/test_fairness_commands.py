@@ -1,4 +1,4 @@
-"""The fairness stage wired into commands: metrics of saved rankings (`llmrec.fairness.evaluate`), `rerank`,
+"""The fairness stage wired into commands: metrics of saved rankings (`llmrec.evaluation.ranked_metrics`), `rerank`,
 `report`, the encoders' fairness metrics, and one-line errors for bad input. Tiny data, no network."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from llmrec.base.config import resolve_config
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.fingerprint import split_fingerprint
 from llmrec.base.errors import CheckpointError, ConfigError, DataError, LlmrecError
-from llmrec.evaluation.llm_split import read_scores, split_metrics, write_scores
-from llmrec.fairness.evaluate import ranked_fairness
+from llmrec.evaluation.ranked_metrics import ranked_fairness, split_metrics
+from llmrec.evaluation.scores import read_scores, write_scores
 from llmrec.evaluation.groups import ItemGroups, item_groups, popularity_groups
 from llmrec.fairness.report import (
     MARKER,
@@ -37,7 +37,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # ------------------------------------------------------------------------------------------------ helpers
 def ranked_table(data: ProcessedDataset, split: str, scores: list[list[float]] | None = None,
                  chosen: list[int] | None = None, mode: str = "score") -> pd.DataFrame:
-    """A table as `llm_split.rank_split` returns it, with the given scores (score mode) or choices."""
+    """A ranked table (`llmrec.evaluation.scores`), with the given scores (score mode) or choices."""
     s = data.split(split)
     n = len(s)
     if mode == "score":

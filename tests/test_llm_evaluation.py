@@ -10,7 +10,9 @@ import pytest
 from test_llm_support import MeanEncoder, tiny_config, tiny_dataset
 
 from llmrec.data.sampling import final_position_mask, ranked_subset
-from llmrec.evaluation.llm_split import INVALID, evaluate_split, split_metrics
+from llmrec.evaluation.ranked_metrics import split_metrics
+from llmrec.evaluation.scores import INVALID
+from llmrec.llm.ranker import evaluate_split
 from llmrec.llm.train import build_recommender
 from llmrec.base.progress import progress_line, track
 

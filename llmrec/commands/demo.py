@@ -20,9 +20,8 @@ stage. `--fresh` reruns every selected stage. What a preset file says is not com
                full fine-tuning of the tiny model, projector, text -> hybrid curriculum, a subset of the training
                samples), ranking a seeded subset of `--llm-test-samples` test samples in `score` mode;
   4. sdpo      S-DPO (3 negatives per prompt) from that SFT model (`--sdpo-preset`), the same test samples;
-  5. evaluate  MostPop and SASRec score the SAME test samples as the LLMs (the subset of
-               `llmrec.data.sampling.ranked_subset` that `evaluate_split` draws, scored with the saved encoders
-               into `<encoder>/eval-test-score/`); SFT and S-DPO in `generate` mode on `--generate-samples` test
+  5. evaluate  `llmrec evaluate` of MostPop and SASRec on the SAME test samples as the LLMs (the seeded subset
+               of `llmrec.data.sampling.ranked_subset` every ranking draws, into `<encoder>/eval-test-score/`); SFT and S-DPO in `generate` mode on `--generate-samples` test
                samples (`eval-test-generate/`, fairness metrics included); S-DPO in `score` mode on
                `--valid-samples` VALID samples (`eval-valid-score/`, what re-ranking tunes on);
   6. rerank    IFairLRS re-ranking of the S-DPO model's test ranking, alpha chosen on valid (`llmrec rerank
@@ -66,7 +65,7 @@ RESULTS_FILE = "demo-results.json"
 REPORT_FILE = "report.md"
 FIGURES_DIR = "report"
 # the test ranking of a checkpoint: train-llm / train-sdpo write the LLMs' (a seeded subset of the test samples), the
-# demo writes the encoders' ranking of exactly those samples under the same name inside each encoder checkpoint
+# demo has `llmrec evaluate` rank exactly those samples with each encoder, under the same name in its checkpoint
 SUBSET_DIR = "eval-test-score"
 GENERATE_DIR = "eval-test-generate"
 VALID_DIR = "eval-valid-score"
@@ -292,44 +291,15 @@ def check_same_samples(tables: dict[str, pd.DataFrame]) -> None:
                             f"options (--llm-test-samples, --seed); rerun with --fresh")
 
 
-def write_encoder_subset(folder: Path, data: ProcessedDataset, n: int, seed: int) -> Path:
-    """Rank the LLMs' test samples with the encoder saved in `folder`; writes `folder/eval-test-score/`
-    (metrics.json with the fairness metrics, scores.parquet, config.yaml)."""
-    import yaml
-
-    from llmrec.base.atomic import atomic_write_text, output_directory
-    from llmrec.base.config import load_yaml_mapping
-    from llmrec.encoders.checkpoint import load_encoder
-    from llmrec.encoders.evaluate import encoder_ranking
-    from llmrec.evaluation.llm_split import write_evaluation
-    from llmrec.evaluation.groups import item_groups
-    from llmrec.evaluation.fairness_metrics import FAIRNESS_KS
-    from llmrec.fairness.rerank_command import table_metrics
-
-    encoder = load_encoder(folder, data)
-    history = str(load_yaml_mapping(folder / "config.yaml").get("eval_history") or "auto")
-    ranked = encoder_ranking(encoder, data, "test", n, seed, history)  # type: ignore[arg-type]
-    metrics = {**table_metrics(ranked, data, item_groups(data, "popularity"), list(FAIRNESS_KS)),
-               "seed": seed, "protocol": data.protocol, "mode": "score", "split": "test",
-               "eval_positions": data.meta.get("eval_positions"), "model": getattr(encoder, "model_name", None)}
-    out = folder / SUBSET_DIR
-    facts = {"ckpt": str(folder), "data": str(data.root), "split": "test", "mode": "score", "max_samples": n,
-             "seed": seed, "history": history}
-    with output_directory(out, OUTPUT_COMMAND) as tmp:
-        write_evaluation(tmp, metrics, ranked)
-        atomic_write_text(tmp / "config.yaml", yaml.safe_dump(facts, sort_keys=False))
-    return out
-
-
 # ------------------------------------------------------------------------------------------------ results
 def result_rows(paths: DemoPaths, data: ProcessedDataset, encoder: str) -> list[ResultRow]:
     """The five rows of the results table from the saved rankings (empty metrics where a ranking is missing);
     DataError when the rankings that exist are not of the same samples."""
     from llmrec.commands.demo_report import ResultRow
-    from llmrec.evaluation.llm_split import SCORES_FILE, read_scores
-    from llmrec.evaluation.groups import item_groups
     from llmrec.evaluation.fairness_metrics import FAIRNESS_KS
-    from llmrec.fairness.rerank_command import table_metrics
+    from llmrec.evaluation.groups import item_groups
+    from llmrec.evaluation.ranked_metrics import table_metrics
+    from llmrec.evaluation.scores import SCORES_FILE, read_scores
 
     groups = item_groups(data, "popularity")
     sources = [(LABELS[BASELINE], paths.baseline / SUBSET_DIR, None),
@@ -535,19 +505,20 @@ def _print_llm(title: str, folder: Path) -> None:
 
 
 def _evaluate(config: DemoConfig, paths: DemoPaths, redo: bool) -> bool:
-    """Make the rankings that are not current (all with `redo`)."""
-    from llmrec.data.dataset import ProcessedDataset
+    """Make the rankings that are not current (all with `redo`), each with `llmrec evaluate`."""
     from llmrec.commands.evaluate import EvaluateConfig, run_evaluate
-    from llmrec.evaluation.llm_split import read_scores
+    from llmrec.evaluation.scores import read_scores
 
     for folder, stage in ((paths.baseline, "encoder"), (paths.encoder, "encoder"), (paths.llm, "llm"),
                           (paths.sdpo, "sdpo")):
         _needs(folder, stage, "evaluate")
     outputs = evaluate_outputs(config, paths)
-    data = ProcessedDataset.load(paths.data)
+    # the encoders rank the LLMs' test samples: the same seeded subset of the same size
     for name, folder in ((BASELINE, paths.baseline), (config.encoder, paths.encoder)):
         if redo or outputs[name].status() is not None:
-            write_encoder_subset(folder, data, config.llm_test_samples, config.seed)
+            _run_quietly(run_evaluate, EvaluateConfig(ckpt=folder, data=paths.data, mode="score", split="test",
+                                                      max_samples=config.llm_test_samples, seed=config.seed,
+                                                      out=folder / SUBSET_DIR))
         m = json.loads((folder / SUBSET_DIR / METRICS).read_text())
         print(f"  {LABELS[name]:8s} on the LLMs' {m['n_samples']} test samples: hr@1={m['hr@1']:.4f}  "
               f"candidates/ndcg@5={m['candidates/ndcg@5']:.4f}  mgu@1={m.get('mgu@1', float('nan')):.4f}",

@@ -1,12 +1,23 @@
-"""`llmrec evaluate`: rank the stored candidates of a split with a trained LLM recommender (docs/design.md §8).
+"""`llmrec evaluate`: rank the stored candidates of a split with a trained model (docs/design.md §8), through the one
+evaluator (`llmrec.evaluation.evaluator`).
 
-    llmrec evaluate --ckpt DIR --data DIR --mode {score,generate,constrained} [--split test] [--out DIR]
+    llmrec evaluate --ckpt DIR --data DIR [--mode {score,generate,constrained}] [--split test] [--out DIR]
 
-Writes `metrics.json` (keys in `llmrec.evaluation.llm_split`; in `score` mode also `score_norm`, the rule that
-ranked: the checkpoint's, or `--score-norm`), `scores.parquet` (every ranked sample's candidates and scores or
-choice, with the mode and split) and the resolved `config.yaml` into `--out` (default CKPT/eval-SPLIT-MODE).
-The checkpoint is self-contained (its encoder, catalog and tokenizer travel with it); `--data` must be the
-prepared dataset it was trained on (same catalog, same train/valid/test users).
+`--ckpt` is an LLM checkpoint (`train-llm`, `train-sdpo`) or an encoder checkpoint (`train-encoder`: SASRec,
+GRU4Rec, Caser or MostPop). Writes `metrics.json`, `scores.parquet` (every ranked sample's candidates and scores
+or choice, with the mode and split: `llmrec.evaluation.scores`), the fairness `report.md` and the resolved
+`config.yaml` into `--out` (default CKPT/eval-SPLIT-MODE).
+
+- LLM checkpoint: any mode; metrics keys in `llmrec.evaluation.ranked_metrics` (accuracy and fairness over
+  popularity groups); in `score` mode also `score_norm`, the rule that ranked (the checkpoint's, or
+  `--score-norm`). The checkpoint is self-contained (its encoder, catalog and tokenizer travel with it).
+- Encoder checkpoint: `score` mode only (an encoder scores; it does not decode). The stored candidates are scored
+  and, since an encoder can, the whole catalog is ranked: metrics.json holds the same keys as an LLM's plus every
+  key `train-encoder` reports for a split (`full/...`, `candidates/mgu@k`, ..., `llmrec.evaluation.evaluator`)
+  and `model`, with exactly train-encoder's numbers for the whole split: the encoder reads the history, excludes
+  seen items and batches as its recorded config.yaml says (`eval_history`, `exclude_seen`, `eval_batch_size`);
+  `--batch-size`, `--encoder`, `--llm` and `--score-norm` are LLM options.
+`--data` must be the prepared dataset the checkpoint was trained on (same catalog, same train/valid/test users).
 """
 
 from __future__ import annotations
@@ -15,19 +26,25 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import pandas as pd
 
 from llmrec.base.atomic import check_output, output_directory
-from llmrec.base.config import check_config, option, save_config
-from llmrec.data.dataset import ProcessedDataset
+from llmrec.base.config import check_config, load_yaml_mapping, option, save_config
 from llmrec.base.device import lightning_accelerator
-from llmrec.encoders.checkpoint import load_encoder
 from llmrec.base.errors import ConfigError
-from llmrec.evaluation.llm_split import evaluate_split, write_evaluation
-from llmrec.fairness.evaluate import ranked_fairness
-from llmrec.evaluation.groups import item_groups
+from llmrec.data.dataset import ProcessedDataset
+from llmrec.encoders.checkpoint import is_encoder_checkpoint, load_encoder
+from llmrec.encoders.evaluate import FAIRNESS_GROUPS
+from llmrec.encoders.ranker import EncoderRanker
+from llmrec.evaluation.evaluator import catalog_metrics, rank_split, ranking_metrics
+from llmrec.evaluation.groups import ItemGroups, item_groups
+from llmrec.evaluation.ranked_metrics import ranked_fairness
+from llmrec.evaluation.scores import write_evaluation
 from llmrec.fairness.report import ReportEntry, write_report
-from llmrec.llm.checkpoint import load_recommender, read_facts
+from llmrec.llm.checkpoint import is_llm_checkpoint, load_recommender, read_facts
+from llmrec.llm.ranker import evaluate_split
 from llmrec.llm.ranking import MAX_NEW_TOKENS
 
 log = logging.getLogger(__name__)
@@ -35,6 +52,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EvaluateConfig:
+    # the help texts are those of the README's generated command reference (an encoder checkpoint works too)
     ckpt: Path | None = option(None, "checkpoint folder written by `llmrec train-llm`")
     data: Path | None = option(None, "processed dataset folder (the catalog the checkpoint was trained on)")
     mode: Literal["score", "generate", "constrained"] = option("score", "ranking mode")
@@ -57,14 +75,8 @@ def _torch_device(device: str) -> str:
     return "cuda" if lightning_accelerator(device) == "gpu" else "cpu"
 
 
-def run_evaluate(config: EvaluateConfig) -> int:
-    check_config(config)
-    if config.ckpt is None or config.data is None:
-        raise ConfigError("evaluate needs --ckpt DIR and --data DIR")
-    read_facts(config.ckpt)
-    out = Path(config.out) if config.out else Path(config.ckpt) / f"eval-{config.split}-{config.mode}"
-    check_output(out, "evaluate")  # before the model runs: never write into a folder that is not ours
-    data = ProcessedDataset.load(config.data)
+def _evaluate_llm(config: EvaluateConfig, data: ProcessedDataset) -> tuple[dict[str, Any], pd.DataFrame,
+                                                                           ItemGroups]:
     encoder = load_encoder(config.encoder, data) if config.encoder is not None else None
     lm = load_recommender(config.ckpt, data, encoder, llm=config.llm, device=_torch_device(config.device),
                           dtype=config.dtype, score_norm=config.score_norm)
@@ -74,10 +86,50 @@ def run_evaluate(config: EvaluateConfig) -> int:
         metrics["score_norm"] = lm.score_norm  # which rule ranked: the checkpoint's or --score-norm
     groups = item_groups(data, "popularity")
     metrics.update(ranked_fairness(ranked, data, groups))
+    return metrics, ranked, groups
+
+
+def _evaluate_encoder(config: EvaluateConfig, data: ProcessedDataset) -> tuple[dict[str, Any], pd.DataFrame,
+                                                                               ItemGroups]:
+    assert config.ckpt is not None
+    if config.mode != "score":
+        raise ConfigError(f"{config.ckpt} is an encoder checkpoint: it ranks in `score` mode only (generate and "
+                          f"constrained are LLM decoding modes); pass --mode score")
+    given = [f"--{n.replace('_', '-')}" for n in ("encoder", "llm", "score_norm") if getattr(config, n) is not None]
+    if given:
+        raise ConfigError(f"{config.ckpt} is an encoder checkpoint: {', '.join(given)} apply to LLM checkpoints only")
+    encoder = load_encoder(config.ckpt, data, map_location=_torch_device(config.device))
+    # the options train-encoder evaluated with, so that the numbers are train-encoder's
+    trained = load_yaml_mapping(Path(config.ckpt) / "config.yaml")
+    ranker = EncoderRanker(encoder, data, history=str(trained.get("eval_history") or "auto"),  # type: ignore[arg-type]
+                           exclude_seen=bool(trained.get("exclude_seen", True)),
+                           batch_size=int(trained.get("eval_batch_size") or 128))
+    evaluation = rank_split(ranker, data, config.split, config.max_samples, config.seed)
+    groups = item_groups(data, "popularity", n_groups=min(FAIRNESS_GROUPS, data.n_items))
+    metrics = ranking_metrics(evaluation, data, config.seed)
+    if len({len(c) for c in evaluation.table["candidates"]}) == 1:  # (rows with different numbers: no K fits all)
+        metrics.update(ranked_fairness(evaluation.table, data, groups))
+    metrics.update({**catalog_metrics(evaluation, data, groups), "model": getattr(encoder, "model_name", None)})
+    return metrics, evaluation.table, groups
+
+
+def run_evaluate(config: EvaluateConfig) -> int:
+    check_config(config)
+    if config.ckpt is None or config.data is None:
+        raise ConfigError("evaluate needs --ckpt DIR and --data DIR")
+    encoder_ckpt = not is_llm_checkpoint(config.ckpt) and is_encoder_checkpoint(config.ckpt)
+    if not encoder_ckpt:
+        read_facts(config.ckpt)  # a clear error when it is neither kind of checkpoint
+    out = Path(config.out) if config.out else Path(config.ckpt) / f"eval-{config.split}-{config.mode}"
+    check_output(out, "evaluate")  # before the model runs: never write into a folder that is not ours
+    data = ProcessedDataset.load(config.data)
+    evaluate = _evaluate_encoder if encoder_ckpt else _evaluate_llm
+    metrics, ranked, groups = evaluate(config, data)
     with output_directory(out, "evaluate") as tmp:
         write_evaluation(tmp, metrics, ranked)
         save_config(config, tmp)
-        write_report(tmp, [ReportEntry(f"{Path(config.ckpt).name} ({config.mode})", metrics, str(out),
-                                       groups=groups.to_dict())])
+        if "mgu@1" in metrics:
+            write_report(tmp, [ReportEntry(f"{Path(config.ckpt).name} ({config.mode})", metrics, str(out),
+                                           groups=groups.to_dict())])
     print(json.dumps(metrics, indent=2))
     return 0

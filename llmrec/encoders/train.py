@@ -35,13 +35,9 @@ from llmrec.encoders.checkpoint import (
     encoder_output_directory,
     write_encoder_files,
 )
-from llmrec.encoders.evaluate import (
-    HistorySource,
-    build_eval_set,
-    evaluate,
-    monitor_metric,
-)
+from llmrec.encoders.evaluate import HistorySource, monitor_metric
 from llmrec.encoders.mostpop import MostPop
+from llmrec.encoders.ranker import evaluate_encoder
 from llmrec.encoders.registry import build_encoder, encoder_hparam_names
 from llmrec.base.errors import ConfigError
 from llmrec.training.keep_best import KeepBest
@@ -211,8 +207,8 @@ def run_train_encoder(config: TrainEncoderConfig) -> int:
         encoder.eval()
         results = {}
         for split in ("valid", "test"):
-            eval_set = build_eval_set(data, split, encoder.max_length, config.eval_history, config.exclude_seen)
-            results[split] = evaluate(encoder, eval_set, config.eval_batch_size)
+            results[split] = evaluate_encoder(encoder, data, split, config.eval_history, config.exclude_seen,
+                                              config.eval_batch_size)
         history = facts.pop("valid_history", None)
         metrics = {**results, **facts, "seed": config.seed, "protocol": data.protocol,
                    "eval_positions": data.meta.get("eval_positions"), "model": config.model,

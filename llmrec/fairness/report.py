@@ -33,8 +33,8 @@ from llmrec.base.atomic import atomic_write, atomic_write_text, check_output, ou
 from llmrec.base.config import check_config, load_yaml_mapping, option, save_config
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.base.errors import ConfigError
-from llmrec.evaluation.llm_split import SCORES_FILE, read_scores, split_metrics
-from llmrec.fairness.evaluate import ranked_fairness, table_mode, table_split
+from llmrec.evaluation.ranked_metrics import ranked_fairness, split_metrics
+from llmrec.evaluation.scores import SCORES_FILE, read_scores, table_mode, table_split
 from llmrec.evaluation.groups import ItemGroups, item_groups
 
 log = logging.getLogger(__name__)

@@ -41,22 +41,17 @@ from llmrec.base.config import check_config, load_yaml_mapping, option, save_con
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.fingerprint import split_mismatch
 from llmrec.base.errors import CheckpointError, ConfigError, DataError
-from llmrec.evaluation.llm_split import (
+from llmrec.evaluation.ranked_metrics import recommended_items, sample_histories, table_metrics
+from llmrec.evaluation.scores import (
     SCORES_FILE,
     read_scores,
-    split_metrics,
-    write_scores,
-)
-from llmrec.fairness.evaluate import (
-    ranked_fairness,
-    recommended_items,
-    sample_histories,
     stack_candidates,
     stack_scores,
     table_mode,
     table_split,
+    write_scores,
 )
-from llmrec.evaluation.groups import ItemGroups, item_groups
+from llmrec.evaluation.groups import item_groups
 from llmrec.evaluation.fairness_metrics import FAIRNESS_KS, check_k
 from llmrec.fairness.rerank import (
     DEFAULT_ALPHAS,
@@ -203,15 +198,7 @@ def check_same_split(ckpt: Path, data: ProcessedDataset) -> None:
                               f"--data the checkpoint was evaluated on")
 
 
-# ------------------------------------------------------------------------------------------------ metrics
-def table_metrics(table: pd.DataFrame, data: ProcessedDataset, groups: ItemGroups, ks: list[int],
-                  scores_column: str = "scores") -> dict[str, Any]:
-    """Accuracy (`llm_split.split_metrics`) and fairness (`ranked_fairness`) of a score-mode table."""
-    ranked = table if scores_column == "scores" else table.assign(scores=table[scores_column])
-    ranked.attrs = dict(table.attrs)
-    return {**split_metrics(ranked, "score"), **ranked_fairness(ranked, data, groups, ks)}
-
-
+# ------------------------------------------------------------------------------------------------ re-ranked table
 def reranked_table(table: pd.DataFrame, item_adj: np.ndarray, alpha: float) -> pd.DataFrame:
     """`table` with re-ranked `scores`, the model's under `model_scores`, and `chosen` = the new top item."""
     scores = stack_scores(table)

@@ -14,10 +14,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
 import torch
 
+from llmrec.evaluation.scores import MODES, Mode
 from llmrec.llm.hybrid import (
     SCORE_NORMS,
     HybridLM,
@@ -34,8 +33,6 @@ from llmrec.llm.logprobs import (
     pack_answers,
 )
 
-Mode = Literal["score", "generate", "constrained"]
-MODES: tuple[str, ...] = ("score", "generate", "constrained")
 MAX_NEW_TOKENS = 64
 
 

@@ -33,7 +33,7 @@ from llmrec.base.device import lightning_accelerator
 from llmrec.encoders.base import SequentialEncoder
 from llmrec.encoders.checkpoint import load_encoder
 from llmrec.base.errors import CheckpointError, ConfigError
-from llmrec.evaluation.llm_split import evaluate_split, write_evaluation
+from llmrec.evaluation.scores import write_evaluation
 from llmrec.evaluation.fairness_weights import training_sample_weights
 from llmrec.llm import backbone
 from llmrec.llm.checkpoint import (
@@ -46,6 +46,7 @@ from llmrec.llm.datamodule import LLMDataModule
 from llmrec.llm.hybrid import HybridLM
 from llmrec.llm.lora import DEFAULT_TARGETS, apply_lora
 from llmrec.llm.model_card import write_model_card
+from llmrec.llm.ranker import evaluate_split
 from llmrec.llm.module import LLMRecModule
 from llmrec.llm.recommender import assemble_recommender
 from llmrec.training.fit import FitSettings, fit_keeping_best

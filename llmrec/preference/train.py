@@ -45,7 +45,7 @@ from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.sampling import subset
 from llmrec.base.device import lightning_accelerator
 from llmrec.base.errors import CheckpointError, ConfigError
-from llmrec.evaluation.llm_split import evaluate_split, write_evaluation
+from llmrec.evaluation.scores import write_evaluation
 from llmrec.evaluation.fairness_weights import training_sample_weights
 from llmrec.llm.checkpoint import (
     BASE_DIR,
@@ -60,6 +60,7 @@ from llmrec.llm.checkpoint import (
 )
 from llmrec.llm.hybrid import HybridLM
 from llmrec.llm.model_card import write_model_card
+from llmrec.llm.ranker import evaluate_split
 from llmrec.preference.datamodule import PreferenceDataModule, PreferenceDataset
 from llmrec.preference.module import (
     LossName,

@@ -1,20 +1,24 @@
-"""Item-side fairness (IFairLRS, docs/design.md §7) of a saved ranking: the table `llmrec evaluate` writes as
-`scores.parquet` (`llmrec.evaluation.llm_split.rank_split` / `read_scores`), one row per ranked sample.
+"""Metrics of a ranked table (`llmrec.evaluation.scores`), whatever model made it: accuracy (docs/design.md §8) and
+item-side fairness (IFairLRS, docs/design.md §7).
 
-What is "recommended" at K:
-- `score` mode: each row's candidates ordered by the model's scores, best first; tied scores keep the
-  candidates' stored order (a seeded shuffle; `metrics.rank_candidates`), NaN scores go last. K in 1, 5, 10 by
-  default (at K = 20 with 20 candidates every candidate is recommended, so GP@20 is the candidate
-  distribution whatever the model does).
+Accuracy (`split_metrics`): `hr@1` (correct / all samples), `hr@1_valid` (correct / valid outputs),
+`valid_ratio`, `candidates/ndcg@5`, and, for score mode, `candidates/hr@k` and `candidates/ndcg@k` for k in 1, 5,
+10 (ties count against the model, `metrics.target_ranks`). `hr@1_last` (with `n_users_last`) is hr@1 over the
+rows that are their user's final sample in the full split (`llmrec.data.sampling`), reported when the table holds
+several samples per user. `generate` and `constrained` make one choice per sample: the chosen item is ranked
+first and nothing else is, so for them `candidates/ndcg@5` equals `hr@1`.
+
+Fairness (`ranked_fairness`), what is "recommended" at K:
+- `score` mode: each row's candidates ordered by the scores, best first; tied scores keep the candidates' stored
+  order (a seeded shuffle; `fairness_metrics.rank_candidates`), NaN scores go last. K in 1, 5, 10 by default (at
+  K = 20 with 20 candidates every candidate is recommended, so GP@20 is the candidate distribution whatever the
+  model does).
 - `generate` / `constrained`: one choice per sample, so only K = 1 is defined. An invalid output (no candidate
   named, `chosen = -1`) recommends nothing: it takes no slot, so GP@1 is the group share among the VALID
-  choices and `valid_ratio` (in metrics.json) says how many slots there were.
-
-GH uses the evaluated samples' stored `history` (for `llara`, the <= 10 most recent items the prompt shows):
-the same histories for every model evaluated on that split, so GU is comparable across models on the same
-candidates (the encoders' evaluation, `llmrec.encoders.evaluate`, uses the same column).
-
-Keys returned: `mgu@k`, `dgu@k`, `gu@k/<group>` (as `metrics.fairness_metrics`) and `gh/<group>`; GP@K of a
+  choices and `valid_ratio` says how many slots there were.
+GH uses the ranked samples' stored `history` (for `llara`, the <= 10 most recent items the prompt shows): the
+same histories for every model ranked on that split, so GU is comparable across models on the same candidates.
+Keys: `mgu@k`, `dgu@k`, `gu@k/<group>` (as `fairness_metrics.fairness_metrics`) and `gh/<group>`; GP@K of a
 group is `gu@k/<group> + gh/<group>`.
 """
 
@@ -25,10 +29,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
-from llmrec.data.dataset import ProcessedDataset
 from llmrec.base.errors import ConfigError, DataError
-from llmrec.evaluation.groups import ItemGroups
+from llmrec.data.dataset import ProcessedDataset
+from llmrec.data.sampling import LAST_COLUMN
 from llmrec.evaluation.fairness_metrics import (
     FAIRNESS_KS,
     check_k,
@@ -36,49 +41,53 @@ from llmrec.evaluation.fairness_metrics import (
     group_share_of_history,
     rank_candidates,
 )
-
-INVALID = -1  # `chosen` of an output that named no candidate (llm_split.INVALID)
-CHOICE_MODES: tuple[str, ...] = ("generate", "constrained")
-
-
-def table_mode(ranked: pd.DataFrame) -> str:
-    """The ranking mode of a ranked table (`attrs` as `rank_split` sets them, else the `mode` column)."""
-    mode = ranked.attrs.get("mode")
-    if mode is None and "mode" in ranked.columns and len(ranked):
-        mode = str(ranked["mode"].iloc[0])
-    if mode is None:
-        raise DataError("the ranked table records no mode (score, generate or constrained); expected a "
-                        "scores.parquet written by `llmrec evaluate`")
-    return str(mode)
+from llmrec.evaluation.groups import ItemGroups
+from llmrec.evaluation.metrics import candidate_metrics, choice_metrics, target_ranks
+from llmrec.evaluation.scores import (
+    CHOICE_MODES,
+    INVALID,
+    padded_scores,
+    stack_candidates,
+    stack_scores,
+    table_mode,
+    table_split,
+)
 
 
-def table_split(ranked: pd.DataFrame) -> str:
-    """The split a ranked table was made on (`attrs`, else the `split` column)."""
-    split = ranked.attrs.get("split")
-    if split is None and "split" in ranked.columns and len(ranked):
-        split = str(ranked["split"].iloc[0])
-    if split is None:
-        raise DataError("the ranked table records no split; expected a scores.parquet written by `llmrec evaluate`")
-    return str(split)
+def hits(ranked: pd.DataFrame) -> np.ndarray:
+    """[N] bool: the model's top choice is the target."""
+    return ranked["chosen"].to_numpy() == ranked["target"].to_numpy()
 
 
-def stack_candidates(ranked: pd.DataFrame) -> np.ndarray:
-    """[N, C] candidate ids in stored order; DataError when rows hold different numbers of candidates."""
-    lists = [np.asarray(c, dtype=np.int64) for c in ranked["candidates"]]
-    widths = {len(c) for c in lists}
-    if len(widths) > 1:
-        raise DataError(f"ranked rows hold different numbers of candidates ({sorted(widths)}); expected one "
-                        f"candidate set size per split")
-    return np.stack(lists) if lists else np.zeros((0, 0), dtype=np.int64)
+def candidate_ranks(ranked: pd.DataFrame) -> torch.Tensor:
+    """[N] 0-based rank of each row's target among its candidates, from a score-mode table's `scores` (rows
+    with fewer candidates than others rank among their own)."""
+    if not len(ranked):
+        return torch.zeros(0, dtype=torch.long)
+    padded_cands, padded = padded_scores(ranked)
+    scores = torch.tensor(padded.astype(np.float32))
+    cands = torch.tensor(padded_cands)
+    target_index = (cands == torch.tensor(ranked["target"].to_numpy())[:, None]).long().argmax(1)
+    return target_ranks(scores, target_index)
 
 
-def stack_scores(ranked: pd.DataFrame, column: str = "scores") -> np.ndarray:
-    """[N, C] float64 scores of a score-mode table (one list per row, candidates in stored order)."""
-    if column not in ranked.columns or ranked[column].isna().any():
-        raise DataError(f"the ranked table has no `{column}` for every row; re-ranking and K > 1 need a "
-                        f"score-mode ranking (`llmrec evaluate --mode score`)")
-    rows = [np.asarray(s, dtype=np.float64) for s in ranked[column]]
-    return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float64)
+def split_metrics(ranked: pd.DataFrame, mode: str) -> dict[str, Any]:
+    """Accuracy of a ranked table made in `mode` (see the module docstring)."""
+    if mode == "score":
+        m = candidate_metrics(candidate_ranks(ranked))
+        metrics: dict[str, Any] = {"hr@1": m["candidates/hr@1"], "hr@1_valid": m["candidates/hr@1"],
+                                   "valid_ratio": 1.0, **m}
+    else:
+        chosen = [None if c == INVALID else int(c) for c in ranked["chosen"]]
+        metrics = choice_metrics(chosen, ranked["target"].tolist())
+        metrics["candidates/ndcg@5"] = metrics["hr@1"]
+    users = ranked["user_id"].to_numpy()
+    if len(np.unique(users)) < len(users) or not ranked[LAST_COLUMN].all():
+        last = ranked[LAST_COLUMN].to_numpy().astype(bool)
+        metrics["hr@1_last"] = float(hits(ranked)[last].mean()) if last.any() else None
+        metrics["n_users_last"] = int(last.sum())
+    metrics["n_samples"] = len(ranked)
+    return metrics
 
 
 def sample_histories(ranked: pd.DataFrame, data: ProcessedDataset) -> list[np.ndarray]:
@@ -133,7 +142,7 @@ def ranked_fairness(ranked: pd.DataFrame, data: ProcessedDataset, groups: ItemGr
     """`mgu@k`, `dgu@k`, `gu@k/<group>` and `gh/<group>` of a ranked table (see the module docstring).
 
     Args:
-        ranked: rows of `rank_split` / `read_scores` (any mode).
+        ranked: a ranked table (`llmrec.evaluation.scores`), any mode.
         data: the prepared dataset the ranking was made on (histories; rows are checked against it).
         groups: the item grouping (`groups.item_groups(data, ...)`).
         ks: cut-offs; None = `default_ks` (1 for generate/constrained; 1, 5, 10 for score mode). A K larger
@@ -155,3 +164,12 @@ def ranked_fairness(ranked: pd.DataFrame, data: ProcessedDataset, groups: ItemGr
     for name, share in zip(groups.names, group_share_of_history(histories, groups).tolist()):
         out[f"gh/{name}"] = float(share)
     return out
+
+
+def table_metrics(table: pd.DataFrame, data: ProcessedDataset, groups: ItemGroups, ks: Sequence[int],
+                  scores_column: str = "scores") -> dict[str, Any]:
+    """Accuracy (`split_metrics`) and fairness (`ranked_fairness`) of a score-mode table, ranked by
+    `scores_column` (`model_scores`: a re-ranked table's scores before re-ranking)."""
+    ranked = table if scores_column == "scores" else table.assign(scores=table[scores_column])
+    ranked.attrs = dict(table.attrs)
+    return {**split_metrics(ranked, "score"), **ranked_fairness(ranked, data, groups, ks)}
