@@ -30,6 +30,7 @@ from llmrec.fairness.report import (
 )
 from llmrec.fairness.rerank_command import RerankConfig, run_rerank
 from llmrec.llm import checkpoint as llm_checkpoint
+from llmrec.llm.facts import BaseModelFacts, LLMFacts
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -69,9 +70,10 @@ def fake_checkpoint(folder: Path, data: ProcessedDataset, data_dir: Path) -> Pat
     """The facts `read_facts` checks (format, catalog and split fingerprints) of a checkpoint trained on `data`;
     the rerank and report commands read nothing else of a checkpoint (they never run the model)."""
     folder.mkdir(parents=True)
-    facts = {"format": llm_checkpoint.MARKER, "format_version": llm_checkpoint.FORMAT_VERSION,
-             "catalog_fingerprint": data.catalog_fingerprint(), "split": split_fingerprint(data)}
-    (folder / llm_checkpoint.FACTS).write_text(json.dumps(facts))
+    facts = LLMFacts(finetune="full", prompt="text", max_length=64, seed=0, protocol=data.protocol,
+                     catalog_fingerprint=data.catalog_fingerprint(), split=split_fingerprint(data),
+                     base=BaseModelFacts(path="unused", fingerprint={}), first_new_row=0, embedding_rows=8, vocab_size=8)
+    (folder / llm_checkpoint.FACTS).write_text(json.dumps(facts.to_dict()))
     (folder / "config.yaml").write_text(yaml.safe_dump({"data": str(data_dir)}))
     return folder
 
@@ -360,7 +362,7 @@ def test_report_command_on_checkpoint_rerank_and_encoder_folders(tmp_path, tiny)
     text = (out / "report.md").read_text()
     # each ranking once: the checkpoint's test ranking, its re-ranking (named twice), the encoder
     rows = [line for line in text.splitlines() if line.startswith(("| ckpt", "| mostpop"))]
-    labels = [r.split(" | ")[0][2:] for r in rows if r.count("|") == 9]
+    labels = [r.split(" | ")[0][2:] for r in rows if r.count("|") == 10]
     assert labels == ["ckpt score", f"ckpt re-ranked (popularity, alpha={rr['alpha']:g})", "mostpop (mostpop)"]
     assert f"| {rr['before']['mgu@5']:.4f} |" in rows[0] and f"| {rr['mgu@5']:.4f} |" in rows[1]
     assert rows[2].startswith(f"| mostpop (mostpop) | {enc['candidates/hr@1']:.4f} | 1.0000 | "

@@ -112,7 +112,9 @@ def test_a_file_named_like_ours_proves_nothing(tmp_path):
     with pytest.raises(ConfigError, match="is a `llmrec prepare` output, not a previous `llmrec train-llm` output"):
         check_output(out, "train-llm")
     (out / OUTPUT_MARKER).write_text("{not json")
-    with pytest.raises(ConfigError, match="is damaged or was not written by llmrec"):
+    with pytest.raises(ConfigError, match=r"ckpt/\.llmrec-output\.json: damaged \(not valid JSON: .*\); expected an "
+                                          r"llmrec output written by an llmrec command; refusing to overwrite the "
+                                          r"output folder .*ckpt: choose another --out$"):
         check_output(out, "train-llm")
 
 

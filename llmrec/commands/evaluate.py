@@ -61,13 +61,13 @@ def run_evaluate(config: EvaluateConfig) -> int:
     check_config(config)
     if config.ckpt is None or config.data is None:
         raise ConfigError("evaluate needs --ckpt DIR and --data DIR")
-    read_facts(config.ckpt)
+    facts = read_facts(config.ckpt)  # a clear error first when it is not an LLM checkpoint; read once
     out = Path(config.out) if config.out else Path(config.ckpt) / f"eval-{config.split}-{config.mode}"
     check_output(out, "evaluate")  # before the model runs: never write into a folder that is not ours
     data = ProcessedDataset.load(config.data)
     encoder = load_encoder(config.encoder, data) if config.encoder is not None else None
     lm = load_recommender(config.ckpt, data, encoder, llm=config.llm, device=_torch_device(config.device),
-                          dtype=config.dtype, score_norm=config.score_norm)
+                          dtype=config.dtype, score_norm=config.score_norm, facts=facts)
     metrics, ranked = evaluate_split(lm, data, config.split, config.mode, config.batch_size, config.max_samples,
                                      config.seed, config.max_new_tokens)
     if config.mode == "score":
