@@ -337,7 +337,14 @@ def test_write_report_shows_the_hand_computed_shares(tmp_path):
     # 2 and 1 = (1/log2(4) + 1/log2(3)) / 2, MGU@1 0.4/3, DGU@1 0.3; the generator has no MGU@5.
     ndcg = (1 / np.log2(4) + 1 / np.log2(3)) / 2
     assert f"| scorer | 0.0000 | 1.0000 | {ndcg:.4f} | {0.4 / 3:.4f} | – | – | 0.3000 |" in text
-    assert "| generator | 0.0000 | 0.5000 | 0.0000 | 0.5333 | – | – | 1.2000 |" in text
+    assert "| generator | 0.0000 | 0.5000 | 0.0000 | 0.5333 | – | – | 1.2000 | – |" in text  # no sample count known
+    assert f"| scorer | 0.0000 | 1.0000 | {ndcg:.4f} | {0.4 / 3:.4f} | – | – | 0.3000 | 2 |" in text  # split_metrics'
+    assert "| model | hr@1 | valid_ratio | candidates/ndcg@5 | mgu@1 | mgu@5 | mgu@10 | dgu@1 | n_samples |" in text
+    assert "`n_samples` is how many samples each row was ranked on" in text
+    counted = write_report(tmp_path / "n", [ReportEntry("subset", {**choice, "n_samples": 30}),
+                                            ReportEntry("whole", choice, n_samples=9282)]).read_text()
+    assert "| 1.2000 | 30 |" in counted and "| whole | 0.0000 | 0.5000 | 0.0000 | 0.5333 | – | – | 1.2000 | 9282 |" \
+        in counted
     # GP@1 rows: scorer (1/2, 0, 1/2), generator (0, 1, 0); GH common to both.
     assert "| GH | 0.4000 | 0.2000 | 0.4000 |" in text
     assert "| scorer: GP@1 | 0.5000 | 0.0000 | 0.5000 |" in text
@@ -367,6 +374,9 @@ def test_report_command_on_checkpoint_rerank_and_encoder_folders(tmp_path, tiny)
     assert f"| {rr['before']['mgu@5']:.4f} |" in rows[0] and f"| {rr['mgu@5']:.4f} |" in rows[1]
     assert rows[2].startswith(f"| mostpop (mostpop) | {enc['candidates/hr@1']:.4f} | 1.0000 | "
                               f"{enc['candidates/ndcg@5']:.4f} | {enc['candidates/mgu@1']:.4f} |")
+    n_test = len(read_scores(ckpt / "eval-test-score"))  # each row with the count it was ranked on
+    assert rows[0].endswith(f" | {n_test} |") and rows[1].endswith(f" | {n_test} |")
+    assert rows[2].endswith(f" | {enc['n_samples']} |")
     assert "least popular first: `pop0`" in text and f"alpha = {rr['alpha']:g} (chosen on valid)" in text
     for name in ("gp-gh.png", "mgu-k.png"):
         assert f"]({name})" in text

@@ -9,6 +9,7 @@ import asyncio
 import copy
 import dataclasses
 import json
+import os
 import shutil
 import time
 
@@ -271,6 +272,30 @@ def test_a_folder_without_manifest_or_of_another_command_is_refused(copied):
     marker.unlink()
     assert "has no valid bundle manifest (.llmrec-output.json)" in one_line_error(copied)
     assert Recommender.from_pretrained(copied, device="cpu", verify=False).n_items == 24
+
+
+def test_loading_reads_each_marker_file_once_and_the_facts_round_trip(ckpt, monkeypatch):
+    from llmrec.base import markers
+
+    reads: list[str] = []
+    real = markers._load_text
+    monkeypatch.setattr(markers, "_load_text", lambda path: reads.append(path.relative_to(ckpt).as_posix())
+                        or real(path))
+    rec = Recommender.from_pretrained(ckpt, device="cpu")
+    assert sorted(reads) == [".llmrec-output.json", "checkpoint.json", "encoder/config.yaml"]  # each once
+    written = json.loads((ckpt / "checkpoint.json").read_text())
+    assert json.dumps(rec.facts.to_dict(), indent=2) == json.dumps(written, indent=2)  # same keys, values, order
+    assert rec.facts.stage == "sft" and "stage" not in written
+
+
+def test_every_file_of_the_checkpoint_follows_the_umask(ckpt):
+    """safetensors writes 0600 files; the output folder gives every file the umask's mode (0644 under 022)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    modes = {p.relative_to(ckpt).as_posix(): p.stat().st_mode & 0o777 for p in ckpt.rglob("*")
+             if p.is_file() and not p.is_symlink()}
+    assert {"projector.safetensors", "model/model.safetensors", "encoder/encoder.safetensors"} <= set(modes)
+    assert {rel: oct(m) for rel, m in modes.items() if m != 0o666 & ~mask} == {}
 
 
 # ------------------------------------------------------------------------------------------------ model card

@@ -33,7 +33,7 @@ A temporary folder holds `.llmrec-building.json` (process id, host, start time) 
 interrupted run leaves it behind; the next run writing the same `--out` removes every such folder whose
 process is gone (same host) or that is older than a week (another host). Folders are created with the
 permissions the user's umask gives (`tempfile.mkdtemp` alone would make them private, mode 0700), files
-likewise.
+likewise: every file of a finished output folder follows the umask, whoever wrote it (`follow_umask`).
 """
 
 from __future__ import annotations
@@ -95,6 +95,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         if tmp_path.exists():
             tmp_path.unlink()
     return path
+
+
+def follow_umask(root: str | os.PathLike) -> None:
+    """Give every file and folder under `root` the permissions the umask gives new ones (executables keep their
+    execute bits). Some writers make private files: safetensors' `save_file` (used by `save_pretrained`) writes
+    through a 0600 temporary, as `mkstemp` does, so a checkpoint held 0600 weights beside 0644 configs. Every
+    output folder passes through here once before it is put in place, so every file a command writes follows the
+    umask, whoever wrote it. Symbolic links are left alone."""
+    mask = _umask()
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        for name in filenames + dirnames:
+            path = here / name
+            if path.is_symlink():
+                continue
+            mode = path.stat().st_mode & 0o777
+            want = (0o777 if path.is_dir() or mode & 0o111 else 0o666) & ~mask
+            if mode != want:
+                os.chmod(path, want)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -223,6 +242,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     with _temporary_sibling(path) as tmp:
         yield tmp
+        follow_umask(tmp)
         _swap_into_place(tmp, path)
 
 
@@ -463,6 +483,7 @@ def output_directory(path: str | os.PathLike, command: str, *, legacy: LegacyOut
 
     with _temporary_sibling(path) as tmp:
         yield tmp
+        follow_umask(tmp)  # before the user's files of a replaced output are carried over: those keep their modes
         written = {rel: _file_facts(tmp / rel, None if hash_all else HASH_LIMIT) for rel in _walk_files(tmp)}
         marker = {"format": OUTPUT_FORMAT, "format_version": OUTPUT_FORMAT_VERSION, "command": command,
                   "created": datetime.now(UTC).isoformat(timespec="seconds"), "llmrec_version": __version__,
