@@ -72,7 +72,8 @@ def fake_checkpoint(folder: Path, data: ProcessedDataset, data_dir: Path) -> Pat
     folder.mkdir(parents=True)
     facts = LLMFacts(finetune="full", prompt="text", max_length=64, seed=0, protocol=data.protocol,
                      catalog_fingerprint=data.catalog_fingerprint(), split=split_fingerprint(data),
-                     base=BaseModelFacts(path="unused", fingerprint={}), first_new_row=0, embedding_rows=8, vocab_size=8)
+                     base=BaseModelFacts(path="unused", fingerprint={}), first_new_row=0, embedding_rows=8,
+                     vocab_size=8)
     (folder / llm_checkpoint.FACTS).write_text(json.dumps(facts.to_dict()))
     (folder / "config.yaml").write_text(yaml.safe_dump({"data": str(data_dir)}))
     return folder

@@ -35,7 +35,7 @@ def test_the_one_error_format_names_the_file_the_problem_and_what_was_expected(t
     cases = [
         (None, rf"{tmp_path}/thing.json: missing, so {tmp_path} is not a tool thing; expected a tool thing written by "
                r"`tool make`; run `tool make` \(missing\)$"),
-        ("{oops", rf"thing.json: damaged \(not valid JSON: Expecting property name .*\); expected a tool thing written "
+        ("{oops", r"thing.json: damaged \(not valid JSON: Expecting property name .*\); expected a tool thing written "
                   r"by `tool make`; run `tool make` \(damaged\)$"),
         ("[1, 2]", r"thing.json: damaged \(a list, not an object\); expected a tool thing written by `tool make`; "
                    r"run `tool make` \(not-object\)$"),

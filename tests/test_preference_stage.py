@@ -414,7 +414,8 @@ def test_bad_input_is_refused_with_one_line(data, sft_lora, sft_full, root):
     one_line_error(cfg, ConfigError, "needs --sft DIR")
     one_line_error(sdpo_config(root, "never", sft=root / "missing"), CheckpointError, "--sft: .*does not exist")
     one_line_error(sdpo_config(root, "never", sft=root / "data"), CheckpointError,
-                   "--sft: .*not an LLM checkpoint .*train-llm")
+                   r"--sft: .*data/checkpoint.json: missing, so .*data is not an LLM checkpoint; expected an LLM "
+                   r"checkpoint written by `llmrec train-llm` or `llmrec train-sdpo`$")
     one_line_error(sdpo_config(root, "never", negatives=6), ConfigError, "--negatives 6: .*5 besides the target")
     one_line_error(sdpo_config(root, "never", out=root / "sft-lora"), ConfigError, "is the --sft folder")
     one_line_error(sdpo_config(root, "never", out=root / "sft-full"), CheckpointError,

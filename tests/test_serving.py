@@ -315,7 +315,8 @@ def test_the_model_card_describes_the_bundle(ckpt, copied):
     assert "valid/history" not in text  # curves stay in metrics.json
     block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
     assert yaml.safe_load(block) == config
-    sdpo = dataclasses.replace(facts, stage="sdpo", sdpo=SdpoFacts(sft="/x/sft-run", loss="sdpo", negatives=3, beta=1.0))
+    sdpo = dataclasses.replace(facts, stage="sdpo",
+                               sdpo=SdpoFacts(sft="/x/sft-run", loss="sdpo", negatives=3, beta=1.0))
     assert "preference-trained by `llmrec train-sdpo` (sdpo, 3 negative(s) per prompt, beta 1.0) from the SFT " \
            "checkpoint `sft-run`" in write_model_card(copied, sdpo, config, metrics).read_text()
 

@@ -56,6 +56,13 @@ from pathlib import Path
 from typing import Any
 
 from llmrec.base.errors import ConfigError, LlmrecError
+from llmrec.base.files import (  # re-exported: the file-level half of this module's API
+    atomic_write as atomic_write,
+    atomic_write_bytes as atomic_write_bytes,
+    atomic_write_text,
+    follow_umask,
+)
+from llmrec.base.files import umask as _umask
 from llmrec.base.markers import MarkerSpec, check_fields, find_marker, read_marker
 
 log = logging.getLogger(__name__)
@@ -73,59 +80,6 @@ _MARKERS = (OUTPUT_MARKER, BUILDING_MARKER)
 
 
 # ------------------------------------------------------------------------------------------------ files
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_path)` and move the result to `path` only if it succeeded."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        if tmp_path.exists():
-            os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-    return path
-
-
-def follow_umask(root: str | os.PathLike) -> None:
-    """Give every file and folder under `root` the permissions the umask gives new ones (executables keep their
-    execute bits). Some writers make private files: safetensors' `save_file` (used by `save_pretrained`) writes
-    through a 0600 temporary, as `mkstemp` does, so a checkpoint held 0600 weights beside 0644 configs. Every
-    output folder passes through here once before it is put in place, so every file a command writes follows the
-    umask, whoever wrote it. Symbolic links are left alone."""
-    mask = _umask()
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        for name in filenames + dirnames:
-            path = here / name
-            if path.is_symlink():
-                continue
-            mode = path.stat().st_mode & 0o777
-            want = (0o777 if path.is_dir() or mode & 0o111 else 0o666) & ~mask
-            if mode != want:
-                os.chmod(path, want)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` (UTF-8) to `path` atomically."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` atomically."""
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 

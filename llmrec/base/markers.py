@@ -5,8 +5,8 @@ Every file by which llmrec recognises its own work (a prepared dataset's `meta.j
 `.llmrec-output.json`, the resume marker `.llmrec-resume.json`, ...) is a JSON (or YAML) object with a `format`
 field naming its kind and usually a `format_version`. `MarkerSpec` describes one kind; `read_marker` reads and
 checks a file of it; `find_marker` is the quiet variant for "is this ours?" questions; `write_marker` writes one
-atomically (`llmrec.base.atomic`); `from_dict` builds a typed, frozen dataclass from a checked object, field by
-field, and `to_dict` turns it back into the same JSON.
+atomically (`llmrec.base.files`, the file half of `llmrec.base.atomic`); `from_dict` builds a typed, frozen
+dataclass from a checked object, field by field, and `to_dict` turns it back into the same JSON.
 
 Every problem is reported in ONE format, always on one line:
 
@@ -14,9 +14,9 @@ Every problem is reported in ONE format, always on one line:
 
 e.g. `run/checkpoint.json: missing, so run is not an LLM checkpoint; expected an LLM checkpoint written by
 `llmrec train-llm` or `llmrec train-sdpo``, `out/meta.json: damaged (not valid JSON: ...); expected ...`,
-`ckpt/checkpoint.json: field `seed` is 'x' (a string); expected an integer; ...`. The caller chooses the error class (DataError,
-CheckpointError, ...) and the advice (which may depend on the problem: a damaged file is rebuilt, a missing one
-is made).
+`ckpt/checkpoint.json: field `seed` is 'x' (a string); expected an integer; ...`. The caller chooses the error
+class (DataError, CheckpointError, ...) and the advice (which may depend on the problem: a damaged file is
+rebuilt, a missing one is made).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 from llmrec.base.errors import LlmrecError
+from llmrec.base.files import atomic_write_text
 
 Problem = Literal["missing", "unreadable", "damaged", "not-object", "kind", "version", "field"]
 Advice = str | Callable[[Problem], str] | None
@@ -171,8 +172,6 @@ def write_marker(path: str | os.PathLike, spec: MarkerSpec, facts: Mapping[str, 
                  ) -> Path:
     """Write the JSON marker `{"format": ..., "format_version": ..., **facts}` to `path` atomically (one
     trailing newline)."""
-    from llmrec.base.atomic import atomic_write_text  # atomic reads markers itself: imported when writing
-
     return atomic_write_text(path, json.dumps(marker_dict(spec, facts), indent=indent) + "\n")
 
 
