@@ -54,9 +54,10 @@ def _follow(message: str, out) -> int:
     ("not-parquet", r"out/items.parquet is damaged \(not a readable parquet file"),
     ("rows", (r"out/items.parquet has 39 rows but .*out/meta.json records 40: the folder was damaged or edited "
               r"after `llmrec prepare` wrote it; .*move items.parquet out of the folder")),
-    ("meta", (r"out/meta.json is damaged \(not valid JSON: .*\); it was written by `llmrec prepare`: move "
-              r"meta.json out of the folder")),
-    ("meta-legacy", (r"out/meta.json is damaged \(not valid JSON: .*\); move the folder away \(e.g. to "
+    ("meta", (r"out/meta.json: damaged \(not valid JSON: .*\); expected a prepared dataset written by `llmrec "
+              r"prepare`; it was written by `llmrec prepare`: move meta.json out of the folder")),
+    ("meta-legacy", (r"out/meta.json: damaged \(not valid JSON: .*\); expected a prepared dataset written by "
+                     r"`llmrec prepare`; move the folder away \(e.g. to "
                      r".*out.damaged\), then re-run `llmrec prepare --config .*out.damaged/config.yaml`")),
     ("missing", (r"out/users.parquet is missing: .*out is an incomplete prepare output; it was written by "
                  r"`llmrec prepare`: re-run `llmrec prepare --config .*out/config.yaml` to complete it")),

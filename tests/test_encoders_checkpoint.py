@@ -58,10 +58,12 @@ def test_folder_that_is_not_an_encoder_checkpoint(tmp_path, data):
         load_encoder(tmp_path / "missing")
     (tmp_path / "stuff").mkdir()
     (tmp_path / "stuff" / "notes.txt").write_text("hello")
-    with pytest.raises(CheckpointError, match="not an encoder checkpoint: no config.yaml"):
+    with pytest.raises(CheckpointError, match=r"stuff/config.yaml: missing, so .*stuff is not an encoder checkpoint; "
+                                              r"expected an encoder checkpoint written by `llmrec train-encoder`$"):
         load_encoder(tmp_path / "stuff")
     (tmp_path / "stuff" / "config.yaml").write_text("lr: 0.1\n")
-    with pytest.raises(CheckpointError, match="no `encoder:` section"):
+    with pytest.raises(CheckpointError, match=r"stuff/config.yaml: no `encoder:` section, so .*stuff is not an encoder "
+                                              r"checkpoint; expected an encoder checkpoint written by"):
         load_encoder(tmp_path / "stuff")
     # save_encoder never replaces a folder it did not write
     with pytest.raises(CheckpointError, match="refusing to overwrite"):

@@ -30,6 +30,7 @@ from llmrec.fairness.report import (
 )
 from llmrec.fairness.rerank_command import RerankConfig, run_rerank
 from llmrec.llm import checkpoint as llm_checkpoint
+from llmrec.llm.facts import BaseModelFacts, LLMFacts
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -69,9 +70,11 @@ def fake_checkpoint(folder: Path, data: ProcessedDataset, data_dir: Path) -> Pat
     """The facts `read_facts` checks (format, catalog and split fingerprints) of a checkpoint trained on `data`;
     the rerank and report commands read nothing else of a checkpoint (they never run the model)."""
     folder.mkdir(parents=True)
-    facts = {"format": llm_checkpoint.MARKER, "format_version": llm_checkpoint.FORMAT_VERSION,
-             "catalog_fingerprint": data.catalog_fingerprint(), "split": split_fingerprint(data)}
-    (folder / llm_checkpoint.FACTS).write_text(json.dumps(facts))
+    facts = LLMFacts(finetune="full", prompt="text", max_length=64, seed=0, protocol=data.protocol,
+                     catalog_fingerprint=data.catalog_fingerprint(), split=split_fingerprint(data),
+                     base=BaseModelFacts(path="unused", fingerprint={}), first_new_row=0, embedding_rows=8,
+                     vocab_size=8)
+    (folder / llm_checkpoint.FACTS).write_text(json.dumps(facts.to_dict()))
     (folder / "config.yaml").write_text(yaml.safe_dump({"data": str(data_dir)}))
     return folder
 
@@ -335,7 +338,14 @@ def test_write_report_shows_the_hand_computed_shares(tmp_path):
     # 2 and 1 = (1/log2(4) + 1/log2(3)) / 2, MGU@1 0.4/3, DGU@1 0.3; the generator has no MGU@5.
     ndcg = (1 / np.log2(4) + 1 / np.log2(3)) / 2
     assert f"| scorer | 0.0000 | 1.0000 | {ndcg:.4f} | {0.4 / 3:.4f} | – | – | 0.3000 |" in text
-    assert "| generator | 0.0000 | 0.5000 | 0.0000 | 0.5333 | – | – | 1.2000 |" in text
+    assert "| generator | 0.0000 | 0.5000 | 0.0000 | 0.5333 | – | – | 1.2000 | – |" in text  # no sample count known
+    assert f"| scorer | 0.0000 | 1.0000 | {ndcg:.4f} | {0.4 / 3:.4f} | – | – | 0.3000 | 2 |" in text  # split_metrics'
+    assert "| model | hr@1 | valid_ratio | candidates/ndcg@5 | mgu@1 | mgu@5 | mgu@10 | dgu@1 | n_samples |" in text
+    assert "`n_samples` is how many samples each row was ranked on" in text
+    counted = write_report(tmp_path / "n", [ReportEntry("subset", {**choice, "n_samples": 30}),
+                                            ReportEntry("whole", choice, n_samples=9282)]).read_text()
+    assert "| 1.2000 | 30 |" in counted and "| whole | 0.0000 | 0.5000 | 0.0000 | 0.5333 | – | – | 1.2000 | 9282 |" \
+        in counted
     # GP@1 rows: scorer (1/2, 0, 1/2), generator (0, 1, 0); GH common to both.
     assert "| GH | 0.4000 | 0.2000 | 0.4000 |" in text
     assert "| scorer: GP@1 | 0.5000 | 0.0000 | 0.5000 |" in text
@@ -360,11 +370,14 @@ def test_report_command_on_checkpoint_rerank_and_encoder_folders(tmp_path, tiny)
     text = (out / "report.md").read_text()
     # each ranking once: the checkpoint's test ranking, its re-ranking (named twice), the encoder
     rows = [line for line in text.splitlines() if line.startswith(("| ckpt", "| mostpop"))]
-    labels = [r.split(" | ")[0][2:] for r in rows if r.count("|") == 9]
+    labels = [r.split(" | ")[0][2:] for r in rows if r.count("|") == 10]
     assert labels == ["ckpt score", f"ckpt re-ranked (popularity, alpha={rr['alpha']:g})", "mostpop (mostpop)"]
     assert f"| {rr['before']['mgu@5']:.4f} |" in rows[0] and f"| {rr['mgu@5']:.4f} |" in rows[1]
     assert rows[2].startswith(f"| mostpop (mostpop) | {enc['candidates/hr@1']:.4f} | 1.0000 | "
                               f"{enc['candidates/ndcg@5']:.4f} | {enc['candidates/mgu@1']:.4f} |")
+    n_test = len(read_scores(ckpt / "eval-test-score"))  # each row with the count it was ranked on
+    assert rows[0].endswith(f" | {n_test} |") and rows[1].endswith(f" | {n_test} |")
+    assert rows[2].endswith(f" | {enc['n_samples']} |")
     assert "least popular first: `pop0`" in text and f"alpha = {rr['alpha']:g} (chosen on valid)" in text
     for name in ("gp-gh.png", "mgu-k.png"):
         assert f"]({name})" in text

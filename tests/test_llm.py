@@ -74,9 +74,9 @@ def test_tiny_backbone_is_built_once_and_loads_like_any_hf_folder(data, tmp_path
 
 def test_tiny_backbone_with_a_bpe_tokenizer_decodes_titles_exactly_and_ranks(data, encoder, tmp_path):
     lm, facts = build_recommender(tiny_config(tmp_path, tiny_tokenizer="bpe", tiny_bpe_vocab=400), data, encoder)
-    assert facts["base"]["tiny"]["tokenizer"] == "bpe" and Path(facts["base"]["path"]).name.endswith("-bpe400-t2")
+    assert facts.base.tiny["tokenizer"] == "bpe" and Path(facts.base.path).name.endswith("-bpe400-t2")
     tok = lm.builder.tokenizer
-    assert type(tok.backend_tokenizer.model).__name__ == "BPE" and facts["base"]["fingerprint"]["tokenizer_size"] <= 400
+    assert type(tok.backend_tokenizer.model).__name__ == "BPE" and facts.base.fingerprint["tokenizer_size"] <= 400
     for item in range(1, data.n_items + 1):  # byte-level BPE: no spaces inserted, nothing unknown
         assert lm.builder.answer_text(item) == data.titles()[item]
     assert any(len(lm.builder.title_ids[i]) > len(data.titles()[i].split()) for i in range(1, data.n_items + 1))
@@ -89,7 +89,7 @@ def test_tiny_backbone_with_a_bpe_tokenizer_decodes_titles_exactly_and_ranks(dat
 def test_any_local_hf_causal_lm_loads_through_the_path_code(arch, data, encoder, tmp_path):
     folder = save_hf_folder(tmp_path / arch, arch, data)
     lm, facts = build_recommender(tiny_config(tmp_path, llm=str(folder)), data, encoder)
-    assert facts["finetune"] == "lora" and facts["base"]["fingerprint"]["tokenizer_size"] + 4 == facts["vocab_size"]
+    assert facts.finetune == "lora" and facts.base.fingerprint["tokenizer_size"] + 4 == facts.vocab_size
     lm.eval()
     batch = first_batch(lm, data)
     scores = score_candidates(lm, batch)
@@ -102,9 +102,9 @@ def test_prompt_budget_defaults_to_the_models_context_and_never_exceeds_it(data,
     folder = save_hf_folder(tmp_path / "llama", "llama", data)  # max_position_embeddings = 256
     for asked, expected in ((None, 256), (128, 128), (1024, 256)):
         lm, facts = build_recommender(tiny_config(tmp_path, llm=str(folder), max_length=asked), data, encoder)
-        assert lm.builder.max_length == facts["max_length"] == expected
+        assert lm.builder.max_length == facts.max_length == expected
     lm, facts = build_recommender(tiny_config(tmp_path / "t", max_length=None), data, encoder)  # tiny: 512
-    assert facts["max_length"] == facts["base"]["tiny"]["max_length"] == 512
+    assert facts.max_length == facts.base.tiny["max_length"] == 512
 
 
 def test_missing_or_non_model_llm_path_is_a_clear_error(data, encoder, tmp_path):
@@ -393,7 +393,7 @@ def test_hybrid_prompts_need_an_encoder(data, encoder, tmp_path):
     with pytest.raises(ConfigError, match="needs an encoder"):
         assemble_recommender(lm.model, lm.builder.tokenizer, Catalog.from_dataset(data), "hybrid", None, 128, 0)
     text_lm, facts = build_recommender(tiny_config(tmp_path, prompt="text"), data, None)
-    assert text_lm.projector is None and facts["encoder_fingerprint"] is None
+    assert text_lm.projector is None and facts.encoder_fingerprint is None
 
 
 def test_every_shipped_llm_config_parses():

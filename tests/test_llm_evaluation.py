@@ -97,7 +97,7 @@ def test_mean_scoring_divides_each_candidates_summed_logprob_by_its_answer_lengt
     data = tiny_dataset(n_users=18, n_items=24, seq_len=7, n_candidates=6,
                         titles=[" ".join(["Long"] * (1 + i % 4)) + f" Title {i}" for i in range(24)])
     lm, facts = build_recommender(tiny_config(tmp_path, score_norm="mean"), data, MeanEncoder(data.n_items))
-    assert lm.score_norm == "mean" and facts["score_norm"] == "mean"
+    assert lm.score_norm == "mean" and facts.score_norm == "mean"
     lm.eval()
     batch = next(iter(prompt_loader(data.split("test"), lm.builder, 3, with_answer=False)))
     lengths = torch.tensor([[len(lm.builder.answer_ids[c]) for c in row] for row in batch.candidates.tolist()])

@@ -38,7 +38,7 @@ def test_values_and_gradients_equal_running_each_prompt_and_answer_separately(ar
     batch = prompts(lm, data)
     items = batch.candidates[:, :4]  # e.g. the chosen answer and 3 negatives
     params = {n: p for n, p in lm.named_parameters() if p.requires_grad}
-    kinds = {"lora_B", "projector.", "trainable_tokens"} if facts["finetune"] == "lora" else {"projector.", "layers"}
+    kinds = {"lora_B", "projector.", "trainable_tokens"} if facts.finetune == "lora" else {"projector.", "layers"}
     assert all(any(k in n for n in params) for k in kinds)
     weights = torch.linspace(-1.0, 2.0, items.numel()).view(items.shape)  # any scalar of the [B, K] values
 

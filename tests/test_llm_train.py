@@ -55,7 +55,7 @@ def snapshot(module):
 def test_lora_steps_change_adapters_and_projector_but_not_base_weights(data, encoder, tmp_path):
     config = tiny_config(tmp_path, finetune="lora", curriculum="constant", max_steps=3, lr=1e-2)
     lm, facts = build_recommender(config, data, encoder)
-    assert facts["finetune"] == "lora"
+    assert facts.finetune == "lora"
     before, proj_before = snapshot(lm.model), snapshot(lm.projector)
     enc_before = snapshot(encoder)
     fit(lm, data, config)
@@ -130,7 +130,7 @@ def test_save_then_load_gives_identical_scores(finetune, data, encoder, encoder_
     config = tiny_config(tmp_path, llm=llm, finetune=kind)
     lm, facts = build_recommender(config, data, encoder)
     if padded:  # the slot tokens took padding rows: the matrix was not resized, nothing was shrunk
-        assert facts["embedding_rows"] == facts["base"]["fingerprint"]["embedding_rows"] > facts["vocab_size"]
+        assert facts.embedding_rows == facts.base.fingerprint["embedding_rows"] > facts.vocab_size
     train_steps(lm, data)
     lm.eval()
     batch = next(iter(prompt_loader(data.split("test"), lm.builder, 3, False)))
@@ -142,7 +142,7 @@ def test_save_then_load_gives_identical_scores(finetune, data, encoder, encoder_
     if kind == "lora" and arch:  # only the adapter: no copy of a real base model's weights
         assert "adapter_model.safetensors" in files and "model.safetensors" not in files
     loaded = load_recommender(tmp_path / "ckpt", data)
-    assert loaded.model.get_output_embeddings().weight.shape[0] == facts["embedding_rows"]
+    assert loaded.model.get_output_embeddings().weight.shape[0] == facts.embedding_rows
     torch.testing.assert_close(score_candidates(loaded, batch), expected)
     torch.testing.assert_close(score_candidates(loaded, batch, hybrid=False), expected_text)
 
@@ -161,7 +161,7 @@ def test_the_score_rule_is_saved_restored_and_old_checkpoints_rank_by_the_sum(tm
     lengths = torch.tensor([[len(lm.builder.answer_ids[c]) for c in row] for row in batch.candidates.tolist()])
     assert len(set(lengths.flatten().tolist())) > 1  # answers of different lengths: the rule matters
     save(tmp_path / "ckpt", lm, facts, data, None)
-    assert read_facts(tmp_path / "ckpt")["score_norm"] == "mean"
+    assert read_facts(tmp_path / "ckpt").score_norm == "mean"
     loaded = load_recommender(tmp_path / "ckpt", data)
     assert loaded.score_norm == "mean"
     torch.testing.assert_close(score_candidates(loaded, batch), summed / lengths, rtol=1e-4, atol=1e-5)
@@ -178,7 +178,8 @@ def test_the_score_rule_is_saved_restored_and_old_checkpoints_rank_by_the_sum(tm
     assert old.score_norm == "sum"
     torch.testing.assert_close(score_candidates(old, batch), summed, rtol=1e-4, atol=1e-4)
     (tmp_path / "ckpt" / FACTS).write_text(json.dumps({**written, "score_norm": "median"}))
-    with pytest.raises(CheckpointError, match="checkpoint.json: score_norm 'median', expected one of sum, mean"):
+    with pytest.raises(CheckpointError, match=r"checkpoint.json: field `score_norm` is 'median' \(a string\); "
+                                              r"expected one of 'sum', 'mean'; retrain it with `llmrec train-llm`$"):
         load_recommender(tmp_path / "ckpt", data)
 
 
@@ -335,7 +336,7 @@ def test_cli_train_llm_then_evaluate_in_every_mode(data, tmp_path):
 def test_text_only_prompts_train_without_an_encoder(data, tmp_path):
     config = tiny_config(tmp_path, prompt="text", max_steps=2)
     lm, facts = build_recommender(config, data, None)
-    assert lm.projector is None and facts["encoder_hidden"] is None
+    assert lm.projector is None and facts.encoder_hidden is None
     _, keep_best = fit(lm, data, config)
     assert 0.0 <= keep_best.best_score <= 1.0 and keep_best.history
     save(tmp_path / "ckpt", lm, facts, data, None)

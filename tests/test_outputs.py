@@ -112,7 +112,9 @@ def test_a_file_named_like_ours_proves_nothing(tmp_path):
     with pytest.raises(ConfigError, match="is a `llmrec prepare` output, not a previous `llmrec train-llm` output"):
         check_output(out, "train-llm")
     (out / OUTPUT_MARKER).write_text("{not json")
-    with pytest.raises(ConfigError, match="is damaged or was not written by llmrec"):
+    with pytest.raises(ConfigError, match=r"ckpt/\.llmrec-output\.json: damaged \(not valid JSON: .*\); expected an "
+                                          r"llmrec output written by an llmrec command; refusing to overwrite the "
+                                          r"output folder .*ckpt: choose another --out$"):
         check_output(out, "train-llm")
 
 
@@ -361,3 +363,31 @@ def test_a_nested_output_goes_with_the_output_it_describes_unless_the_user_touch
     assert (ckpt / "eval-test-generate" / "notes.txt").read_text() == "mine"  # the touched one is kept, whole
     assert read_output_marker(ckpt / "eval-test-generate")["command"] == "evaluate"
     assert "you changed or added files in it" in caplog.text and "dropped" in caplog.text
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_every_file_of_an_output_follows_the_umask_whoever_wrote_it(tmp_path, umask):
+    """safetensors' save_file (and so save_pretrained) writes 0600 files; an output folder fixes that once."""
+    import torch
+    from safetensors.torch import save_file
+
+    user = tmp_path / "out"
+    previous = os.umask(umask)
+    try:
+        with output_directory(user, "train-llm") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp / "projector.safetensors"))
+            (tmp / "model").mkdir()
+            save_file({"w": torch.zeros(2)}, str(tmp / "model" / "model.safetensors"))
+            os.chmod(tmp / "model", 0o700)
+            (tmp / "run.sh").write_text("#!/bin/sh\n")
+            os.chmod(tmp / "run.sh", 0o700)
+            (tmp / "config.yaml").write_text("a: 1\n")
+        with atomic_directory(tmp_path / "cache") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp / "weights.safetensors"))
+    finally:
+        os.umask(previous)
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")}
+    file_mode, dir_mode = 0o666 & ~umask, 0o777 & ~umask
+    assert modes == {"out": dir_mode, "out/projector.safetensors": file_mode, "out/model": dir_mode,
+                     "out/model/model.safetensors": file_mode, "out/run.sh": dir_mode, "out/config.yaml": file_mode,
+                     f"out/{OUTPUT_MARKER}": file_mode, "cache": dir_mode, "cache/weights.safetensors": file_mode}

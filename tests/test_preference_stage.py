@@ -19,6 +19,7 @@ from llmrec.encoders.checkpoint import load_encoder
 from llmrec.base.errors import CheckpointError, ConfigError, LlmrecError
 from llmrec.llm.checkpoint import load_recommender, read_facts, save_checkpoint
 from llmrec.llm.datamodule import prompt_loader
+from llmrec.llm.facts import LLMFacts
 from llmrec.llm.logprobs import sequence_logprobs
 from llmrec.llm.train import build_recommender
 from llmrec.preference.datamodule import PreferenceDataset, collate_preference, preference_loader
@@ -95,7 +96,7 @@ def sft_lora(data, encoder, encoder_dir, llama_base, root):
 
 def policy(folder, data):
     lm = load_recommender(folder, data)
-    set_trainable(lm, read_facts(folder)["finetune"])
+    set_trainable(lm, read_facts(folder).finetune)
     disable_dropout(lm)
     return lm.train()
 
@@ -289,7 +290,7 @@ def test_a_loaded_sft_model_is_trainable_exactly_as_it_was_built(data, encoder, 
         loaded = load_recommender(root / f"ckpt-{name}", data)
         expected = {n for n, p in built.named_parameters() if p.requires_grad}
         assert {n for n, p in loaded.named_parameters() if p.requires_grad} != expected or name == "full"
-        set_trainable(loaded, facts["finetune"])
+        set_trainable(loaded, facts.finetune)
         assert {n for n, p in loaded.named_parameters() if p.requires_grad} == expected, name
         assert disable_dropout(loaded) == (0 if name == "full" else 7 * 2)  # LoRA dropout on 7 modules x 2 layers
         assert all(m.p == 0 for m in loaded.modules() if isinstance(m, torch.nn.Dropout))
@@ -310,8 +311,8 @@ def test_the_output_is_a_regular_llm_checkpoint_that_evaluate_reads(sdpo_run, da
 
     out, _ = sdpo_run
     facts = read_facts(out)
-    assert facts["stage"] == "sdpo" and facts["sdpo"]["negatives"] == 2 and facts["sdpo"]["loss"] == "sdpo"
-    assert facts["catalog_fingerprint"] == read_facts(root / "sft-lora")["catalog_fingerprint"]
+    assert facts.stage == "sdpo" and facts.sdpo.negatives == 2 and facts.sdpo.loss == "sdpo"
+    assert facts.catalog_fingerprint == read_facts(root / "sft-lora").catalog_fingerprint
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("valid/hr@1", "sft/valid/hr@1", "reference_seconds", "train_seconds", "best_step", "test/hr@1"):
         assert key in metrics, key
@@ -377,19 +378,19 @@ def test_train_sdpo_ranks_with_the_sft_checkpoints_score_rule_unless_overridden(
     from llmrec.preference.train import output_facts
 
     sft = make_sft(root / "sft-mean", data, encoder, encoder_dir, finetune="full", score_norm="mean")
-    assert read_facts(sft)["score_norm"] == "mean"
+    assert read_facts(sft).score_norm == "mean"
     out = root / "out-mean"
     assert run_train_sdpo(sdpo_config(root, "out-mean", sft=sft, max_steps=1, max_train_samples=8,
                                       max_test_samples=4)) == 0
-    assert read_facts(out)["score_norm"] == "mean" and load_recommender(out, data).score_norm == "mean"
+    assert read_facts(out).score_norm == "mean" and load_recommender(out, data).score_norm == "mean"
     assert json.loads((out / "metrics.json").read_text())["test/score_norm"] == "mean"
     assert json.loads((out / "eval-test-score" / "metrics.json").read_text())["score_norm"] == "mean"
     # --score-norm overrides the inherited rule; an SFT checkpoint that records none ranked (and ranks) by the sum
     facts = read_facts(sft)
-    assert output_facts(sft, facts, out, sdpo_config(root, "x", sft=sft, score_norm="sum"), 2)["score_norm"] == "sum"
-    assert output_facts(sft, facts, out, sdpo_config(root, "x", sft=sft), 2)["score_norm"] == "mean"
-    old = {k: v for k, v in facts.items() if k != "score_norm"}
-    assert output_facts(sft, old, out, sdpo_config(root, "x", sft=sft), 2)["score_norm"] == "sum"
+    assert output_facts(sft, facts, out, sdpo_config(root, "x", sft=sft, score_norm="sum"), 2).score_norm == "sum"
+    assert output_facts(sft, facts, out, sdpo_config(root, "x", sft=sft), 2).score_norm == "mean"
+    old = LLMFacts.from_dict({k: v for k, v in facts.to_dict().items() if k != "score_norm"})
+    assert output_facts(sft, old, out, sdpo_config(root, "x", sft=sft), 2).score_norm == "sum"
     parser = argparse.ArgumentParser()
     add_options(parser, TrainSDPOConfig)
     assert resolve_config(TrainSDPOConfig, parser.parse_args([])).score_norm is None  # None = inherit
@@ -413,7 +414,8 @@ def test_bad_input_is_refused_with_one_line(data, sft_lora, sft_full, root):
     one_line_error(cfg, ConfigError, "needs --sft DIR")
     one_line_error(sdpo_config(root, "never", sft=root / "missing"), CheckpointError, "--sft: .*does not exist")
     one_line_error(sdpo_config(root, "never", sft=root / "data"), CheckpointError,
-                   "--sft: .*not an LLM checkpoint .*train-llm")
+                   r"--sft: .*data/checkpoint.json: missing, so .*data is not an LLM checkpoint; expected an LLM "
+                   r"checkpoint written by `llmrec train-llm` or `llmrec train-sdpo`$")
     one_line_error(sdpo_config(root, "never", negatives=6), ConfigError, "--negatives 6: .*5 besides the target")
     one_line_error(sdpo_config(root, "never", out=root / "sft-lora"), ConfigError, "is the --sft folder")
     one_line_error(sdpo_config(root, "never", out=root / "sft-full"), CheckpointError,

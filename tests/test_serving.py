@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
+import os
 import shutil
 import time
 
@@ -20,6 +22,7 @@ from test_serving_support import same_answer, trained_checkpoint
 from llmrec.commands.cli import main
 from llmrec.data.catalog import Catalog
 from llmrec.base.errors import CheckpointError
+from llmrec.llm.facts import LLMFacts, SdpoFacts
 from llmrec.llm.hybrid import collate_prompts
 from llmrec.llm.prompts import choose_template
 from llmrec.llm.ranking import score_candidates
@@ -55,7 +58,7 @@ def hand_ranking(rec: Recommender, window: list[int], candidates: list[int], hyb
     and, independently, by running every prompt + answer as its own sequence; sorted best first."""
     lm = rec.lm
     prompt = lm.builder.build(window, candidates, 0, len(window))
-    assert prompt.template == choose_template(len(lm.builder.templates), rec.facts["seed"], 0, len(window))
+    assert prompt.template == choose_template(len(lm.builder.templates), rec.facts.seed, 0, len(window))
     batch = collate_prompts([prompt], int(lm.builder.tokenizer.pad_token_id), [candidates[0]], [candidates], [0],
                             [len(window)])
     fast = score_candidates(lm, batch, hybrid)[0].tolist()
@@ -107,13 +110,13 @@ def test_retrieve_then_rerank_over_the_whole_catalog(ckpt):
 
 
 def test_retrieval_depth_and_history_window_come_from_the_facts_else_defaults(rec):
-    unrecorded = {k: v for k, v in rec.facts.items() if k not in ("n_candidates", "max_history")}
+    unrecorded = dataclasses.replace(rec.facts, n_candidates=None, max_history=None)
     plain = Recommender(rec.lm, unrecorded, index=rec.index)
     assert plain.retrieve_n == DEFAULT_RETRIEVE_N == 20 and plain.history_window == 10  # llara's history length
     history = [1, 2, 3, 4]
     assert len(plain.retrieve(history)) == 20 and not set(plain.retrieve(history)) & set(history)
     assert len(plain.retrieve(list(range(1, 10)))) == 24 - 9  # fewer items left than N
-    recorded = Recommender(rec.lm, {**unrecorded, "n_candidates": 7, "max_history": 3}, index=rec.index)
+    recorded = Recommender(rec.lm, dataclasses.replace(unrecorded, n_candidates=7, max_history=3), index=rec.index)
     assert recorded.retrieve_n == 7 and len(recorded.retrieve(history)) == 7
     assert recorded.recommend(history, [9, 10]) == recorded.recommend(history[-3:], [9, 10])
     assert recorded.recommend(history, [9, 10]) != plain.recommend(history, [9, 10])  # 3 items seen, not 4
@@ -185,7 +188,7 @@ def test_an_ambiguous_title_is_refused_naming_the_items(rec):
 def test_a_text_only_model_ranks_given_candidates_but_cannot_retrieve(rec, ckpt):
     lm = assemble_recommender(rec.lm.model, rec.builder.tokenizer, Catalog.load(ckpt), "text", None,
                               rec.builder.max_length, rec.seed)
-    text = Recommender(lm.eval(), {**rec.facts, "prompt": "text"})
+    text = Recommender(lm.eval(), dataclasses.replace(rec.facts, prompt="text"))
     assert not text.can_retrieve
     with pytest.raises(RequestError, match="text-only prompts .* cannot retrieve .* pass the candidates"):
         text.recommend([1, 2, 3])
@@ -271,9 +274,33 @@ def test_a_folder_without_manifest_or_of_another_command_is_refused(copied):
     assert Recommender.from_pretrained(copied, device="cpu", verify=False).n_items == 24
 
 
+def test_loading_reads_each_marker_file_once_and_the_facts_round_trip(ckpt, monkeypatch):
+    from llmrec.base import markers
+
+    reads: list[str] = []
+    real = markers._load_text
+    monkeypatch.setattr(markers, "_load_text", lambda path: reads.append(path.relative_to(ckpt).as_posix())
+                        or real(path))
+    rec = Recommender.from_pretrained(ckpt, device="cpu")
+    assert sorted(reads) == [".llmrec-output.json", "checkpoint.json", "encoder/config.yaml"]  # each once
+    written = json.loads((ckpt / "checkpoint.json").read_text())
+    assert json.dumps(rec.facts.to_dict(), indent=2) == json.dumps(written, indent=2)  # same keys, values, order
+    assert rec.facts.stage == "sft" and "stage" not in written
+
+
+def test_every_file_of_the_checkpoint_follows_the_umask(ckpt):
+    """safetensors writes 0600 files; the output folder gives every file the umask's mode (0644 under 022)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    modes = {p.relative_to(ckpt).as_posix(): p.stat().st_mode & 0o777 for p in ckpt.rglob("*")
+             if p.is_file() and not p.is_symlink()}
+    assert {"projector.safetensors", "model/model.safetensors", "encoder/encoder.safetensors"} <= set(modes)
+    assert {rel: oct(m) for rel, m in modes.items() if m != 0o666 & ~mask} == {}
+
+
 # ------------------------------------------------------------------------------------------------ model card
 def test_the_model_card_describes_the_bundle(ckpt, copied):
-    facts = json.loads((ckpt / "checkpoint.json").read_text())
+    facts = LLMFacts.from_dict(json.loads((ckpt / "checkpoint.json").read_text()))
     config = yaml.safe_load((ckpt / "config.yaml").read_text())
     metrics = json.loads((ckpt / "metrics.json").read_text())
     text = write_model_card(copied, facts, config, metrics).read_text()
@@ -288,7 +315,8 @@ def test_the_model_card_describes_the_bundle(ckpt, copied):
     assert "valid/history" not in text  # curves stay in metrics.json
     block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
     assert yaml.safe_load(block) == config
-    sdpo = {**facts, "stage": "sdpo", "sdpo": {"sft": "/x/sft-run", "loss": "sdpo", "negatives": 3, "beta": 1.0}}
+    sdpo = dataclasses.replace(facts, stage="sdpo",
+                               sdpo=SdpoFacts(sft="/x/sft-run", loss="sdpo", negatives=3, beta=1.0))
     assert "preference-trained by `llmrec train-sdpo` (sdpo, 3 negative(s) per prompt, beta 1.0) from the SFT " \
            "checkpoint `sft-run`" in write_model_card(copied, sdpo, config, metrics).read_text()
 

@@ -33,7 +33,7 @@ A temporary folder holds `.llmrec-building.json` (process id, host, start time) 
 interrupted run leaves it behind; the next run writing the same `--out` removes every such folder whose
 process is gone (same host) or that is older than a week (another host). Folders are created with the
 permissions the user's umask gives (`tempfile.mkdtemp` alone would make them private, mode 0700), files
-likewise.
+likewise: every file of a finished output folder follows the umask, whoever wrote it (`follow_umask`).
 """
 
 from __future__ import annotations
@@ -56,64 +56,32 @@ from pathlib import Path
 from typing import Any
 
 from llmrec.base.errors import ConfigError, LlmrecError
+from llmrec.base.files import (  # re-exported: the file-level half of this module's API
+    atomic_write as atomic_write,
+    atomic_write_bytes as atomic_write_bytes,
+    atomic_write_text,
+    follow_umask,
+)
+from llmrec.base.files import umask as _umask
+from llmrec.base.markers import MarkerSpec, check_fields, find_marker, read_marker
 
 log = logging.getLogger(__name__)
 
 OUTPUT_MARKER = ".llmrec-output.json"
-OUTPUT_FORMAT = "llmrec-output"
-OUTPUT_FORMAT_VERSION = 1
+OUTPUT_SPEC = MarkerSpec(kind="llmrec-output", version=1, what="an llmrec output", writer="an llmrec command")
+OUTPUT_FORMAT, OUTPUT_FORMAT_VERSION = OUTPUT_SPEC.kind, OUTPUT_SPEC.version
 BUILDING_MARKER = ".llmrec-building.json"
-BUILDING_FORMAT = "llmrec-building"
+BUILDING_SPEC = MarkerSpec(kind="llmrec-building", version=None, what="a folder llmrec is building",
+                           writer="an llmrec command")
+BUILDING_FORMAT = BUILDING_SPEC.kind
 HASH_LIMIT = 64 * 2**20  # files up to this size are fingerprinted by sha256, larger ones by size only
 STALE_ON_OTHER_HOST = 7 * 86400  # seconds: a temporary folder of another machine is stale after a week
 _MARKERS = (OUTPUT_MARKER, BUILDING_MARKER)
 
 
 # ------------------------------------------------------------------------------------------------ files
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_path)` and move the result to `path` only if it succeeded."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        if tmp_path.exists():
-            os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` (UTF-8) to `path` atomically."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` atomically."""
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-def _read_json(path: Path) -> Any:
-    """The JSON in `path`, or None when it is missing, unreadable or not JSON."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
 
 
 # ------------------------------------------------------------------------------------------------ temporaries
@@ -135,8 +103,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _is_stale(facts: Any) -> bool:
-    if not isinstance(facts, dict) or facts.get("format") != BUILDING_FORMAT:
+def _is_stale(facts: dict[str, Any] | None) -> bool:
+    if facts is None:  # not our building marker (or unreadable): never removed
         return False
     pid, host, started = facts.get("pid"), facts.get("host"), facts.get("started_unix")
     if host == socket.gethostname() and isinstance(pid, int):
@@ -178,7 +146,7 @@ def clean_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     for entry in entries:
         if not pattern.fullmatch(entry.name) or entry.is_symlink() or not entry.is_dir():
             continue
-        if _is_stale(_read_json(entry / BUILDING_MARKER)):
+        if _is_stale(find_marker(entry / BUILDING_MARKER, BUILDING_SPEC)):
             _remove_tree(entry)
             removed.append(entry)
             log.info("removed %s, left behind by an interrupted llmrec run", entry)
@@ -228,6 +196,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     with _temporary_sibling(path) as tmp:
         yield tmp
+        follow_umask(tmp)
         _swap_into_place(tmp, path)
 
 
@@ -354,10 +323,8 @@ def _changed(path: Path, facts: Any) -> bool:
 
 def read_output_marker(path: str | os.PathLike) -> dict[str, Any] | None:
     """The `.llmrec-output.json` of folder `path` if it is a valid llmrec output marker, else None."""
-    facts = _read_json(Path(path) / OUTPUT_MARKER)
-    if isinstance(facts, dict) and facts.get("format") == OUTPUT_FORMAT and isinstance(facts.get("files"), dict):
-        return facts
-    return None
+    facts = find_marker(Path(path) / OUTPUT_MARKER, OUTPUT_SPEC)
+    return facts if facts is not None and isinstance(facts.get("files"), dict) else None
 
 
 def check_output(path: str | os.PathLike, command: str, *, legacy: LegacyOutput | None = None,
@@ -385,21 +352,14 @@ def check_output(path: str | os.PathLike, command: str, *, legacy: LegacyOutput 
         return None
     marker = path / OUTPUT_MARKER
     if marker.exists() or marker.is_symlink():
-        facts = _read_json(marker)
-        if not isinstance(facts, dict) or facts.get("format") != OUTPUT_FORMAT:
-            raise error(f"output folder {path}: {OUTPUT_MARKER} is damaged or was not written by llmrec; "
-                        f"refusing to overwrite the folder: choose another --out")
-        if facts.get("format_version") != OUTPUT_FORMAT_VERSION:
-            raise error(f"output folder {path} was written by another llmrec version (output format "
-                        f"{facts.get('format_version')!r}, this one writes {OUTPUT_FORMAT_VERSION}); refusing "
-                        f"to overwrite it: choose another --out")
+        refuse = f"refusing to overwrite the output folder {path}: choose another --out"
+        facts = read_marker(marker, OUTPUT_SPEC, error=error, advice=refuse)
+        check_fields(facts, {"command": str, "files": dict[str, Any]}, marker, spec=OUTPUT_SPEC, error=error,
+                     advice=refuse)
         if facts.get("command") != command:
             raise error(f"output folder {path} is a `llmrec {facts.get('command')}` output, not {what}; "
                         f"refusing to overwrite it: choose another --out")
-        files = facts.get("files")
-        if not isinstance(files, dict):
-            raise error(f"output folder {path}: {OUTPUT_MARKER} has no list of the files it holds; refusing "
-                        f"to overwrite the folder: choose another --out")
+        files = facts["files"]
         changed = [rel for rel, f in files.items() if _changed(path / rel, f)]
         if changed:
             shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
@@ -477,6 +437,7 @@ def output_directory(path: str | os.PathLike, command: str, *, legacy: LegacyOut
 
     with _temporary_sibling(path) as tmp:
         yield tmp
+        follow_umask(tmp)  # before the user's files of a replaced output are carried over: those keep their modes
         written = {rel: _file_facts(tmp / rel, None if hash_all else HASH_LIMIT) for rel in _walk_files(tmp)}
         marker = {"format": OUTPUT_FORMAT, "format_version": OUTPUT_FORMAT_VERSION, "command": command,
                   "created": datetime.now(UTC).isoformat(timespec="seconds"), "llmrec_version": __version__,

@@ -44,6 +44,7 @@ from llmrec.evaluation.ranked_metrics import ranked_fairness
 from llmrec.evaluation.scores import write_evaluation
 from llmrec.fairness.report import ReportEntry, write_report
 from llmrec.llm.checkpoint import is_llm_checkpoint, load_recommender, read_facts
+from llmrec.llm.facts import LLMFacts
 from llmrec.llm.ranker import evaluate_split
 from llmrec.llm.ranking import MAX_NEW_TOKENS
 
@@ -75,11 +76,11 @@ def _torch_device(device: str) -> str:
     return "cuda" if lightning_accelerator(device) == "gpu" else "cpu"
 
 
-def _evaluate_llm(config: EvaluateConfig, data: ProcessedDataset) -> tuple[dict[str, Any], pd.DataFrame,
-                                                                           ItemGroups]:
+def _evaluate_llm(config: EvaluateConfig, data: ProcessedDataset, facts: LLMFacts
+                  ) -> tuple[dict[str, Any], pd.DataFrame, ItemGroups]:
     encoder = load_encoder(config.encoder, data) if config.encoder is not None else None
     lm = load_recommender(config.ckpt, data, encoder, llm=config.llm, device=_torch_device(config.device),
-                          dtype=config.dtype, score_norm=config.score_norm)
+                          dtype=config.dtype, score_norm=config.score_norm, facts=facts)
     metrics, ranked = evaluate_split(lm, data, config.split, config.mode, config.batch_size, config.max_samples,
                                      config.seed, config.max_new_tokens)
     if config.mode == "score":
@@ -118,13 +119,15 @@ def run_evaluate(config: EvaluateConfig) -> int:
     if config.ckpt is None or config.data is None:
         raise ConfigError("evaluate needs --ckpt DIR and --data DIR")
     encoder_ckpt = not is_llm_checkpoint(config.ckpt) and is_encoder_checkpoint(config.ckpt)
-    if not encoder_ckpt:
-        read_facts(config.ckpt)  # a clear error when it is neither kind of checkpoint
+    # read once: a clear error first when it is neither kind of checkpoint
+    facts = None if encoder_ckpt else read_facts(config.ckpt)
     out = Path(config.out) if config.out else Path(config.ckpt) / f"eval-{config.split}-{config.mode}"
     check_output(out, "evaluate")  # before the model runs: never write into a folder that is not ours
     data = ProcessedDataset.load(config.data)
-    evaluate = _evaluate_encoder if encoder_ckpt else _evaluate_llm
-    metrics, ranked, groups = evaluate(config, data)
+    if facts is None:
+        metrics, ranked, groups = _evaluate_encoder(config, data)
+    else:
+        metrics, ranked, groups = _evaluate_llm(config, data, facts)
     with output_directory(out, "evaluate") as tmp:
         write_evaluation(tmp, metrics, ranked)
         save_config(config, tmp)

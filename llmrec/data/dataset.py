@@ -35,8 +35,8 @@ from llmrec.base.atomic import (
     output_directory,
 )
 from llmrec.base.errors import DataError
+from llmrec.base.markers import MarkerSpec, read_marker
 
-FORMAT_VERSION = 1
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 Split = Literal["train", "valid", "test"]
 SAMPLE_COLUMNS: tuple[str, ...] = ("user_id", "position", "history", "target", "candidates")
@@ -44,7 +44,8 @@ ITEM_COLUMNS: tuple[str, ...] = ("item_id", "title", "genres", "raw_id")
 INTERACTION_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "timestamp")
 USER_COLUMNS: tuple[str, ...] = ("user_id", "raw_id", "split")
 META_FILE = "meta.json"
-MARKER = "llmrec-processed-dataset"
+SPEC = MarkerSpec(kind="llmrec-processed-dataset", version=1, what="a prepared dataset", writer="`llmrec prepare`")
+MARKER, FORMAT_VERSION = SPEC.kind, SPEC.version
 
 
 def _prepare_hint(path: Path) -> str:
@@ -156,7 +157,7 @@ class ProcessedDataset:
         to it are kept: `llmrec.base.atomic.output_directory`). `extra_files(tmp)` writes more files into the folder
         before it is put in place (prepare's config.yaml)."""
         path = Path(path)
-        meta = {**self.meta, "format": MARKER, "format_version": FORMAT_VERSION}
+        meta = {**self.meta, "format": SPEC.kind, "format_version": SPEC.version}  # this key order, as always
         with output_directory(path, OUTPUT_COMMAND, legacy=LEGACY_OUTPUT, what=OUTPUT_WHAT, error=DataError) as tmp:
             self.items.loc[:, list(ITEM_COLUMNS)].to_parquet(tmp / "items.parquet", index=False)
             self.interactions.loc[:, list(INTERACTION_COLUMNS)].to_parquet(tmp / "interactions.parquet", index=False)
@@ -223,22 +224,17 @@ def _check_counts(path: Path, meta: dict[str, Any], tables: dict[str, pd.DataFra
 
 
 def read_meta(path: Path) -> dict[str, Any]:
-    """`meta.json` of a processed folder, checked to be ours."""
-    f = Path(path) / META_FILE
-    if not f.is_file():
-        raise DataError(f"{path} is not a prepared dataset (no {META_FILE}); {_prepare_hint(Path(path))}")
-    try:
-        meta = json.loads(f.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{f} is damaged (not valid JSON: {e}); {_rebuild_hint(Path(path), f)}") from None
-    except OSError as e:
-        raise DataError(f"cannot read {f}: {e.strerror or e}") from None
-    if not isinstance(meta, dict) or meta.get("format") != MARKER:
-        raise DataError(f"{f} was not written by `llmrec prepare`; {_prepare_hint(Path(path))}")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{f}: format version {meta.get('format_version')} but this llmrec reads "
-                        f"{FORMAT_VERSION}; re-run `llmrec prepare`")
-    return meta
+    """`meta.json` of a processed folder, checked to be ours (`llmrec.base.markers`: one error format)."""
+    path = Path(path)
+
+    def advice(problem: str) -> str:
+        if problem in ("damaged", "not-object", "field"):
+            return _rebuild_hint(path, path / META_FILE)
+        if problem == "version":
+            return "re-run `llmrec prepare`"
+        return _prepare_hint(path)
+
+    return read_marker(path / META_FILE, SPEC, error=DataError, advice=advice)
 
 
 def is_processed_dir(path: Path) -> bool:

@@ -31,39 +31,36 @@ from llmrec.base.config import config_to_dict, save_config
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.fingerprint import split_fingerprint, split_mismatch
 from llmrec.encoders.base import SequentialEncoder
+from llmrec.encoders.facts import CONFIG_FILE, SPEC, EncoderFacts, TrainedOn, read_encoder_facts
 from llmrec.encoders.index import INDEX_FILE, ItemIndex, faiss_available
 from llmrec.encoders.registry import build_encoder
 from llmrec.base.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
-FORMAT = "llmrec-encoder"
-FORMAT_VERSION = 1
+FORMAT, FORMAT_VERSION = SPEC.kind, SPEC.version
 WEIGHTS_FILE = "encoder.safetensors"
-CONFIG_FILE = "config.yaml"
 
 
-def encoder_facts(encoder: SequentialEncoder, data: ProcessedDataset | None = None) -> dict[str, Any]:
-    """The `encoder:` section of `config.yaml`."""
-    facts: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                             "model": getattr(encoder, "model_name", None),
-                             "hparams": dict(getattr(encoder, "hparams", {})),
-                             "n_items": int(encoder.n_items), "hidden_size": int(encoder.hidden_size),
-                             "max_length": int(encoder.max_length)}
-    if facts["model"] is None:
+def encoder_facts(encoder: SequentialEncoder, data: ProcessedDataset | None = None) -> EncoderFacts:
+    """The facts of `encoder` (trained on `data`, when given): the `encoder:` section of `config.yaml`."""
+    model = getattr(encoder, "model_name", None)
+    if model is None:
         raise CheckpointError("this encoder was not made by `build_encoder`, so it cannot be rebuilt from a "
                               "checkpoint; create it with `llmrec.encoders.build_encoder(name, n_items, ...)`")
+    trained_on = {}
     if data is not None:
         if data.n_items != encoder.n_items:
             raise CheckpointError(f"encoder has {encoder.n_items} items but the data have {data.n_items}")
         meta = data.meta
-        facts["dataset"] = {"name": meta.get("dataset", meta.get("name", data.root.name if data.root else None)),
-                            "protocol": data.protocol, "seed": meta.get("seed"),
-                            "eval_positions": meta.get("eval_positions"),
-                            "path": str(data.root) if data.root else None}
-        facts["catalog_fingerprint"] = data.catalog_fingerprint()
-        facts["split"] = split_fingerprint(data)
-    return facts
+        trained_on = {"dataset": TrainedOn(name=meta.get("dataset", meta.get("name", data.root.name if data.root
+                                                                              else None)),
+                                           protocol=data.protocol, seed=meta.get("seed"),
+                                           eval_positions=meta.get("eval_positions"),
+                                           path=str(data.root) if data.root else None),
+                      "catalog_fingerprint": data.catalog_fingerprint(), "split": split_fingerprint(data)}
+    return EncoderFacts(model=str(model), hparams=dict(getattr(encoder, "hparams", {})), n_items=int(encoder.n_items),
+                        hidden_size=int(encoder.hidden_size), max_length=int(encoder.max_length), **trained_on)
 
 
 def write_encoder_files(encoder: SequentialEncoder, folder: Path, data: ProcessedDataset | None = None,
@@ -74,8 +71,8 @@ def write_encoder_files(encoder: SequentialEncoder, folder: Path, data: Processe
     facts = encoder_facts(encoder, data)
     tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={
-        "format": FORMAT, "model": str(facts["model"])}))
-    extra = {"encoder": facts, "versions": {"torch": str(torch.__version__)}}
+        "format": FORMAT, "model": facts.model}))
+    extra = {"encoder": facts.to_dict(), "versions": {"torch": str(torch.__version__)}}
     if config is not None:
         save_config(config, folder, CONFIG_FILE, extra=extra)
     else:
@@ -125,32 +122,6 @@ def save_encoder(encoder: SequentialEncoder, folder: str | os.PathLike, data: Pr
     return folder
 
 
-def read_encoder_facts(path: Path) -> dict[str, Any]:
-    """The `encoder:` section of `path/config.yaml`; CheckpointError if `path` is not an encoder checkpoint."""
-    path = Path(path)
-    hint = "expected a folder written by `llmrec train-encoder` (config.yaml with an `encoder:` section)"
-    if not path.is_dir():
-        raise CheckpointError(f"encoder checkpoint {path} does not exist or is not a folder; {hint}")
-    cfg = path / CONFIG_FILE
-    if not cfg.is_file():
-        raise CheckpointError(f"{path} is not an encoder checkpoint: no {CONFIG_FILE}; {hint}")
-    try:
-        data = yaml.safe_load(cfg.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{cfg}: not valid YAML ({e})") from None
-    facts = data.get("encoder") if isinstance(data, dict) else None
-    if not isinstance(facts, dict) or facts.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an encoder checkpoint: {cfg} has no `encoder:` section with "
-                              f"format {FORMAT!r}; {hint}")
-    if facts.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{cfg}: encoder format version {facts.get('format_version')} but this llmrec "
-                              f"reads {FORMAT_VERSION}; retrain with `llmrec train-encoder`")
-    for key in ("model", "hparams", "n_items"):
-        if key not in facts:
-            raise CheckpointError(f"{cfg}: `encoder.{key}` is missing")
-    return facts
-
-
 def load_encoder(path: str | os.PathLike, data: ProcessedDataset | None = None,
                  map_location: str | torch.device = "cpu") -> SequentialEncoder:
     """Rebuild the encoder saved in `path` (in eval mode) and check it fits `data`.
@@ -161,15 +132,15 @@ def load_encoder(path: str | os.PathLike, data: ProcessedDataset | None = None,
     path = Path(path)
     facts = read_encoder_facts(path)
     if data is not None:
-        if int(facts["n_items"]) != data.n_items:
-            raise CheckpointError(f"encoder checkpoint {path} was trained on {facts['n_items']} items but the "
+        if facts.n_items != data.n_items:
+            raise CheckpointError(f"encoder checkpoint {path} was trained on {facts.n_items} items but the "
                                   f"data {data.root or ''} have {data.n_items}; use the same prepared dataset")
-        fp = facts.get("catalog_fingerprint")
+        fp = facts.catalog_fingerprint
         if fp is not None and fp != data.catalog_fingerprint():
             raise CheckpointError(f"encoder checkpoint {path} was trained on another catalog (item ids/titles "
                                   f"differ from {data.root or 'the data'}: catalog fingerprint mismatch); "
                                   f"use the dataset it was trained on or retrain it")
-        why = split_mismatch(facts.get("split"), data)
+        why = split_mismatch(facts.split, data)
         if why:
             raise CheckpointError(f"encoder checkpoint {path} cannot be used with {data.root or 'the data'}: {why}; "
                                   f"train an encoder on it: `llmrec train-encoder --data {data.root or 'DATA'} "
@@ -178,7 +149,7 @@ def load_encoder(path: str | os.PathLike, data: ProcessedDataset | None = None,
     if not weights.is_file():
         raise CheckpointError(f"{path}: {WEIGHTS_FILE} is missing")
     try:
-        encoder = build_encoder(str(facts["model"]), int(facts["n_items"]), **dict(facts["hparams"]))
+        encoder = build_encoder(facts.model, facts.n_items, **facts.hparams)
     except ConfigError as e:
         raise CheckpointError(f"{path / CONFIG_FILE}: {e}") from None
     try:
@@ -188,6 +159,6 @@ def load_encoder(path: str | os.PathLike, data: ProcessedDataset | None = None,
     try:
         encoder.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{weights} does not match the {facts['model']} described in {CONFIG_FILE}: "
+        raise CheckpointError(f"{weights} does not match the {facts.model} described in {CONFIG_FILE}: "
                               f"{' '.join(str(e).split())[:400]}") from None
     return encoder.to(map_location).eval()

@@ -20,7 +20,6 @@ piece `llmrec evaluate` calls for its own folder. Figures are drawn with matplot
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -33,6 +32,7 @@ from llmrec.base.atomic import atomic_write, atomic_write_text, check_output, ou
 from llmrec.base.config import check_config, load_yaml_mapping, option, save_config
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.base.errors import ConfigError
+from llmrec.base.markers import MarkerSpec, read_marker
 from llmrec.evaluation.ranked_metrics import ranked_fairness, split_metrics
 from llmrec.evaluation.scores import SCORES_FILE, read_scores, table_mode, table_split
 from llmrec.evaluation.groups import ItemGroups, item_groups
@@ -73,6 +73,13 @@ class ReportEntry:
     source: str = ""
     note: str = ""
     groups: dict[str, Any] | None = None  # `ItemGroups.to_dict()` when known (names, sizes, popularity edges)
+    n_samples: int | None = None  # samples ranked; None: `metrics["n_samples"]` when recorded
+
+    @property
+    def samples(self) -> int | None:
+        """How many samples this row was ranked on (rows over different counts are not directly comparable)."""
+        n = self.n_samples if self.n_samples is not None else self.metrics.get("n_samples")
+        return int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) and n == n else None
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -214,10 +221,13 @@ def write_report(folder: str | Path, entries: Sequence[ReportEntry], bars_k: int
                "share of G among the top-K recommended slots; GU = GP - GH (> 0: G is recommended more than these "
                "users consumed it); MGU@K = mean over groups of |GU|, DGU@K = max GU - min GU. Lower is fairer."),
               ""]
-    header = ["model", *ACCURACY_KEYS, *FAIRNESS_KEYS]
+    lines += [("`n_samples` is how many samples each row was ranked on: rows ranked on different samples (a subset, "
+               "another split) are not directly comparable, and a small count gives a noisy value."), ""]
+    header = ["model", *ACCURACY_KEYS, *FAIRNESS_KEYS, "n_samples"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for e in entries:
-        lines.append("| " + " | ".join([_md(e.label), *(_cell(e.metrics.get(k)) for k in header[1:])]) + " |")
+        n = "–" if e.samples is None else str(e.samples)
+        lines.append("| " + " | ".join([_md(e.label), *(_cell(e.metrics.get(k)) for k in header[1:-1]), n]) + " |")
     lines.append("")
 
     figures: list[str] = []
@@ -270,14 +280,12 @@ def write_report(folder: str | Path, entries: Sequence[ReportEntry], bars_k: int
 
 
 # ------------------------------------------------------------------------------------------------ collecting
+METRICS_SPEC = MarkerSpec(kind=None, version=None, what="the metrics of an llmrec run",
+                          writer="`llmrec evaluate`, `rerank`, `train-encoder` or `train-llm`")
+
+
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: not readable JSON ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    return data
+    return read_marker(path, METRICS_SPEC, error=ConfigError)
 
 
 def _recorded(folder: Path, key: str) -> Path | None:
@@ -345,7 +353,8 @@ class _Collector:
         fairness, groups = self._fairness(folder, table, stored)
         ckpt = _recorded(folder, "ckpt") or folder.parent
         label = f"{ckpt.name} {mode}" + ("" if split == "test" else f" ({split})")
-        self._add(ReportEntry(label, {**accuracy, **fairness}, str(folder), groups=groups), folder)
+        self._add(ReportEntry(label, {**accuracy, **fairness}, str(folder), groups=groups, n_samples=len(table)),
+                  folder)
 
     def add_rerank(self, folder: Path) -> None:
         stored = _read_json(folder / "metrics.json")
@@ -360,15 +369,15 @@ class _Collector:
             fair, groups = self._fairness(folder, table, before, scores_column="model_scores") \
                 if "model_scores" in table.columns else ({}, None)
             accuracy = {k: before[k] for k in ACCURACY_KEYS if k in before}
-            self._add(ReportEntry(f"{ckpt.name} score", {**accuracy, **fair}, str(before_src), groups=groups),
-                      before_src)
+            self._add(ReportEntry(f"{ckpt.name} score", {**accuracy, **fair}, str(before_src), groups=groups,
+                                  n_samples=len(table)), before_src)
         fair, groups = self._fairness(folder, table, stored)
         accuracy = {k: stored[k] for k in ACCURACY_KEYS if k in stored}
         note = (f"re-ranked with {kind} groups, alpha = {alpha:g} ({how}); valid hr@1 "
                 f"{_cell((stored.get('valid') or {}).get('before', {}).get('hr@1'))} -> "
                 f"{_cell((stored.get('valid') or {}).get('after', {}).get('hr@1'))}")
         self._add(ReportEntry(f"{ckpt.name} re-ranked ({kind}, alpha={alpha:g})", {**accuracy, **fair},
-                              str(folder), note=note, groups=groups), folder)
+                              str(folder), note=note, groups=groups, n_samples=len(table)), folder)
 
     def add_encoder(self, folder: Path, metrics: dict[str, Any]) -> None:
         test = metrics["test"]
@@ -382,7 +391,7 @@ class _Collector:
         if self.grouping != "popularity" and any(k.startswith("gh/") for k in flat):
             note = "the encoder's fairness metrics use popularity groups (as `train-encoder` computes them)"
         label = f"{folder.name} ({metrics.get('model', 'encoder')})"
-        self._add(ReportEntry(label, flat, str(folder), note=note), folder)
+        self._add(ReportEntry(label, flat, str(folder), note=note, n_samples=test.get("n_samples")), folder)
 
     def add(self, folder: Path) -> None:
         folder = Path(folder)

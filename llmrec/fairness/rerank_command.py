@@ -189,10 +189,10 @@ def check_same_split(ckpt: Path, data: ProcessedDataset) -> None:
     from llmrec.llm.checkpoint import read_facts
 
     facts = read_facts(ckpt)
-    if facts.get("catalog_fingerprint") != data.catalog_fingerprint():
+    if facts.catalog_fingerprint != data.catalog_fingerprint():
         raise CheckpointError(f"the scores of {ckpt} are from another catalog than {data.root} (catalog "
                               f"fingerprints differ); pass the --data the checkpoint was evaluated on")
-    why = split_mismatch(facts.get("split"), data)
+    why = split_mismatch(facts.split, data)
     if why:
         raise CheckpointError(f"the scores of {ckpt} are from another split than {data.root}: {why}; pass the "
                               f"--data the checkpoint was evaluated on")

@@ -1,10 +1,11 @@
 """Saving and loading a trained LLM recommender: a self-contained folder that can be moved or copied.
 
 A checkpoint folder holds
-    checkpoint.json       facts needed to rebuild the model and to refuse mismatches: format marker, prompt kind,
-                          catalog and split fingerprints, the base model's fingerprint (config, tokenizer, weight
-                          probe) and where it was, embedding rows, encoder fingerprint, the score-mode ranking
-                          rule `score_norm` (`sum` or `mean`; absent in older checkpoints: `sum`)
+    checkpoint.json       facts needed to rebuild the model and to refuse mismatches (`llmrec.llm.facts.LLMFacts`):
+                          format marker, prompt kind, catalog and split fingerprints, the base model's fingerprint
+                          (config, tokenizer, weight probe) and where it was, embedding rows, encoder fingerprint,
+                          the score-mode ranking rule `score_norm` (`sum` or `mean`; absent in older checkpoints:
+                          `sum`)
     config.yaml           the resolved training config
     catalog.parquet       item ids, titles (and genres) the prompts are built from, with the prompt domain
     tokenizer/            the tokenizer with the slot tokens (save_pretrained)
@@ -18,24 +19,22 @@ A checkpoint folder holds
 Nothing refers to a path outside the folder except the base model of a LoRA checkpoint on a real LLM, which is
 too large to copy: it is found at `--llm PATH`, else at its recorded path, else at its recorded path relative
 to the checkpoint folder, and it must have the recorded fingerprint. Loading never unpickles: safetensors,
-JSON, YAML and parquet only.
+JSON, YAML and parquet only. `checkpoint.json` is read once per load: callers that already hold the facts pass
+them (`load_recommender(..., facts=...)`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
-
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from llmrec.base.atomic import atomic_write_text
+from llmrec.base.markers import write_marker
 from llmrec.data.catalog import Catalog
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.fingerprint import split_mismatch
@@ -43,13 +42,12 @@ from llmrec.encoders.base import SequentialEncoder
 from llmrec.encoders.checkpoint import load_encoder
 from llmrec.base.errors import CheckpointError, ConfigError
 from llmrec.llm import backbone
+from llmrec.llm.facts import FACTS_FILE, SPEC, LLMFacts, read_llm_facts
 from llmrec.llm.hybrid import SCORE_NORMS, HybridLM, ScoreNorm
 from llmrec.llm.lora import load_lora
 from llmrec.llm.recommender import assemble_recommender
 
-MARKER = "llmrec-llm-checkpoint"
-FORMAT_VERSION = 2
-FACTS = "checkpoint.json"
+MARKER, FORMAT_VERSION, FACTS = SPEC.kind, SPEC.version, FACTS_FILE
 NEW_ROWS = "new_token_rows.safetensors"
 PROJECTOR = "projector.safetensors"
 ENCODER_DIR, BASE_DIR, MODEL_DIR, ADAPTER_DIR, TOKENIZER_DIR = "encoder", "base", "model", "adapter", "tokenizer"
@@ -87,7 +85,7 @@ def _safetensors(path: Path) -> dict[str, torch.Tensor]:
                               f"{path.parent}") from None
 
 
-def save_checkpoint(folder: Path, lm: HybridLM, facts: dict[str, Any], catalog: Catalog,
+def save_checkpoint(folder: Path, lm: HybridLM, facts: LLMFacts, catalog: Catalog,
                     encoder_dir: Path | None = None) -> Path:
     """Write the trainable state of `lm`, `facts` and copies of what loading needs into `folder`.
 
@@ -98,18 +96,17 @@ def save_checkpoint(folder: Path, lm: HybridLM, facts: dict[str, Any], catalog: 
     folder.mkdir(parents=True, exist_ok=True)
     lm.builder.tokenizer.save_pretrained(folder / TOKENIZER_DIR)
     catalog.save(folder)
-    if facts["finetune"] == "lora":
+    if facts.finetune == "lora":
         lm.model.save_pretrained(folder / ADAPTER_DIR, save_embedding_layers=False)
         # rows from the first slot token to the end of the (possibly padded) matrix: the slot tokens' initial
         # rows (their trained values live in the adapter) and, for a padded vocabulary, the padding rows, so
         # the logits' normaliser is identical after loading
-        first = facts["first_new_row"]
+        first = facts.first_new_row
         rows = {"input": embedding_weight(lm.model.get_input_embeddings())[first:],
                 "output": embedding_weight(lm.model.get_output_embeddings())[first:]}
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in rows.items()}, str(folder / NEW_ROWS))
-        tiny_base = facts["base"].get("tiny_folder")
-        if tiny_base:
-            shutil.copytree(tiny_base, folder / BASE_DIR)
+        if facts.base.tiny_folder:
+            shutil.copytree(facts.base.tiny_folder, folder / BASE_DIR)
     else:
         lm.model.save_pretrained(folder / MODEL_DIR)
     if lm.projector is not None:
@@ -121,31 +118,13 @@ def save_checkpoint(folder: Path, lm: HybridLM, facts: dict[str, Any], catalog: 
         for name in ENCODER_FILES:
             if (Path(encoder_dir) / name).is_file():
                 shutil.copy2(Path(encoder_dir) / name, folder / ENCODER_DIR / name)
-    public = {k: v for k, v in facts.items()}
-    public["base"] = {k: v for k, v in facts["base"].items() if k != "tiny_folder"}
-    atomic_write_text(folder / FACTS, json.dumps({"format": MARKER, "format_version": FORMAT_VERSION, **public},
-                                                 indent=2) + "\n")
+    write_marker(folder / FACTS, SPEC, facts.to_dict())
     return folder
 
 
-def read_facts(folder: Path) -> dict[str, Any]:
-    folder = Path(folder)
-    f = folder / FACTS
-    if not folder.is_dir():
-        raise CheckpointError(f"checkpoint folder {folder} does not exist; train one with `llmrec train-llm`")
-    if not f.is_file():
-        raise CheckpointError(f"{folder} is not an LLM checkpoint (no {FACTS}); expected a `llmrec train-llm` "
-                              f"output folder")
-    try:
-        facts = json.loads(f.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{f}: not valid JSON ({e})") from None
-    if not isinstance(facts, dict) or facts.get("format") != MARKER:
-        raise CheckpointError(f"{f}: not an llmrec LLM checkpoint")
-    if facts.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{f}: LLM checkpoint format version {facts.get('format_version')}, this llmrec reads "
-                              f"version {FORMAT_VERSION}; retrain it with `llmrec train-llm`")
-    return facts
+def read_facts(folder: Path) -> LLMFacts:
+    """The facts (`checkpoint.json`) of LLM checkpoint `folder`; one-line `CheckpointError` when it is not one."""
+    return read_llm_facts(folder)
 
 
 def is_llm_checkpoint(folder: Path) -> bool:
@@ -156,97 +135,90 @@ def is_llm_checkpoint(folder: Path) -> bool:
         return False
 
 
-def check_data_matches(folder: Path, facts: dict[str, Any], data: ProcessedDataset) -> None:
+def check_data_matches(folder: Path, facts: LLMFacts, data: ProcessedDataset) -> None:
     """The data must be the catalog and the split the checkpoint was trained on."""
-    if facts["catalog_fingerprint"] != data.catalog_fingerprint():
+    if facts.catalog_fingerprint != data.catalog_fingerprint():
         raise CheckpointError(f"{folder} was trained on another catalog than {data.root} (catalog fingerprints "
                               f"differ); evaluate it on the dataset it was trained on")
-    why = split_mismatch(facts.get("split"), data)
+    why = split_mismatch(facts.split, data)
     if why:
         raise CheckpointError(f"{folder} cannot be used with {data.root}: {why}; use the prepared dataset it was "
                               f"trained on, or train a model on {data.root} (`llmrec train-llm --data {data.root}`)")
 
 
-def base_folder(folder: Path, facts: dict[str, Any], llm: str | Path | None) -> Path:
+def base_folder(folder: Path, facts: LLMFacts, llm: str | Path | None) -> Path:
     """Where the base model of a LoRA checkpoint is: --llm, the bundled tiny base, the recorded path, or the
     recorded path relative to the checkpoint folder (a checkpoint and its base moved together)."""
     if llm is not None and str(llm) != backbone.TINY:
         return backbone.check_model_folder(Path(llm))
     if (folder / BASE_DIR / "config.json").is_file():
         return folder / BASE_DIR
-    base = facts["base"]
-    for candidate in (Path(base["path"]), (folder / base["relative"]) if base.get("relative") else None):
+    base = facts.base
+    for candidate in (Path(base.path), (folder / base.relative) if base.relative else None):
         if candidate is not None and (candidate / "config.json").is_file():
             return candidate
-    raise CheckpointError(f"{folder}: its base model {base['path']} is not there (nor at {base.get('relative')} "
+    raise CheckpointError(f"{folder}: its base model {base.path} is not there (nor at {base.relative} "
                           f"relative to the checkpoint); pass the base model's folder with --llm PATH")
-
-
-def score_norm_of(folder: Path, facts: dict[str, Any]) -> ScoreNorm:
-    """The score-mode ranking rule a checkpoint records; `sum` for checkpoints written before it was recorded."""
-    norm = facts.get("score_norm", "sum")
-    if norm not in SCORE_NORMS:
-        raise CheckpointError(f"{Path(folder) / FACTS}: score_norm {norm!r}, expected one of {', '.join(SCORE_NORMS)}")
-    return norm
 
 
 def load_recommender(folder: Path, data: ProcessedDataset | None = None, encoder: SequentialEncoder | None = None,
                      llm: str | Path | None = None, device: str | torch.device = "cpu",
-                     dtype: str = "float32", score_norm: ScoreNorm | None = None) -> HybridLM:
+                     dtype: str = "float32", score_norm: ScoreNorm | None = None, facts: LLMFacts | None = None
+                     ) -> HybridLM:
     """Rebuild the `HybridLM` saved in `folder`, on `device`, in eval mode.
 
     Everything comes from the folder itself: catalog, tokenizer, encoder copy, weights, the score-mode ranking
     rule. `data`, when given, must be the catalog and split the model was trained on. `encoder` overrides the
     bundled encoder (it must be the same weights); `llm` gives the base model folder of a LoRA checkpoint whose
-    base moved; `score_norm` overrides the recorded ranking rule (None: the checkpoint's).
+    base moved; `score_norm` overrides the recorded ranking rule (None: the checkpoint's). `facts` are the
+    folder's facts when the caller already read them (`read_facts`), so `checkpoint.json` is read once.
     """
     folder = Path(folder)
-    facts = read_facts(folder)
-    recorded = score_norm_of(folder, facts)
+    facts = facts if facts is not None else read_facts(folder)
     if score_norm is not None and score_norm not in SCORE_NORMS:
         raise ConfigError(f"option --score-norm: got {score_norm!r}, expected one of {', '.join(SCORE_NORMS)}")
     if data is not None:
         check_data_matches(folder, facts, data)
     catalog = Catalog.load(folder)
-    if catalog.fingerprint() != facts["catalog_fingerprint"]:
+    if catalog.fingerprint() != facts.catalog_fingerprint:
         raise CheckpointError(f"{folder / 'catalog.parquet'} was altered: its fingerprint differs from the one in "
                               f"{FACTS}")
     tokenizer = backbone.load_tokenizer(folder / TOKENIZER_DIR)
-    if facts["finetune"] == "full":
+    if facts.finetune == "full":
         if llm is not None and str(llm) != backbone.TINY:
             log.warning("--llm %s ignored: %s holds all weights of its model (full fine-tuning)", llm, folder)
         model = backbone.load_causal_lm(folder / MODEL_DIR, dtype=dtype)
     else:
         base_dir = base_folder(folder, facts, llm)
         model = backbone.load_causal_lm(base_dir, dtype=dtype)
-        why = backbone.fingerprint_mismatch(facts["base"]["fingerprint"],
+        why = backbone.fingerprint_mismatch(facts.base.fingerprint,
                                             backbone.base_fingerprint(base_dir, model,
                                                                       backbone.load_tokenizer(base_dir)))
         if why:
-            raise CheckpointError(f"base model {base_dir} does not fit {folder}: {why} ({facts['base']['path']}); "
+            raise CheckpointError(f"base model {base_dir} does not fit {folder}: {why} ({facts.base.path}); "
                                   f"pass that base model with --llm PATH")
-        rows = facts["embedding_rows"]
+        rows = facts.embedding_rows
         if backbone.embedding_rows(model) < rows:  # never shrink: a padded vocabulary keeps its padding rows
             model.resize_token_embeddings(rows, mean_resizing=False)
         saved = _safetensors(folder / NEW_ROWS)
         with torch.no_grad():
             for key, emb in (("input", model.get_input_embeddings()), ("output", model.get_output_embeddings())):
                 w = embedding_weight(emb)
-                w[facts["first_new_row"]:] = saved[key].to(w.dtype)
+                w[facts.first_new_row:] = saved[key].to(w.dtype)
         model = load_lora(model, folder / ADAPTER_DIR)
-    if len(tokenizer) != facts["vocab_size"] or backbone.embedding_rows(model) != facts["embedding_rows"]:
+    if len(tokenizer) != facts.vocab_size or backbone.embedding_rows(model) != facts.embedding_rows:
         raise CheckpointError(f"{folder}: tokenizer has {len(tokenizer)} tokens and the model "
                               f"{backbone.embedding_rows(model)} embedding rows, the checkpoint records "
-                              f"{facts['vocab_size']} and {facts['embedding_rows']}; the folder is inconsistent")
-    if facts["prompt"] != "text":
+                              f"{facts.vocab_size} and {facts.embedding_rows}; the folder is inconsistent")
+    if facts.hybrid:
         if encoder is None:
             encoder = load_encoder(folder / ENCODER_DIR, data)
-        if encoder_fingerprint(encoder) != facts["encoder_fingerprint"]:
+        if encoder_fingerprint(encoder) != facts.encoder_fingerprint:
             raise CheckpointError(f"{folder}: the given encoder's weights differ from those it was trained with "
                                   f"(bundled in {folder / ENCODER_DIR}); leave --encoder out to use the bundled one")
-    projector = _safetensors(folder / PROJECTOR) if facts["prompt"] != "text" else None
-    lm = assemble_recommender(model, tokenizer, catalog, facts["prompt"], encoder, facts["max_length"],
-                              facts["seed"], projector, score_norm=score_norm or recorded)
+    projector = _safetensors(folder / PROJECTOR) if facts.hybrid else None
+    lm = assemble_recommender(model, tokenizer, catalog, facts.prompt, encoder, facts.max_length,
+                              facts.seed, projector, score_norm=score_norm or facts.score_norm)
     return lm.to(device).eval()
 
 

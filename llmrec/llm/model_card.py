@@ -11,7 +11,6 @@ folder elsewhere. It imports nothing from the training stages, so any stage may 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,11 @@ from typing import Any
 import yaml
 
 from llmrec.base.atomic import atomic_write_text
+from llmrec.base.errors import CheckpointError
+from llmrec.base.markers import find_marker
+from llmrec.encoders.facts import CONFIG_FILE, EncoderFacts
+from llmrec.encoders.facts import SPEC as ENCODER_SPEC
+from llmrec.llm.facts import LLMFacts
 
 CARD_FILE = "README.md"
 PROMPTS = {"hybrid": "hybrid (each item: its title + one behavioural token projected from the encoder's item "
@@ -32,15 +36,14 @@ SCORE_RULES = {"sum": "a candidate's score is the sum of its answer's token log-
                        "answer's length in tokens"}
 
 
-def _encoder_facts(folder: Path) -> dict[str, Any] | None:
-    path = folder / "encoder" / "config.yaml"
-    if not path.is_file():
-        return None
+def _encoder_facts(folder: Path) -> EncoderFacts | None:
+    """The bundled encoder's facts, None when the folder bundles none (text prompts) or they do not read."""
+    path = folder / "encoder" / CONFIG_FILE
+    data = find_marker(path, ENCODER_SPEC, check_version=True)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError):
+        return EncoderFacts.from_dict(data, path) if data is not None else None
+    except CheckpointError:
         return None
-    return data.get("encoder") if isinstance(data, dict) and isinstance(data.get("encoder"), dict) else None
 
 
 def _catalog_size(folder: Path) -> int | None:
@@ -58,14 +61,13 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _base_model(facts: dict[str, Any]) -> str:
-    base = facts.get("base") or {}
-    tiny = base.get("tiny")
+def _base_model(facts: LLMFacts) -> str:
+    tiny = facts.base.tiny
     if tiny:
         return (f"a tiny Llama built locally by llmrec ({tiny.get('layers')} layers, hidden size {tiny.get('hidden')}, "
                 f"{tiny.get('heads')} heads, {tiny.get('tokenizer')} tokenizer trained on the catalog titles and "
                 f"prompt templates; random initialisation, then trained here)")
-    return f"`{base.get('path')}` (Hugging Face causal LM; fingerprint recorded in checkpoint.json)"
+    return f"`{facts.base.path}` (Hugging Face causal LM; fingerprint recorded in checkpoint.json)"
 
 
 def _metric_rows(metrics: dict[str, Any]) -> list[str]:
@@ -77,49 +79,49 @@ def _metric_rows(metrics: dict[str, Any]) -> list[str]:
     return rows
 
 
-def model_card(folder: str | os.PathLike, facts: dict[str, Any], config_dict: dict[str, Any],
+def model_card(folder: str | os.PathLike, facts: LLMFacts, config_dict: dict[str, Any],
                metrics: dict[str, Any]) -> str:
     """The card's Markdown text (see `write_model_card`)."""
     folder = Path(folder)
-    stage = facts.get("stage", "sft")
-    split = facts.get("split") or {}
+    stage = facts.stage
+    split = facts.split or {}
     encoder = _encoder_facts(folder)
     n_items = _catalog_size(folder)
     command = "llmrec train-sdpo" if stage == "sdpo" else "llmrec train-llm"
     lines = [f"# LLM recommender `{folder.name}`", ""]
     if stage == "sdpo":
-        sdpo = facts.get("sdpo") or {}
-        lines.append(f"A next-item recommender preference-trained by `{command}` ({sdpo.get('loss')}, "
-                     f"{sdpo.get('negatives')} negative(s) per prompt, beta {sdpo.get('beta')}) from the SFT "
-                     f"checkpoint `{Path(str(sdpo.get('sft'))).name}`.")
+        sdpo = facts.sdpo
+        lines.append(f"A next-item recommender preference-trained by `{command}` ({sdpo and sdpo.loss}, "
+                     f"{sdpo and sdpo.negatives} negative(s) per prompt, beta {sdpo and sdpo.beta}) from the SFT "
+                     f"checkpoint `{Path(str(sdpo and sdpo.sft)).name}`.")
     else:
         lines.append(f"A next-item recommender fine-tuned by `{command}` (supervised: the answer is the target's "
                      f"title).")
-    dataset = (encoder or {}).get("dataset") or {}
-    name = dataset.get("name") or Path(str(config_dict.get("data"))).name
+    dataset = encoder.dataset if encoder is not None else None
+    name = (dataset.name if dataset is not None else None) or Path(str(config_dict.get("data"))).name
     size = f", {n_items} items" if n_items is not None else ""
     lines += ["", "## Data", "",
-              f"- dataset: `{name}` ({facts.get('domain', 'generic')} domain{size})",
-              (f"- protocol: `{facts.get('protocol')}` (split seed {split.get('seed')}, evaluation positions "
+              f"- dataset: `{name}` ({facts.domain} domain{size})",
+              (f"- protocol: `{facts.protocol}` (split seed {split.get('seed')}, evaluation positions "
                f"`{split.get('eval_positions')}`); users are split 8:1:1 into train/valid/test, the model saw train "
                f"users only"),
-              (f"- catalog fingerprint: `{str(facts.get('catalog_fingerprint'))[:16]}...` (sha256 over item ids "
+              (f"- catalog fingerprint: `{facts.catalog_fingerprint[:16]}...` (sha256 over item ids "
                f"and titles; `catalog.parquet` travels with the model)"),
               ""]
     lora = (f" (r {config_dict.get('lora_r')}, alpha {config_dict.get('lora_alpha')})"
-            if facts.get("finetune") == "lora" and config_dict.get("lora_r") else "")
+            if facts.finetune == "lora" and config_dict.get("lora_r") else "")
     lines += ["## Model", "",
               f"- base model: {_base_model(facts)}",
-              f"- fine-tuning: {'all weights' if facts.get('finetune') == 'full' else 'LoRA adapters'}{lora}",
-              (f"- prompts: {PROMPTS.get(facts.get('prompt'), facts.get('prompt'))}; at most "
-               f"{facts.get('max_length')} tokens (prompt + answer), oldest history items dropped beyond")]
+              f"- fine-tuning: {'all weights' if facts.finetune == 'full' else 'LoRA adapters'}{lora}",
+              (f"- prompts: {PROMPTS.get(facts.prompt, facts.prompt)}; at most "
+               f"{facts.max_length} tokens (prompt + answer), oldest history items dropped beyond")]
     if encoder:
-        lines.append(f"- encoder (frozen, bundled in `encoder/`): {encoder.get('model')} with hidden size "
-                     f"{encoder.get('hidden_size')} and histories of up to {encoder.get('max_length')} items")
+        lines.append(f"- encoder (frozen, bundled in `encoder/`): {encoder.model} with hidden size "
+                     f"{encoder.hidden_size} and histories of up to {encoder.max_length} items")
     lines += ["", "## Training", "", f"Resolved options of `{command}` (also in `config.yaml`):", "", "```yaml",
               yaml.safe_dump(config_dict, sort_keys=False, allow_unicode=True).rstrip(), "```", ""]
     rows = _metric_rows(metrics)
-    rule = SCORE_RULES.get(facts.get("score_norm", "sum"), str(facts.get("score_norm")))
+    rule = SCORE_RULES[facts.score_norm]
     lines += ["## Metrics", "",
               (f"`test/...` ranks each test sample's stored candidates in `score` mode ({rule}; `score_norm` in "
                f"checkpoint.json, used by every later ranking of this model); `hr@1` = correct / all samples; "
@@ -140,12 +142,12 @@ def model_card(folder: str | os.PathLike, facts: dict[str, Any], config_dict: di
     return "\n".join(lines)
 
 
-def write_model_card(folder: str | os.PathLike, facts: dict[str, Any], config_dict: dict[str, Any],
+def write_model_card(folder: str | os.PathLike, facts: LLMFacts, config_dict: dict[str, Any],
                      metrics: dict[str, Any]) -> Path:
     """Write `README.md` into the checkpoint folder `folder` (atomically); returns its path.
 
-    `facts`: the checkpoint facts (`checkpoint.json` contents or the dict given to `save_checkpoint`);
+    `facts`: the checkpoint facts (those given to `save_checkpoint`);
     `config_dict`: `llmrec.base.config.config_to_dict(config)`; `metrics`: what `metrics.json` holds.
     """
-    text = model_card(folder, json.loads(json.dumps(facts, default=str)), config_dict, metrics)
+    text = model_card(folder, facts, config_dict, metrics)
     return atomic_write_text(Path(folder) / CARD_FILE, text)

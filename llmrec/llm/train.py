@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +43,7 @@ from llmrec.llm.checkpoint import (
 )
 from llmrec.llm.curriculum import CurriculumCallback
 from llmrec.llm.datamodule import LLMDataModule
+from llmrec.llm.facts import BaseModelFacts, LLMFacts
 from llmrec.llm.hybrid import HybridLM
 from llmrec.llm.lora import DEFAULT_TARGETS, apply_lora
 from llmrec.llm.model_card import write_model_card
@@ -150,7 +151,7 @@ def resolve_llm_path(config: TrainLLMConfig, data: ProcessedDataset) -> tuple[Pa
 
 
 def build_recommender(config: TrainLLMConfig, data: ProcessedDataset, encoder: SequentialEncoder | None
-                      ) -> tuple[HybridLM, dict[str, Any]]:
+                      ) -> tuple[HybridLM, LLMFacts]:
     """The trainable `HybridLM` for `config` and the facts its checkpoint will record."""
     if config.prompt != "text" and encoder is None:
         raise ConfigError(f"--prompt {config.prompt} needs an encoder (--encoder DIR); use --prompt text without one")
@@ -178,17 +179,16 @@ def build_recommender(config: TrainLLMConfig, data: ProcessedDataset, encoder: S
                            trainable_tokens=[slots.history, slots.candidate, slots.text, slots.summary])
     lm = assemble_recommender(model, tokenizer, Catalog.from_dataset(data), config.prompt, encoder, max_length,
                               config.seed, llm_hidden=llm_hidden, score_norm=config.score_norm)
-    facts = {"finetune": finetune, "prompt": config.prompt, "score_norm": config.score_norm, "domain": data.domain,
-             "max_length": max_length,
-             "seed": config.seed, "protocol": data.protocol, "catalog_fingerprint": data.catalog_fingerprint(),
-             "split": split_fingerprint(data), "n_candidates": data.meta.get("n_candidates"),
-             "max_history": data.meta.get("max_history"),
-             "base": {"path": str(path.resolve()), "relative": None, "tiny": tiny, "fingerprint": base,
-                      "tiny_folder": str(path) if tiny and finetune == "lora" else None},
-             "first_new_row": min(slots.history, slots.candidate, slots.text, slots.summary),
-             "embedding_rows": backbone.embedding_rows(model), "vocab_size": len(tokenizer), "llm_hidden": llm_hidden,
-             "encoder_hidden": encoder.hidden_size if lm.projector is not None else None,
-             "encoder_fingerprint": encoder_fingerprint(encoder) if lm.projector is not None else None}
+    facts = LLMFacts(finetune=finetune, prompt=config.prompt, score_norm=config.score_norm, domain=data.domain,
+                     max_length=max_length, seed=config.seed, protocol=data.protocol,
+                     catalog_fingerprint=data.catalog_fingerprint(), split=split_fingerprint(data),
+                     n_candidates=data.meta.get("n_candidates"), max_history=data.meta.get("max_history"),
+                     base=BaseModelFacts(path=str(path.resolve()), relative=None, tiny=tiny, fingerprint=base,
+                                         tiny_folder=str(path) if tiny and finetune == "lora" else None),
+                     first_new_row=min(slots.history, slots.candidate, slots.text, slots.summary),
+                     embedding_rows=backbone.embedding_rows(model), vocab_size=len(tokenizer), llm_hidden=llm_hidden,
+                     encoder_hidden=encoder.hidden_size if lm.projector is not None else None,
+                     encoder_fingerprint=encoder_fingerprint(encoder) if lm.projector is not None else None)
     return lm, facts
 
 
@@ -237,7 +237,7 @@ def run_train_llm(config: TrainLLMConfig) -> int:
                               "or use --prompt text")
         encoder = load_encoder(config.encoder, data)
     lm, facts = build_recommender(config, data, encoder)
-    facts["base"]["relative"] = relative_path(Path(facts["base"]["path"]), out)
+    facts = replace(facts, base=replace(facts.base, relative=relative_path(Path(facts.base.path), out)))
     # hash_all: the marker is the bundle's manifest (every file's sha256, weights included; serving verifies it)
     with output_directory(out, "train-llm", error=CheckpointError, hash_all=True) as tmp:
         started = time.time()

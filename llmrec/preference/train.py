@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,8 +56,8 @@ from llmrec.llm.checkpoint import (
     read_facts,
     relative_path,
     save_checkpoint,
-    score_norm_of,
 )
+from llmrec.llm.facts import LLMFacts, SdpoFacts
 from llmrec.llm.hybrid import HybridLM
 from llmrec.llm.model_card import write_model_card
 from llmrec.llm.ranker import evaluate_split
@@ -200,29 +200,22 @@ def _check_out(out: Path, sft: Path) -> None:
     check_output(out, "train-sdpo", error=CheckpointError)
 
 
-def output_facts(sft: Path, facts: dict[str, Any], out: Path, config: TrainSDPOConfig, negatives: int,
-                 ) -> dict[str, Any]:
+def output_facts(sft: Path, facts: LLMFacts, out: Path, config: TrainSDPOConfig, negatives: int) -> LLMFacts:
     """The checkpoint facts of the S-DPO output: the SFT's (same model layout, prompts, data fingerprints), where
     the base model of a LoRA checkpoint is found from `out`, the score-mode ranking rule (`--score-norm`, else the
     SFT's), `"stage": "sdpo"` and the S-DPO options."""
-    new = {k: v for k, v in facts.items() if k not in ("format", "format_version")}
-    new["score_norm"] = config.score_norm or score_norm_of(sft, facts)
-    base = dict(facts["base"])
-    if facts["finetune"] == "lora":
+    base = facts.base
+    if facts.finetune == "lora":
         base_dir = base_folder(sft, facts, config.llm)
         if base_dir == sft / BASE_DIR:  # the tiny base bundled in the SFT folder: copied into the new one
-            base["tiny_folder"] = str(base_dir)
+            base = replace(base, tiny_folder=str(base_dir))
         else:
-            base["path"] = str(base_dir.resolve())
-            base["relative"] = relative_path(base_dir, out)
-    new["base"] = base
-    new["stage"] = "sdpo"
-    new["sdpo"] = {"sft": str(sft.resolve()), "loss": config.loss, "negatives": negatives,
-                   "negatives_option": config.negatives, "beta": config.beta, "beta_prime": config.beta_prime,
-                   "beta_rho": config.beta_rho, "beta_alpha": config.beta_alpha, "alpha": config.alpha,
-                   "gamma_beta_ratio": config.gamma_beta_ratio, "seed": config.seed,
-                   "fairness_weights": config.fairness_weights}
-    return new
+            base = replace(base, path=str(base_dir.resolve()), relative=relative_path(base_dir, out))
+    sdpo = SdpoFacts(sft=str(sft.resolve()), loss=config.loss, negatives=negatives, negatives_option=config.negatives,
+                     beta=config.beta, beta_prime=config.beta_prime, beta_rho=config.beta_rho,
+                     beta_alpha=config.beta_alpha, alpha=config.alpha, gamma_beta_ratio=config.gamma_beta_ratio,
+                     seed=config.seed, fairness_weights=config.fairness_weights)
+    return replace(facts, score_norm=config.score_norm or facts.score_norm, base=base, stage="sdpo", sdpo=sdpo)
 
 
 def fit_preference(lm: HybridLM, data: ProcessedDataset, train_set: PreferenceDataset, config: TrainSDPOConfig,
@@ -269,7 +262,7 @@ def run_train_sdpo(config: TrainSDPOConfig) -> int:
     items = preference_items(train, config.negatives, config.seed)  # [M, 1+N], chosen first
 
     lm = load_recommender(sft, data, llm=config.llm, device=_torch_device(config.device), dtype=config.dtype,
-                          score_norm=config.score_norm)
+                          score_norm=config.score_norm, facts=facts)
     new_facts = output_facts(sft, facts, out, config, n_negatives)
     with output_directory(out, "train-sdpo", error=CheckpointError, hash_all=True) as tmp:  # the bundle manifest
         start, _ = evaluate_split(lm, data, "valid", "score", config.eval_batch_size, config.max_valid_samples,
@@ -283,7 +276,7 @@ def run_train_sdpo(config: TrainSDPOConfig) -> int:
         log.info("reference log-probs of %d samples x %d answers in %.1fs", len(train), items.shape[1],
                  reference_seconds)
 
-        set_trainable(lm, facts["finetune"])
+        set_trainable(lm, facts.finetune)
         disable_dropout(lm)
         train_set = PreferenceDataset(train, lm.builder, items, reference, train[INDEX_COLUMN].to_numpy(), weights)
         started = time.time()

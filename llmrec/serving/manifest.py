@@ -19,10 +19,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from llmrec.base.atomic import OUTPUT_FORMAT_VERSION, OUTPUT_MARKER, read_output_marker
+from llmrec.base.atomic import OUTPUT_MARKER, OUTPUT_SPEC
 from llmrec.base.errors import CheckpointError
+from llmrec.base.markers import check_fields, read_marker
 
 CHECKPOINT_COMMANDS: tuple[str, ...] = ("train-llm", "train-sdpo")
+_UNCHECKED = "retrain it, or load it without the check (Recommender.from_pretrained(..., verify=False))"
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -34,11 +36,8 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _check_file(folder: Path, rel: str, facts: Any) -> None:
+def _check_file(folder: Path, rel: str, facts: dict[str, Any]) -> None:
     path = folder / rel
-    if not isinstance(facts, dict):
-        raise CheckpointError(f"{folder / OUTPUT_MARKER}: the entry of {rel} is damaged; re-run the command that "
-                              f"wrote {folder}")
     if "link" in facts:
         if not path.is_symlink() or os.readlink(path) != facts["link"]:
             raise CheckpointError(f"{path} was altered after it was written (it should be a link to "
@@ -65,14 +64,15 @@ def verify_bundle(folder: str | os.PathLike) -> dict[str, Any]:
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist; train one with `llmrec train-llm`")
-    manifest = read_output_marker(folder)
-    if manifest is None:
+    marker = folder / OUTPUT_MARKER
+    if not marker.is_file():
         raise CheckpointError(f"{folder} has no valid bundle manifest ({OUTPUT_MARKER}): it is not a finished "
-                              f"`llmrec train-llm` / `llmrec train-sdpo` output; retrain it, or load it without the "
-                              f"check (Recommender.from_pretrained(..., verify=False))")
-    if manifest.get("format_version") != OUTPUT_FORMAT_VERSION:
-        raise CheckpointError(f"{folder / OUTPUT_MARKER}: manifest format {manifest.get('format_version')!r}, this "
-                              f"llmrec reads {OUTPUT_FORMAT_VERSION}; retrain the checkpoint")
+                              f"`llmrec train-llm` / `llmrec train-sdpo` output; {_UNCHECKED}")
+    manifest = read_marker(marker, OUTPUT_SPEC, error=CheckpointError, advice=_UNCHECKED)
+    check_fields(manifest, {"command": str, "files": dict[str, Any]}, marker, spec=OUTPUT_SPEC,
+                 error=CheckpointError, advice=_UNCHECKED)
+    check_fields(manifest["files"], dict.fromkeys(manifest["files"], dict[str, Any]), marker, spec=OUTPUT_SPEC,
+                 error=CheckpointError, advice=f"re-run the command that wrote {folder}", prefix="files.")
     if manifest.get("command") not in CHECKPOINT_COMMANDS:
         raise CheckpointError(f"{folder} is a `llmrec {manifest.get('command')}` output, not an LLM checkpoint "
                               f"(`llmrec train-llm` or `llmrec train-sdpo`)")

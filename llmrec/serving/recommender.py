@@ -47,6 +47,7 @@ from llmrec.data.protocols import DEFAULT_MAX_HISTORY
 from llmrec.encoders.index import INDEX_FILE, ItemIndex, faiss_available
 from llmrec.base.errors import CheckpointError, DataError, LlmrecError
 from llmrec.llm.checkpoint import ENCODER_DIR, load_recommender, read_facts
+from llmrec.llm.facts import LLMFacts
 from llmrec.llm.hybrid import HybridLM, collate_prompts
 from llmrec.llm.prompts import Prompt, clean_title
 from llmrec.llm.ranking import score_candidates
@@ -112,14 +113,14 @@ class Recommender:
 
     Args:
         lm: the loaded `HybridLM` (eval mode).
-        facts: the checkpoint's `checkpoint.json`.
+        facts: the checkpoint's facts (`checkpoint.json`, `llmrec.llm.facts.LLMFacts`).
         folder: where it was loaded from (shown in `describe`).
         index: faiss index over the encoder's item embeddings (None: exact torch scoring, or text-only).
         retrieve_n: candidates retrieved from the whole catalog (default: `n_candidates` in the facts, else 20).
         batch_size: most prompts per model pass.
     """
 
-    def __init__(self, lm: HybridLM, facts: dict[str, Any], folder: str | os.PathLike | None = None,
+    def __init__(self, lm: HybridLM, facts: LLMFacts, folder: str | os.PathLike | None = None,
                  index: ItemIndex | None = None, retrieve_n: int | None = None, batch_size: int = 16):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -127,9 +128,9 @@ class Recommender:
         self.folder = Path(folder) if folder is not None else None
         self.builder = lm.builder
         self.device = next(lm.parameters()).device
-        self.retrieve_n = int(retrieve_n or facts.get("n_candidates") or DEFAULT_RETRIEVE_N)
-        self.history_window = int(facts.get("max_history") or DEFAULT_MAX_HISTORY.get(facts.get("protocol"), 10))
-        self.seed = int(facts.get("seed", 0))
+        self.retrieve_n = int(retrieve_n or facts.n_candidates or DEFAULT_RETRIEVE_N)
+        self.history_window = int(facts.max_history or DEFAULT_MAX_HISTORY.get(facts.protocol, 10))
+        self.seed = facts.seed
         self.titles: list[str] = list(self.builder.titles)  # by item id; 0 = padding
         self._ids = [i for i in range(1, len(self.titles)) if self.titles[i]]
         self._known = set(self._ids)
@@ -152,8 +153,8 @@ class Recommender:
         """
         folder = Path(folder)
         manifest = verify_bundle(folder) if verify else None
-        facts = read_facts(folder)
-        lm = load_recommender(folder, llm=llm, device=default_device(device), dtype=dtype)
+        facts = read_facts(folder)  # read once: handed to the loader
+        lm = load_recommender(folder, llm=llm, device=default_device(device), dtype=dtype, facts=facts)
         index = load_item_index(folder, lm.item_table.cpu(), manifest) if lm.encoder is not None else None
         return cls(lm, facts, folder, index, retrieve_n, batch_size)
 
@@ -169,7 +170,7 @@ class Recommender:
 
     def describe(self) -> dict[str, Any]:
         """What is served (for `/health` and logs)."""
-        return {"checkpoint": self.folder.name if self.folder else None, "stage": self.facts.get("stage", "sft"),
+        return {"checkpoint": self.folder.name if self.folder else None, "stage": self.facts.stage,
                 "prompt": self.lm.prompt, "n_items": self.n_items, "can_retrieve": self.can_retrieve,
                 "retrieve_n": self.retrieve_n, "history_window": self.history_window, "device": str(self.device)}
 

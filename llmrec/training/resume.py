@@ -48,16 +48,23 @@ from safetensors.torch import load_file, save_file
 from llmrec.base.atomic import atomic_write_text
 from llmrec.base.config import config_to_dict
 from llmrec.base.errors import CheckpointError
+from llmrec.base.markers import MarkerSpec, find_marker, read_marker, write_marker
 from llmrec.training.keep_best import KeepBest, load_trainable_state, trainable_state
 
 log = logging.getLogger(__name__)
 
 RESUME_SUFFIX = ".resume"
 MARKER = ".llmrec-resume.json"
-FORMAT = "llmrec-resume"
-FORMAT_VERSION = 1
+SPEC = MarkerSpec(kind="llmrec-resume", version=1, what="an llmrec resume state",
+                  writer="`llmrec train-encoder`, `train-llm` or `train-sdpo`")
+FORMAT, FORMAT_VERSION = SPEC.kind, SPEC.version
 LATEST = "latest.json"
+LATEST_SPEC = MarkerSpec(kind=None, version=None, what="a resume state's pointer to its newest complete state",
+                         writer="llmrec training")
+STATE = "state.json"
+STATE_SPEC = MarkerSpec(kind=None, version=None, what="a saved training state", writer="llmrec training")
 COMPLETE = "complete.json"
+_START_OVER = "run without --resume to start training over"
 # options that do not change what is trained: a state made with other values of these is still resumable
 IGNORED_OPTIONS = ("resume", "resume_every", "progress_bar", "threads", "torch_threads")
 
@@ -74,22 +81,14 @@ def resume_config(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(values, default=str))
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _is_ours(folder: Path) -> bool:
-    marker = _read_json(folder / MARKER)
-    return isinstance(marker, dict) and marker.get("format") == FORMAT
+    return find_marker(folder / MARKER, SPEC) is not None
 
 
 def _latest_state(folder: Path) -> Path | None:
     """The newest complete state folder of resume folder `folder`, or None."""
-    latest = _read_json(folder / LATEST)
-    if not isinstance(latest, dict) or not isinstance(latest.get("state"), str):
+    latest = find_marker(folder / LATEST, LATEST_SPEC)
+    if latest is None or not isinstance(latest.get("state"), str):
         return None
     state = folder / latest["state"]
     return state if (state / COMPLETE).is_file() else None
@@ -115,7 +114,7 @@ def prepare_resume(out: str | os.PathLike, command: str, config: Any, resume: bo
     if state is None:
         raise CheckpointError(f"--resume: no saved training state at {folder} (nothing to resume); run without "
                               f"--resume to start training")
-    marker = _read_json(folder / MARKER)
+    marker = read_marker(folder / MARKER, SPEC, error=CheckpointError, advice=_START_OVER)
     if marker.get("command") != command:
         raise CheckpointError(f"--resume: {folder} is the state of `llmrec {marker.get('command')}`, not "
                               f"`llmrec {command}`; run without --resume or choose another --out")
@@ -302,6 +301,7 @@ class ResumeCheckpoint(pl.Callback):
         self._original_train_dataloader: Any = None
         self._resume_data: tuple[dict[str, Any], int] | None = None
         self._batch_idx = -1
+        self._state_json: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------- wiring the train loader
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -313,7 +313,7 @@ class ResumeCheckpoint(pl.Callback):
         if self.resume_from is not None:
             # the train loader may be made before on_fit_start (`estimated_stepping_batches` in
             # configure_optimizers): it must know where the resumed epoch starts as soon as it exists
-            data = json.loads((self.resume_from / "state.json").read_text(encoding="utf-8"))["data"]
+            data = self._saved_state()["data"]
             self._resume_data = (data["shuffle"], int(data["skip"]))
 
         def train_dataloader() -> _ResumableLoader:
@@ -334,7 +334,7 @@ class ResumeCheckpoint(pl.Callback):
         if self.resume_from is None:
             return
         state = self.resume_from
-        facts = json.loads((state / "state.json").read_text(encoding="utf-8"))
+        facts = self._saved_state()
         load_trainable_state(pl_module, load_file(str(state / "weights.safetensors")))
         optimizers = trainer.optimizers
         for i, optimizer in enumerate(optimizers):
@@ -355,6 +355,14 @@ class ResumeCheckpoint(pl.Callback):
         self._best_file, self._best_step = facts["keep_best"].get("best_file"), facts["keep_best"]["best_step"]
         trainer.should_stop = bool(facts["should_stop"])  # e.g. early stopping decided at the saved validation
         log.info("resuming from %s: epoch %d, step %d", state, facts["epoch"], facts["global_step"])
+
+    def _saved_state(self) -> dict[str, Any]:
+        """The `state.json` of the state resumed from, read once (the train loader and the restore both use it)."""
+        if self._state_json is None:
+            assert self.resume_from is not None
+            self._state_json = read_marker(self.resume_from / STATE, STATE_SPEC, error=CheckpointError,
+                                           advice=_START_OVER)
+        return self._state_json
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -424,7 +432,7 @@ class ResumeCheckpoint(pl.Callback):
             "callbacks": {type(c).__qualname__: _to_json(c.state_dict()) for c in trainer.callbacks
                           if c is not self and not isinstance(c, KeepBest) and c.state_dict()},
         }
-        (tmp / "state.json").write_text(json.dumps(facts) + "\n", encoding="utf-8")
+        (tmp / STATE).write_text(json.dumps(facts) + "\n", encoding="utf-8")
         (tmp / COMPLETE).write_text(json.dumps({"global_step": step}) + "\n", encoding="utf-8")
         os.replace(tmp, self.folder / name)
         atomic_write_text(self.folder / LATEST, json.dumps({"state": name, "global_step": step}) + "\n")
@@ -442,8 +450,7 @@ class ResumeCheckpoint(pl.Callback):
         if self.folder.exists() and self.resume_from is None:
             shutil.rmtree(self.folder)  # a new run: the previous run's state is of no use any more
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(marker, json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
-                                              "command": self.command, "config": self.config}, indent=1) + "\n")
+        write_marker(marker, SPEC, {"command": self.command, "config": self.config}, indent=1)
 
     def _keep_best_state(self, trainer: pl.Trainer) -> dict[str, Any]:
         keep_best = next((c for c in trainer.callbacks if isinstance(c, KeepBest)), None)
