@@ -20,7 +20,7 @@ from typing import Literal
 from llmrec.base.atomic import check_output, output_directory
 from llmrec.base.config import check_config, option, save_config
 from llmrec.data.dataset import ProcessedDataset
-from llmrec.base.device import lightning_accelerator
+from llmrec.base.device import torch_device
 from llmrec.encoders.checkpoint import load_encoder
 from llmrec.base.errors import ConfigError
 from llmrec.evaluation.llm_split import evaluate_split, write_evaluation
@@ -53,10 +53,6 @@ class EvaluateConfig:
     seed: int = option(0, "seed of the sample subset", min=0, max=2**32 - 1)
 
 
-def _torch_device(device: str) -> str:
-    return "cuda" if lightning_accelerator(device) == "gpu" else "cpu"
-
-
 def run_evaluate(config: EvaluateConfig) -> int:
     check_config(config)
     if config.ckpt is None or config.data is None:
@@ -66,7 +62,7 @@ def run_evaluate(config: EvaluateConfig) -> int:
     check_output(out, "evaluate")  # before the model runs: never write into a folder that is not ours
     data = ProcessedDataset.load(config.data)
     encoder = load_encoder(config.encoder, data) if config.encoder is not None else None
-    lm = load_recommender(config.ckpt, data, encoder, llm=config.llm, device=_torch_device(config.device),
+    lm = load_recommender(config.ckpt, data, encoder, llm=config.llm, device=torch_device(config.device),
                           dtype=config.dtype, score_norm=config.score_norm)
     metrics, ranked = evaluate_split(lm, data, config.split, config.mode, config.batch_size, config.max_samples,
                                      config.seed, config.max_new_tokens)

@@ -61,8 +61,8 @@ from llmrec.llm.checkpoint import (
 from llmrec.llm.hybrid import HybridLM
 from llmrec.llm.model_card import write_model_card
 from llmrec.preference.datamodule import PreferenceDataModule, PreferenceDataset
+from llmrec.preference.losses import PREFERENCE_LOSSES
 from llmrec.preference.module import (
-    LossName,
     PreferenceModule,
     PreferenceSettings,
     disable_dropout,
@@ -122,8 +122,9 @@ class TrainSDPOConfig:
                                     "train-sdpo output)")
     negatives: NegativeCount = option(3, "negatives per sample, drawn from its other stored candidates and fixed "
                                          "per sample and seed: an integer >= 1 (1 = DPO) or `all`")
-    loss: LossName = option("sdpo", "sdpo (softmax DPO), dr-sdpo (distributionally robust batch aggregation), "
-                                    "beta-sdpo (dynamic beta + filtering) or alpha-sdpo (adaptive margin)")
+    loss: str = option("sdpo", "sdpo (softmax DPO), dr-sdpo (distributionally robust batch aggregation), "
+                               "beta-sdpo (dynamic beta + filtering) or alpha-sdpo (adaptive margin)",
+                       choices=tuple(PREFERENCE_LOSSES))  # the choices ARE the registry: no name without a loss
     beta: float = option(1.0, "beta of the implicit reward (S-DPO's authors: 1; alpha-DPO's: 2.5)", min=0,
                          min_exclusive=True)
     beta_prime: float = option(1.0, "dr-sdpo: beta' of the robust aggregation (large values give the plain mean)",
