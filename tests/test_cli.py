@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +29,7 @@ def run_echo(config: EchoConfig) -> int:
 
 @pytest.fixture()
 def echo_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    module = types.ModuleType("llmrec_test_echo")
-    module.EchoConfig, module.run_echo = EchoConfig, run_echo  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "llmrec_test_echo", module)
-    monkeypatch.setitem(cli.COMMANDS, "echo", cli.Command("llmrec_test_echo", "EchoConfig", "run_echo", "say hello"))
+    monkeypatch.setitem(cli.COMMANDS, "echo", cli.Command(lambda: cli.Stage(EchoConfig, run_echo), "say hello"))
 
 
 def test_dispatch_with_flags_and_config(echo_command: None, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -59,14 +55,27 @@ def test_bad_config_file_exit_2(echo_command: None, tmp_path: Path, capsys: pyte
     assert "unknown option 'nmae'" in capsys.readouterr().err
 
 
-def test_every_registered_command_module_exists() -> None:
-    """Each command in the registry points at a real config class and run function."""
-    import importlib
+def test_every_registered_command_loads_its_config_class_and_run_function() -> None:
+    """Each command in the table reaches a real config dataclass and run function, both in the stage's module."""
+    import dataclasses
+    import inspect
 
     for name, cmd in cli.COMMANDS.items():
-        module = importlib.import_module(cmd.module)
-        assert hasattr(module, cmd.config), f"{name}: {cmd.module} lacks {cmd.config}"
-        assert callable(getattr(module, cmd.run)), f"{name}: {cmd.module}.{cmd.run} is not callable"
+        stage = cmd.load()
+        assert dataclasses.is_dataclass(stage.config) and callable(stage.run), name
+        assert stage.config.__module__ == stage.run.__module__ and stage.run.__module__.startswith("llmrec."), name
+        assert list(inspect.signature(stage.run).parameters) == ["config"], name
+        source = inspect.getsource(cmd.load)  # a plain import tools can follow, not a name looked up at run time
+        assert f"import {stage.config.__name__}, {stage.run.__name__}" in source, name
+
+
+def test_help_and_prepare_do_not_import_the_stages() -> None:
+    """`llmrec --help` imports no stage module (and no torch); `prepare`'s parser imports only its own."""
+    code = ("import sys; from llmrec.commands.cli import build_parser; build_parser().format_help(); "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.endswith('.train'))); "
+            "build_parser('prepare'); print('torch' in sys.modules, 'llmrec.data.prepare' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]" and out[1] == "False True"
 
 
 def test_python_m_llmrec_help() -> None:

@@ -45,7 +45,6 @@ from llmrec.commands.demo import (
     sdpo_output,
 )
 from llmrec.commands.demo_report import ResultRow, curves_from_table, loss_window, results_text, running_mean, stage_lines
-from llmrec.encoders.checkpoint import load_encoder
 from llmrec.base.errors import ConfigError, DataError
 from llmrec.commands.evaluate import EvaluateConfig, run_evaluate
 from llmrec.evaluation.ranked_metrics import ranked_fairness

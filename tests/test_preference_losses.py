@@ -388,3 +388,64 @@ def test_dpo_reference_formula_is_logsigmoid():
     pc, pr, rc, rr = random_inputs(5, 1, seed=3)
     out = dpo_loss(pc, pr[:, 0], rc, rr[:, 0], beta=0.1)
     torch.testing.assert_close(out.losses, -F.logsigmoid(0.1 * ((pc - rc) - (pr[:, 0] - rr[:, 0]))))
+
+
+# ------------------------------------------------------------------------------------------------- the registry
+
+
+def test_the_train_sdpo_loss_choices_are_the_registry_keys(tmp_path):
+    import argparse
+
+    import yaml
+
+    from llmrec.base.config import add_options, check_config, resolve_config
+    from llmrec.base.errors import ConfigError
+    from llmrec.preference.losses import PREFERENCE_LOSSES
+    from llmrec.preference.train import TrainSDPOConfig
+
+    assert list(PREFERENCE_LOSSES) == ["sdpo", "dr-sdpo", "beta-sdpo", "alpha-sdpo"]
+    parser = argparse.ArgumentParser()
+    add_options(parser, TrainSDPOConfig)
+    loss_flag = next(a for a in parser._actions if a.dest == "loss")
+    assert loss_flag.choices == list(PREFERENCE_LOSSES)
+    config_file = tmp_path / "sdpo.yaml"
+    config_file.write_text(yaml.safe_dump({"loss": "ipo"}))
+    with pytest.raises(ConfigError, match="option 'loss': got 'ipo', expected one of sdpo, dr-sdpo"):
+        resolve_config(TrainSDPOConfig, {}, config_file)
+    with pytest.raises(ConfigError, match="option --loss: got 'ipo'"):  # the Python API checks it too
+        check_config(TrainSDPOConfig(loss="ipo"))
+
+
+def test_an_unknown_loss_name_is_refused_not_silently_another_loss():
+    from llmrec.preference.losses import PreferenceSettings
+
+    with pytest.raises(ValueError, match="loss 'alpha_sdpo': expected one of sdpo, dr-sdpo, beta-sdpo, alpha-sdpo"):
+        PreferenceSettings("alpha_sdpo")
+
+
+def test_each_registered_name_computes_its_own_loss():
+    from llmrec.preference.losses import PREFERENCE_LOSSES, PreferenceInputs, PreferenceSettings
+
+    pc, pr, rc, rr = random_inputs(6, 3, seed=3)
+    x = PreferenceInputs(torch.cat([pc[:, None], pr], 1), torch.cat([rc[:, None], rr], 1),
+                         weights=t([1.0, 2.0, 0.5, 1.0, 0.0, 1.5]),
+                         answer_lengths=torch.tensor([[3, 4, 2, 5]] * 6))
+    s = PreferenceSettings(beta=1.5, beta_prime=0.7, beta_rho=0.0, beta_alpha=0.4, alpha=0.1, gamma_beta_ratio=0.3)
+    sdpo = sdpo_loss(pc, pr, rc, rr, beta=1.5)
+    beta_out, beta_state = beta_dpo_loss(pc, pr, rc, rr, state=MarginStats(), beta=1.5, a=0.4, rho=0.0)
+    alpha_out, alpha_state = alpha_dpo_loss(pc, pr, rc, rr, torch.tensor([3] * 6), torch.tensor([[4, 2, 5]] * 6),
+                                            state=MarginStats(), beta=1.5, gamma_beta_ratio=0.3, alpha=0.1)
+    expected = {"sdpo": (weighted_mean(sdpo.losses, x.weights), MarginStats()),
+                "dr-sdpo": (robust_aggregate(sdpo.losses, 0.7, x.weights), MarginStats()),
+                "beta-sdpo": (weighted_mean(beta_out.losses, x.weights), beta_state),
+                "alpha-sdpo": (weighted_mean(alpha_out.losses, x.weights), alpha_state)}
+    assert set(expected) == set(PREFERENCE_LOSSES)
+    values = {}
+    for name, objective in PREFERENCE_LOSSES.items():
+        loss, out, state = objective(x, s, MarginStats(), torch.Generator().manual_seed(0))
+        torch.testing.assert_close(loss, expected[name][0], msg=name)
+        assert state == expected[name][1], name
+        values[name] = float(loss)
+    assert len(set(values.values())) == 4  # four different losses: no name silently falls back to another
+    with pytest.raises(ValueError, match="alpha-sdpo needs the answers' lengths"):
+        PREFERENCE_LOSSES["alpha-sdpo"](PreferenceInputs(x.policy, x.reference), s, MarginStats(), None)

@@ -449,3 +449,25 @@ def test_negatives_option_parses_counts_and_all_from_flags_and_yaml(root):
     (root / "sdpo.yaml").write_text("negatives: 1\nloss: beta-sdpo\n")
     cfg = resolve_config(TrainSDPOConfig, parser.parse_args([]), root / "sdpo.yaml")
     assert cfg.negatives == 1 and cfg.loss == "beta-sdpo"
+
+
+def test_the_module_dispatches_each_loss_name_to_its_registered_function(data, sft_full, monkeypatch):
+    """`PreferenceModule` has no loss names of its own: each name runs the registry's function for it."""
+    from llmrec.preference.losses import PREFERENCE_LOSSES
+
+    lm = policy(sft_full, data)
+    items = preference_items(train_samples(data), 2, seed=0)
+    batch = one_batch(lm, data, items, torch.full(items.shape, -30.0))
+    pol = torch.tensor([[-29.0, -31.0, -30.5], [-31.0, -30.0, -29.0], [-28.0, -33.0, -32.0], [-30.0, -30.0, -31.0]])
+    for name, objective in list(PREFERENCE_LOSSES.items()):
+        calls = []
+
+        def recording(x, s, state, generator, objective=objective, calls=calls):
+            calls.append(s.loss)
+            return objective(x, s, state, generator)
+
+        monkeypatch.setitem(PREFERENCE_LOSSES, name, recording)
+        module = PreferenceModule(lm, PreferenceSettings(name), seed=0)
+        loss, _ = module.preference_loss(batch, pol)
+        assert calls == [name] and torch.isfinite(loss)
+        monkeypatch.undo()

@@ -33,8 +33,7 @@ COMMANDS = list(cli.COMMANDS)
 
 
 def config_class(command: str) -> type:
-    cmd = cli.COMMANDS[command]
-    return getattr(importlib.import_module(cmd.module), cmd.config)
+    return cli.COMMANDS[command].load().config
 
 
 def run_cli(argv: list[str], run=None) -> tuple[int, str, object]:
@@ -44,13 +43,13 @@ def run_cli(argv: list[str], run=None) -> tuple[int, str, object]:
     seen = {}
     patch = contextlib.nullcontext()
     if run is not None:
-        cmd = cli.COMMANDS[next(a for a in argv if not a.startswith("-"))]
+        stage = cli.COMMANDS[next(a for a in argv if not a.startswith("-"))].load()
 
         def record(config):
             seen["config"] = config
             return run(config)
 
-        patch = mock.patch.object(importlib.import_module(cmd.module), cmd.run, record)
+        patch = mock.patch.object(importlib.import_module(stage.run.__module__), stage.run.__name__, record)
     threads = torch.get_num_threads()
     # --threads changes process-wide state: keep the test process as it was (inter-op threads can be set
     # only once per process, so that call is recorded, not made)

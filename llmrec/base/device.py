@@ -1,5 +1,6 @@
-"""Where and how a command runs: the `--device` option of the training and ranking commands, and the
-`--threads` option every command takes.
+"""Where and how a command runs: the `--device` option of the training and ranking commands (checked once,
+turned into a Lightning accelerator or a torch device here and nowhere else), and the `--threads` option every
+command takes.
 
 torch is imported inside the functions, so the command line can use this module without paying for torch
 (`llmrec --help`, `llmrec prepare`).
@@ -36,6 +37,12 @@ def lightning_accelerator(device: str) -> str:
         return "gpu" if torch.cuda.is_available() else "cpu"
     check_device(device)
     return "gpu" if device in GPU_DEVICES else "cpu"
+
+
+def torch_device(device: str) -> str:
+    """`--device` as a torch device string: `cuda` where `lightning_accelerator` picks the GPU, else `cpu`
+    (`auto` -> `cuda` when CUDA is available; `gpu`/`cuda` refused without a GPU)."""
+    return "cuda" if lightning_accelerator(device) == "gpu" else "cpu"
 
 
 def set_threads(threads: int | None) -> None:

@@ -1,7 +1,8 @@
 """The `llmrec` command line: one entry point, one subcommand per pipeline stage (docs/design.md §2).
 
-Each subcommand is a config dataclass plus a run function in the module that owns the stage; the module is
-imported only when its subcommand runs, so `llmrec --help` and `llmrec prepare` stay fast. Errors the user
+Each subcommand is a config dataclass plus a run function in the module that owns the stage; `COMMANDS` reaches
+them through one small loader per command (a plain `from ... import`), so the module is imported only when its
+subcommand runs and `llmrec --help` and `llmrec prepare` stay fast. Errors the user
 can fix (`LlmrecError`) are printed as one clear message with exit status 2, never as a traceback; so are
 the parser's own errors (an unknown flag, a value of the wrong type). Flags must be spelled in full: argparse's
 prefix matching (`--candidate 5` for `--candidates 5`) is switched off, so a mistyped flag is refused instead
@@ -11,50 +12,113 @@ of silently meaning another option. Every command also takes `--threads N` (decl
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from llmrec.base.config import add_options, option, resolve_config
 from llmrec.base.device import check_device, set_threads
 from llmrec.base.errors import LlmrecError
 
 
+class Stage(NamedTuple):
+    """What a subcommand runs: its config dataclass and `run(config)` (an int is the exit status)."""
+
+    config: type
+    run: Callable[[Any], int | None]
+
+
 @dataclass(frozen=True)
 class Command:
-    """Where a subcommand lives: `module` defines the dataclass `config` and the function `run(config)`."""
+    """A subcommand: `load()` imports the module that owns the stage and returns its `Stage`; `help` is the
+    one-line summary `llmrec --help` shows without importing anything."""
 
-    module: str
-    config: str
-    run: str
+    load: Callable[[], Stage]
     help: str
 
 
+# One loader per command: a plain import of the config class and the run function, so that readers and tools
+# (go to definition, the import-layer test, grep) follow each command to its code, while the import itself waits
+# until the command runs (most stage modules import torch, which costs seconds; `llmrec --help` needs none).
+def _prepare() -> Stage:
+    from llmrec.data.prepare import PrepareConfig, run_prepare
+
+    return Stage(PrepareConfig, run_prepare)
+
+
+def _train_encoder() -> Stage:
+    from llmrec.encoders.train import TrainEncoderConfig, run_train_encoder
+
+    return Stage(TrainEncoderConfig, run_train_encoder)
+
+
+def _train_llm() -> Stage:
+    from llmrec.llm.train import TrainLLMConfig, run_train_llm
+
+    return Stage(TrainLLMConfig, run_train_llm)
+
+
+def _evaluate() -> Stage:
+    from llmrec.commands.evaluate import EvaluateConfig, run_evaluate
+
+    return Stage(EvaluateConfig, run_evaluate)
+
+
+def _train_sdpo() -> Stage:
+    from llmrec.preference.train import TrainSDPOConfig, run_train_sdpo
+
+    return Stage(TrainSDPOConfig, run_train_sdpo)
+
+
+def _rerank() -> Stage:
+    from llmrec.fairness.rerank_command import RerankConfig, run_rerank
+
+    return Stage(RerankConfig, run_rerank)
+
+
+def _report() -> Stage:
+    from llmrec.fairness.report import ReportConfig, run_report
+
+    return Stage(ReportConfig, run_report)
+
+
+def _predict() -> Stage:
+    from llmrec.serving.predict import PredictConfig, run_predict
+
+    return Stage(PredictConfig, run_predict)
+
+
+def _serve() -> Stage:
+    from llmrec.serving.serve import ServeConfig, run_serve
+
+    return Stage(ServeConfig, run_serve)
+
+
+def _demo() -> Stage:
+    from llmrec.commands.demo import DemoConfig, run_demo
+
+    return Stage(DemoConfig, run_demo)
+
+
 COMMANDS: dict[str, Command] = {
-    "prepare": Command("llmrec.data.prepare", "PrepareConfig", "run_prepare",
-                       "turn raw interaction logs into canonical tables, splits and candidate sets"),
-    "train-encoder": Command("llmrec.encoders.train", "TrainEncoderConfig", "run_train_encoder",
+    "prepare": Command(_prepare, "turn raw interaction logs into canonical tables, splits and candidate sets"),
+    "train-encoder": Command(_train_encoder,
                              "train an ID-based sequential encoder (SASRec, GRU4Rec, Caser) or MostPop"),
-    "train-llm": Command("llmrec.llm.train", "TrainLLMConfig", "run_train_llm",
-                         "fine-tune an LLM recommender with hybrid prompts, curriculum and LoRA"),
-    "evaluate": Command("llmrec.commands.evaluate", "EvaluateConfig", "run_evaluate",
+    "train-llm": Command(_train_llm, "fine-tune an LLM recommender with hybrid prompts, curriculum and LoRA"),
+    "evaluate": Command(_evaluate,
                         "rank candidates with a trained LLM recommender (score, generate or constrained)"),
-    "train-sdpo": Command("llmrec.preference.train", "TrainSDPOConfig", "run_train_sdpo",
+    "train-sdpo": Command(_train_sdpo,
                           "preference-train an SFT recommender with S-DPO (several negatives per prompt) or a "
                           "DPO-family variant"),
-    "rerank": Command("llmrec.fairness.rerank_command", "RerankConfig", "run_rerank",
+    "rerank": Command(_rerank,
                       "re-rank saved score-mode rankings for item-side fairness (IFairLRS), alpha chosen on valid"),
-    "report": Command("llmrec.fairness.report", "ReportConfig", "run_report",
-                      "accuracy and item-side fairness of several models as report.md with figures"),
-    "predict": Command("llmrec.serving.predict", "PredictConfig", "run_predict",
-                       "the next items for one history from a trained checkpoint, as a table or JSON"),
-    "serve": Command("llmrec.serving.serve", "ServeConfig", "run_serve",
+    "report": Command(_report, "accuracy and item-side fairness of several models as report.md with figures"),
+    "predict": Command(_predict, "the next items for one history from a trained checkpoint, as a table or JSON"),
+    "serve": Command(_serve,
                      "answer next-item requests over HTTP (FastAPI + uvicorn; binds 127.0.0.1 by default)"),
-    "demo": Command("llmrec.commands.demo", "DemoConfig", "run_demo",
-                    "run every stage on MovieLens-100K at a small, documented scale"),
+    "demo": Command(_demo, "run every stage on MovieLens-100K at a small, documented scale"),
 }
 
 
@@ -83,7 +147,7 @@ def _out_of_memory(e: BaseException) -> bool:
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The top-level parser; only `command`'s module is imported to build its options."""
+    """The top-level parser; only `command`'s stage module is imported (`Command.load`) to build its options."""
     from llmrec import __version__
 
     parser = _Parser(prog="llmrec", description=__doc__.split("\n")[0], allow_abbrev=False)
@@ -95,8 +159,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=cmd.help, description=cmd.help, allow_abbrev=False)
         parser.get_default("subparsers")[name] = p
         if name == command:
-            module = importlib.import_module(cmd.module)
-            add_options(p, getattr(module, cmd.config))
+            add_options(p, cmd.load().config)
             add_options(p, CommonOptions, config_flag=False)
     return parser
 
@@ -114,15 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    cmd = COMMANDS[args.command]
-    module = importlib.import_module(cmd.module)
+    stage = COMMANDS[args.command].load()
     try:
-        config = resolve_config(getattr(module, cmd.config), args, args.config)
+        config = resolve_config(stage.config, args, args.config)
         common = resolve_config(CommonOptions, args)
         if isinstance(getattr(config, "device", None), str):
             check_device(config.device)  # before any data is read or any model built
         set_threads(common.threads)
-        result = getattr(module, cmd.run)(config)
+        result = stage.run(config)
     except LlmrecError as e:
         print(f"llmrec {args.command}: error: {e}", file=sys.stderr)
         return 2

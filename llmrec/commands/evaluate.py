@@ -32,7 +32,7 @@ import pandas as pd
 
 from llmrec.base.atomic import check_output, output_directory
 from llmrec.base.config import check_config, load_yaml_mapping, option, save_config
-from llmrec.base.device import lightning_accelerator
+from llmrec.base.device import torch_device
 from llmrec.base.errors import ConfigError
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.encoders.checkpoint import is_encoder_checkpoint, load_encoder
@@ -72,14 +72,10 @@ class EvaluateConfig:
     seed: int = option(0, "seed of the sample subset", min=0, max=2**32 - 1)
 
 
-def _torch_device(device: str) -> str:
-    return "cuda" if lightning_accelerator(device) == "gpu" else "cpu"
-
-
 def _evaluate_llm(config: EvaluateConfig, data: ProcessedDataset, facts: LLMFacts
                   ) -> tuple[dict[str, Any], pd.DataFrame, ItemGroups]:
     encoder = load_encoder(config.encoder, data) if config.encoder is not None else None
-    lm = load_recommender(config.ckpt, data, encoder, llm=config.llm, device=_torch_device(config.device),
+    lm = load_recommender(config.ckpt, data, encoder, llm=config.llm, device=torch_device(config.device),
                           dtype=config.dtype, score_norm=config.score_norm, facts=facts)
     metrics, ranked = evaluate_split(lm, data, config.split, config.mode, config.batch_size, config.max_samples,
                                      config.seed, config.max_new_tokens)
@@ -99,7 +95,7 @@ def _evaluate_encoder(config: EvaluateConfig, data: ProcessedDataset) -> tuple[d
     given = [f"--{n.replace('_', '-')}" for n in ("encoder", "llm", "score_norm") if getattr(config, n) is not None]
     if given:
         raise ConfigError(f"{config.ckpt} is an encoder checkpoint: {', '.join(given)} apply to LLM checkpoints only")
-    encoder = load_encoder(config.ckpt, data, map_location=_torch_device(config.device))
+    encoder = load_encoder(config.ckpt, data, map_location=torch_device(config.device))
     # the options train-encoder evaluated with, so that the numbers are train-encoder's
     trained = load_yaml_mapping(Path(config.ckpt) / "config.yaml")
     ranker = EncoderRanker(encoder, data, history=str(trained.get("eval_history") or "auto"),  # type: ignore[arg-type]

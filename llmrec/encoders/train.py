@@ -28,7 +28,7 @@ import torch
 from llmrec.base.atomic import atomic_write_text
 from llmrec.base.config import check_config, option
 from llmrec.data.dataset import ProcessedDataset
-from llmrec.base.device import check_device, lightning_accelerator
+from llmrec.base.device import check_device
 from llmrec.encoders.base import SequentialEncoder
 from llmrec.encoders.checkpoint import (
     check_output_dir,
@@ -40,8 +40,7 @@ from llmrec.encoders.mostpop import MostPop
 from llmrec.encoders.ranker import evaluate_encoder
 from llmrec.encoders.registry import build_encoder, encoder_hparam_names
 from llmrec.base.errors import ConfigError
-from llmrec.training.keep_best import KeepBest
-from llmrec.training.loggers import training_loggers
+from llmrec.training.options import Device, TrainerOptions, trainer_option
 from llmrec.training.resume import (
     ResumeCheckpoint,
     prepare_resume,
@@ -61,7 +60,7 @@ class TrainEncoderConfig:
     out: Path | None = option(None, "output folder for the encoder checkpoint (created; must be empty or a "
                                     "previous encoder checkpoint)")
     model: Literal["sasrec", "gru4rec", "caser", "mostpop"] = option("sasrec", "which encoder to train")
-    seed: int = option(42, "random seed (weights, shuffling, dropout)", min=0, max=2**32 - 1)
+    seed: int = trainer_option("seed", 42, "random seed (weights, shuffling, dropout)")
     # --- model hyperparameters (None = the model's own default; see each model's class)
     hidden_size: int | None = option(None, "embedding / hidden size H", min=1)
     num_layers: int | None = option(None, "Transformer blocks (sasrec) or GRU layers (gru4rec)", min=1)
@@ -84,7 +83,7 @@ class TrainEncoderConfig:
     lr: float = option(1e-3, "Adam learning rate", min=0, min_exclusive=True)
     weight_decay: float = option(0.0, "decoupled weight decay (AdamW) when > 0", min=0)
     batch_size: int = option(64, "training windows per batch", min=1)
-    max_epochs: int = option(200, "upper bound on training epochs", min=1)
+    max_epochs: int = trainer_option("epochs", 200, "upper bound on training epochs")
     patience: int = option(10, "stop after this many validations without a better VALID metric",
                            min=0)
     min_epochs: int = option(1, "train at least this many epochs", min=1)
@@ -96,12 +95,17 @@ class TrainEncoderConfig:
     eval_batch_size: int = option(128, "samples per evaluation batch (sorted by history length: small "
                                            "batches carry little padding)", min=1)
     # --- machinery
-    device: Literal["auto", "cpu", "gpu", "cuda"] = option("auto", "where to train (auto: a GPU if present)")
-    progress_bar: bool = option(True, "show Lightning's progress bar")
-    resume: bool = option(False, "continue an interrupted run from its saved state in <out>.resume (same options "
-                                 "required)")
-    resume_every: int = option(500, "save the state to resume from every this many optimiser steps (and after "
-                                    "each epoch's validation)", min=1)
+    device: Device = trainer_option("device")
+    progress_bar: bool | None = trainer_option("progress_bar")
+    resume: bool = trainer_option("resume")
+    resume_every: int = trainer_option("resume_every", 500, "save the state to resume from every this many "
+                                                            "optimiser steps (and after each epoch's validation)")
+
+    def trainer_options(self, n_batches: int) -> TrainerOptions:
+        """The trainer of this stage: `--max-epochs`, at least `--min-epochs`, deterministic kernels, and a logged
+        point every epoch for short epochs (`n_batches` training batches per epoch)."""
+        return TrainerOptions.of(self, epochs=self.max_epochs, log_every_n_steps=max(1, min(50, n_batches)),
+                                 deterministic=True)
 
 
 def _validate(config: TrainEncoderConfig) -> None:
@@ -125,19 +129,15 @@ def model_hparams(config: TrainEncoderConfig) -> dict[str, Any]:
     return given
 
 
-_accelerator = lightning_accelerator
-
-
 def fit_encoder(encoder: SequentialEncoder, data: ProcessedDataset, config: TrainEncoderConfig,
                 log_dir: Path | None = None, resume: ResumeCheckpoint | None = None) -> dict[str, Any]:
     """Train `encoder` in place, restoring the best-VALID epoch's weights. Returns training facts. `resume` saves
     (and, when it holds a state, restores) the state to resume from."""
-    import pytorch_lightning as pl
     from pytorch_lightning.callbacks import EarlyStopping
 
     from llmrec.encoders.datamodule import EncoderDataModule
     from llmrec.encoders.module import EncoderModule
-    from llmrec.training.divergence import DivergenceGuard
+    from llmrec.training.trainer import fit_keeping_best
 
     train_length = config.train_length or (50 if config.model == "caser" else encoder.max_length)
     if config.model == "sasrec" and train_length > encoder.max_length:
@@ -152,21 +152,14 @@ def fit_encoder(encoder: SequentialEncoder, data: ProcessedDataset, config: Trai
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")  # raised inside Lightning itself with recent torch
-    keep_best = KeepBest(f"valid/{monitor}")  # restores the best epoch's weights when fit ends
-    trainer = pl.Trainer(
-        accelerator=_accelerator(config.device), devices=1, max_epochs=config.max_epochs,
-        min_epochs=config.min_epochs, deterministic=True, enable_checkpointing=False,
-        enable_model_summary=False, enable_progress_bar=config.progress_bar, num_sanity_val_steps=0,
-        logger=training_loggers(log_dir) if log_dir is not None else False, log_every_n_steps=max(1, min(50, n_batches)),
-        # early stopping decides right after each validation (not at the epoch's end), so a resume state saved
-        # after a validation already holds its decision
-        callbacks=[keep_best, EarlyStopping(monitor=f"valid/{monitor}", mode="max", patience=config.patience,
-                                            check_on_train_epoch_end=False),
-                   DivergenceGuard(hint=f"lower --lr (it is {config.lr:g})"),
-                   *([resume] if resume is not None else [])],
-        default_root_dir=str(log_dir) if log_dir is not None else None)
+    # early stopping decides right after each validation (not at the epoch's end), so a resume state saved after a
+    # validation already holds its decision
+    early_stopping = EarlyStopping(monitor=f"valid/{monitor}", mode="max", patience=config.patience,
+                                   check_on_train_epoch_end=False)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
+    keep_best, trainer = fit_keeping_best(module, dm, config.trainer_options(n_batches), f"valid/{monitor}",
+                                          [early_stopping], log_dir=log_dir, resume=resume, what="train-encoder",
+                                          divergence_hint=f"lower --lr (it is {config.lr:g})")
     seconds = time.perf_counter() - start
     encoder.cpu()
     history = [{"epoch": h["epoch"], **{k.removeprefix("valid/"): v for k, v in h.items() if k.startswith("valid/")}}

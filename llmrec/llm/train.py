@@ -19,7 +19,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -50,8 +50,9 @@ from llmrec.llm.model_card import write_model_card
 from llmrec.llm.ranker import evaluate_split
 from llmrec.llm.module import LLMRecModule
 from llmrec.llm.recommender import assemble_recommender
-from llmrec.training.fit import FitSettings, fit_keeping_best
 from llmrec.training.keep_best import KeepBest
+from llmrec.training.options import Device, TrainerOptions, trainer_option
+from llmrec.training.trainer import fit_keeping_best
 from llmrec.training.resume import (
     ResumeCheckpoint,
     prepare_resume,
@@ -103,8 +104,8 @@ class TrainLLMConfig:
     fairness_weights: Literal["none", "popularity", "genre"] = option(
         "none", "per-sample loss weights from item groups (IFairLRS, docs/design.md §7): each training sample's loss is "
                 "multiplied by its target group's weight, normalised to mean 1 over the training set")
-    epochs: int = option(4, "training epochs", min=1)
-    max_steps: int = option(-1, "stop after this many optimiser steps (-1: no limit)", min=1, also=(-1,))
+    epochs: int = trainer_option("epochs", 4)
+    max_steps: int = trainer_option("max_steps")
     batch_size: int = option(16, "training prompts per batch", min=1)
     eval_batch_size: int = option(8, "prompts per ranking batch (x 20 candidates in score mode)",
                                    min=1)
@@ -114,8 +115,7 @@ class TrainLLMConfig:
                                         min=0, min_exclusive=True)
     weight_decay: float = option(0.01, "AdamW weight decay", min=0)
     warmup_ratio: float = option(0.05, "share of steps spent in linear warmup", min=0, max=1)
-    val_check_interval: float = option(1.0, "validate every this share of an epoch", min=0, max=1,
-                                       min_exclusive=True)
+    val_check_interval: float = trainer_option("val_check_interval")
     max_train_samples: int | None = option(None, "use a seeded random subset of the training samples",
                                            min=1)
     max_valid_samples: int | None = option(1000, "rank a seeded random subset of the valid samples (checkpoint "
@@ -125,18 +125,12 @@ class TrainLLMConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = option("float32", "weights dtype of the LLM (bf16 on GPU)")
     gradient_checkpointing: bool = option(False, "recompute activations in backward (saves GPU memory)")
     load_in_4bit: bool = option(False, "4-bit NF4 base weights with bitsandbytes (LoRA only; CUDA only)")
-    device: Literal["auto", "cpu", "gpu", "cuda"] = option("auto", "where to train (auto: a GPU if present)")
-    precision: str = option("32-true", "Lightning precision (e.g. bf16-mixed on a GPU)", choices=(
-        "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true", "64",
-        "transformer-engine", "transformer-engine-float16"))
-    seed: int = option(0, "random seed (tiny init, templates, shuffling, curriculum coin, subsets)",
-                       min=0, max=2**32 - 1)
-    progress_bar: bool | None = option(None, "Lightning's progress bar (default: on a terminal; periodic log "
-                                             "lines otherwise)")
-    resume: bool = option(False, "continue an interrupted run from its saved state in <out>.resume (same options "
-                                 "required)")
-    resume_every: int = option(50, "save the state to resume from every this many optimiser steps (and after "
-                                   "each validation)", min=1)
+    device: Device = trainer_option("device")
+    precision: str = trainer_option("precision")
+    seed: int = trainer_option("seed", 0, "random seed (tiny init, templates, shuffling, curriculum coin, subsets)")
+    progress_bar: bool | None = trainer_option("progress_bar")
+    resume: bool = trainer_option("resume")
+    resume_every: int = trainer_option("resume_every")
 
 
 def resolve_llm_path(config: TrainLLMConfig, data: ProcessedDataset) -> tuple[Path, dict[str, Any] | None]:
@@ -209,17 +203,55 @@ def fit(lm: HybridLM, data: ProcessedDataset, config: TrainLLMConfig, log_dir: P
     module = LLMRecModule(lm, config.lr, config.projector_lr, config.weight_decay, config.warmup_ratio, config.seed)
     steps = -(-len(train) // config.batch_size) * config.epochs
     steps = min(steps, config.max_steps) if config.max_steps > 0 else steps
-    settings = FitSettings(config.device, config.precision, config.epochs, config.max_steps,
-                           config.val_check_interval, config.progress_bar, max(1, min(10, steps)), "train-llm",
-                           f"lower --lr (it is {config.lr:g})",
-                           [CurriculumCallback(config.curriculum, config.curriculum_constant)] if lm.uses_slots else [],
-                           resume)
+    options = TrainerOptions.of(config, log_every_n_steps=max(1, min(10, steps)))
+    curriculum = [CurriculumCallback(config.curriculum, config.curriculum_constant)] if lm.uses_slots else []
     lm.train()  # from_pretrained returns eval-mode models; the frozen encoder is not a submodule and stays eval
-    keep_best = fit_keeping_best(module, dm, settings, "valid/hr@1", log_dir)
+    keep_best, _ = fit_keeping_best(module, dm, options, "valid/hr@1", curriculum, log_dir=log_dir, resume=resume,
+                                    what="train-llm", divergence_hint=f"lower --lr (it is {config.lr:g})")
+    warn_truncated(lm)
+    return module, keep_best
+
+
+def warn_truncated(lm: HybridLM) -> None:
+    """After training: say how many prompts lost their oldest history items to fit the model's length."""
     if lm.builder.n_truncated:
         log.warning("%d prompts were truncated (oldest history items dropped) to fit %d tokens",
                     lm.builder.n_truncated, lm.builder.max_length)
-    return module, keep_best
+
+
+class LLMStageConfig(Protocol):
+    """What the closing sequence reads of an LLM stage's config (`TrainLLMConfig`, `TrainSDPOConfig`)."""
+
+    device: str
+    eval_batch_size: int
+    max_test_samples: int | None
+    seed: int
+
+
+def close_llm_run(tmp: Path, lm: HybridLM, data: ProcessedDataset, config: LLMStageConfig, facts: LLMFacts,
+                  encoder_dir: Path | None, keep_best: KeepBest, stage_metrics: dict[str, Any]
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The end of every LLM training stage (SFT and S-DPO), in the output's temporary folder `tmp`: rank the test
+    split with the chosen weights (score mode), then save the checkpoint (`facts` as given, the encoder copied from
+    `encoder_dir`), `config.yaml`, `metrics.json`, the model card and `eval-test-score/`.
+
+    `metrics.json` holds the best valid round (`valid/hr@1`, `best_step`, `valid/history`), then `stage_metrics`
+    (times and the stage's own facts), the device and the test metrics (`test/...`). Returns (metrics, test
+    metrics). The caller removes the resume state once the output folder is in place.
+    """
+    lm.eval()
+    test, ranked = evaluate_split(lm, data, "test", "score", config.eval_batch_size, config.max_test_samples,
+                                  config.seed)
+    test["score_norm"] = lm.score_norm  # which rule ranked (validation used the same)
+    metrics = {"valid/hr@1": keep_best.best_score, "best_step": keep_best.best_step,
+               "valid/history": keep_best.history, **stage_metrics,
+               "device": lightning_accelerator(config.device), **{f"test/{k}": v for k, v in test.items()}}
+    save_checkpoint(tmp, lm.cpu(), facts, Catalog.from_dataset(data), encoder_dir)
+    save_config(config, tmp)
+    atomic_write_text(tmp / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+    write_model_card(tmp, facts, config_to_dict(config), metrics)
+    write_evaluation(tmp / "eval-test-score", test, ranked, nested=True)
+    return metrics, test
 
 
 def run_train_llm(config: TrainLLMConfig) -> int:
@@ -244,18 +276,8 @@ def run_train_llm(config: TrainLLMConfig) -> int:
         resume = ResumeCheckpoint(resume_folder(out), "train-llm", resume_config(config), config.resume_every, state)
         _, keep_best = fit(lm, data, config, log_dir=tmp, resume=resume)
         train_seconds = time.time() - started
-        lm.eval()
-        test, ranked = evaluate_split(lm, data, "test", "score", config.eval_batch_size, config.max_test_samples,
-                                      config.seed)
-        test["score_norm"] = lm.score_norm  # which rule ranked (validation used the same)
-        metrics = {"valid/hr@1": keep_best.best_score, "best_step": keep_best.best_step,
-                   "valid/history": keep_best.history, "train_seconds": train_seconds,
-                   "device": lightning_accelerator(config.device), **{f"test/{k}": v for k, v in test.items()}}
-        save_checkpoint(tmp, lm.cpu(), facts, Catalog.from_dataset(data), config.encoder)
-        save_config(config, tmp)
-        atomic_write_text(tmp / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
-        write_model_card(tmp, facts, config_to_dict(config), metrics)
-        write_evaluation(tmp / "eval-test-score", test, ranked, nested=True)
+        metrics, test = close_llm_run(tmp, lm, data, config, facts, config.encoder, keep_best,
+                                      {"train_seconds": train_seconds})
     remove_resume_state(out)
     log.info("saved %s: valid hr@1 %.4f, test hr@1 %.4f", out, keep_best.best_score, test["hr@1"])
     print(json.dumps({k: v for k, v in metrics.items() if k != "valid/history"}, indent=2))

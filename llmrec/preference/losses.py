@@ -5,6 +5,9 @@ Pure torch functions, no model and no Lightning. Every input is a log-probabilit
 `policy_*` = log pi_theta(y|x) and `ref_*` = log pi_ref(y|x) (the frozen SFT model). h(y) = policy - ref.
 Shapes: B samples, N negatives per sample; `*_chosen` is [B], `*_rejected` is [B, N] ([B] for pairwise losses).
 
+`PREFERENCE_LOSSES` maps each `llmrec train-sdpo --loss` name to the one function that computes it; the command's
+choices and the training module's dispatch both come from it, so a name cannot be accepted without a loss behind it.
+
 Each loss returns a `PreferenceLoss` holding PER-SAMPLE losses [B] and detached rewards for logging; the batch
 loss is `weighted_mean(out.losses, weights, out.kept)` (per-sample fairness weights of docs/design.md §7 multiply each
 sample's loss), or `robust_aggregate(...)` for Dr. DPO. beta-DPO and alpha-DPO keep running statistics of the
@@ -51,6 +54,7 @@ junkangwu/alpha-DPO):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -436,3 +440,88 @@ def reward_metrics(out: PreferenceLoss) -> dict[str, torch.Tensor]:
         "rewards/margins": (chosen - rejected.mean(dim=1)).mean(),
         "rewards/accuracies": (chosen > rejected.max(dim=1).values).float().mean(),
     }
+
+
+# ---------------------------------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class PreferenceSettings:
+    """Which loss (a `PREFERENCE_LOSSES` name) and its hyper-parameters (the options of `llmrec train-sdpo`)."""
+
+    loss: str = "sdpo"
+    beta: float = 1.0
+    beta_prime: float = 1.0        # Dr. S-DPO's beta'
+    beta_rho: float = 0.2          # beta-S-DPO: share of a batch the filter drops
+    beta_alpha: float = 0.6        # beta-S-DPO: a, how strongly beta follows the batch's mean margin
+    alpha: float = 0.2             # alpha-S-DPO: weight of the adaptive margin (0 = SimPO)
+    gamma_beta_ratio: float = 0.6  # alpha-S-DPO: gamma / beta
+
+    def __post_init__(self) -> None:
+        if self.loss not in PREFERENCE_LOSSES:
+            raise ValueError(f"loss {self.loss!r}: expected one of {', '.join(PREFERENCE_LOSSES)}")
+
+
+@dataclass(frozen=True)
+class PreferenceInputs:
+    """One batch as every registered loss takes it (B samples, N negatives, the chosen answer first)."""
+
+    policy: torch.Tensor
+    """[B, 1+N] the policy's summed answer log-probs."""
+    reference: torch.Tensor
+    """[B, 1+N] the reference model's summed answer log-probs."""
+    weights: torch.Tensor | None = None
+    """[B] per-sample loss weights, or None for 1."""
+    answer_lengths: torch.Tensor | None = None
+    """[B, 1+N] answer lengths in tokens (alpha-sdpo averages log-probs over them)."""
+
+    def split(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(policy_chosen [B], policy_rejected [B, N], ref_chosen [B], ref_rejected [B, N])."""
+        return self.policy[:, 0], self.policy[:, 1:], self.reference[:, 0], self.reference[:, 1:]
+
+
+PreferenceObjective = Callable[[PreferenceInputs, PreferenceSettings, MarginStats, "torch.Generator | None"],
+                               tuple[torch.Tensor, PreferenceLoss, MarginStats]]
+"""A registered loss: (inputs, settings, running margin state, filter generator) -> (batch loss, per-sample output,
+the margin state after this batch). Losses without running statistics return the state unchanged."""
+
+
+def sdpo_objective(x: PreferenceInputs, s: PreferenceSettings, state: MarginStats,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, PreferenceLoss, MarginStats]:
+    """`sdpo`: S-DPO's per-sample losses (`sdpo_loss`; DPO with one negative), their weighted mean."""
+    out = sdpo_loss(*x.split(), beta=s.beta)
+    return weighted_mean(out.losses, x.weights, out.kept), out, state
+
+
+def dr_sdpo_objective(x: PreferenceInputs, s: PreferenceSettings, state: MarginStats,
+                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, PreferenceLoss, MarginStats]:
+    """`dr-sdpo`: S-DPO's per-sample losses, aggregated by Dr. DPO's `robust_aggregate` (beta')."""
+    out = sdpo_loss(*x.split(), beta=s.beta)
+    return robust_aggregate(out.losses, s.beta_prime, x.weights, out.kept), out, state
+
+
+def beta_sdpo_objective(x: PreferenceInputs, s: PreferenceSettings, state: MarginStats,
+                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, PreferenceLoss, MarginStats]:
+    """`beta-sdpo`: `beta_dpo_loss` (dynamic beta, filter drawn with `generator`), weighted mean over kept samples."""
+    out, state = beta_dpo_loss(*x.split(), state=state, beta=s.beta, a=s.beta_alpha, rho=s.beta_rho,
+                               generator=generator)
+    return weighted_mean(out.losses, x.weights, out.kept), out, state
+
+
+def alpha_sdpo_objective(x: PreferenceInputs, s: PreferenceSettings, state: MarginStats,
+                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, PreferenceLoss, MarginStats]:
+    """`alpha-sdpo`: `alpha_dpo_loss` (length-averaged rewards, adaptive margin), weighted mean."""
+    if x.answer_lengths is None:
+        raise ValueError("alpha-sdpo needs the answers' lengths (PreferenceInputs.answer_lengths)")
+    out, state = alpha_dpo_loss(*x.split(), x.answer_lengths[:, 0], x.answer_lengths[:, 1:], state=state,
+                                beta=s.beta, gamma_beta_ratio=s.gamma_beta_ratio, alpha=s.alpha)
+    return weighted_mean(out.losses, x.weights, out.kept), out, state
+
+
+PREFERENCE_LOSSES: dict[str, PreferenceObjective] = {
+    "sdpo": sdpo_objective,
+    "dr-sdpo": dr_sdpo_objective,
+    "beta-sdpo": beta_sdpo_objective,
+    "alpha-sdpo": alpha_sdpo_objective,
+}
+"""`llmrec train-sdpo --loss NAME` -> its loss; the order is the order of the command's choices."""

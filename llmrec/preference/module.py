@@ -1,9 +1,9 @@
 """The LightningModule of the preference stage: S-DPO and its variants on the SFT recommender (docs/design.md §6).
 
 Per training batch: ONE forward pass of prompt + packed answers (`sequence_logprobs`) gives the policy's summed
-log-probs of the chosen answer and the N negatives [B, 1+N]; with the stored reference log-probs they enter one
-of the pure losses of `llmrec.preference.losses`, whose per-sample losses are combined with the per-sample
-weights (`weighted_mean`, or Dr. DPO's `robust_aggregate`). Logged per step: `train/loss`, `rewards/chosen`,
+log-probs of the chosen answer and the N negatives [B, 1+N]; with the stored reference log-probs they enter the
+loss the registry `PREFERENCE_LOSSES` of `llmrec.preference.losses` holds under `settings.loss`, whose per-sample
+losses are combined with the per-sample weights (`weighted_mean`, or Dr. DPO's `robust_aggregate`). Logged per step: `train/loss`, `rewards/chosen`,
 `rewards/rejected`, `rewards/margins`, `rewards/accuracies` (chosen beats every negative) and the variants'
 scalars (`train/beta`, ...). Validation (score-mode `valid/hr@1`), the optimiser and the warmup + cosine
 schedule are SFT's (`LLMRecModule`). Prompts are always hybrid (for a hybrid model): SFT's curriculum ends there
@@ -16,8 +16,8 @@ it), so that the policy equals the reference at step 0 and the implicit rewards 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import asdict
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,35 +27,15 @@ from llmrec.llm.logprobs import sequence_logprobs
 from llmrec.llm.module import LLMRecModule
 from llmrec.preference.datamodule import PreferenceBatch
 from llmrec.preference.losses import (
+    PREFERENCE_LOSSES,
     MarginStats,
+    PreferenceInputs,
     PreferenceLoss,
-    alpha_dpo_loss,
-    beta_dpo_loss,
+    PreferenceSettings,
     reward_metrics,
-    robust_aggregate,
-    sdpo_loss,
-    weighted_mean,
 )
 
-LossName = Literal["sdpo", "dr-sdpo", "beta-sdpo", "alpha-sdpo"]
-LOSSES: tuple[str, ...] = ("sdpo", "dr-sdpo", "beta-sdpo", "alpha-sdpo")
-
-
-@dataclass(frozen=True)
-class PreferenceSettings:
-    """Which loss and its hyper-parameters (the options of `llmrec train-sdpo`)."""
-
-    loss: LossName = "sdpo"
-    beta: float = 1.0
-    beta_prime: float = 1.0        # Dr. S-DPO's beta'
-    beta_rho: float = 0.2          # beta-S-DPO: share of a batch the filter drops
-    beta_alpha: float = 0.6        # beta-S-DPO: a, how strongly beta follows the batch's mean margin
-    alpha: float = 0.2             # alpha-S-DPO: weight of the adaptive margin (0 = SimPO)
-    gamma_beta_ratio: float = 0.6  # alpha-S-DPO: gamma / beta
-
-    def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss {self.loss!r}: expected one of {', '.join(LOSSES)}")
+__all__ = ["PreferenceModule", "PreferenceSettings", "disable_dropout", "set_trainable"]
 
 
 def set_trainable(lm: HybridLM, finetune: str) -> HybridLM:
@@ -126,22 +106,12 @@ class PreferenceModule(LLMRecModule):
 
     def preference_loss(self, batch: PreferenceBatch, policy: torch.Tensor) -> tuple[torch.Tensor, PreferenceLoss]:
         """(batch loss, per-sample output) from the policy log-probs [B, 1+N]; updates the margin state."""
-        s = self.settings
-        ref = batch.reference.to(policy.dtype)
-        args = (policy[:, 0], policy[:, 1:], ref[:, 0], ref[:, 1:])
-        weights = batch.weights
-        if s.loss in ("sdpo", "dr-sdpo"):
-            out = sdpo_loss(*args, beta=s.beta)
-        elif s.loss == "beta-sdpo":
-            out, self.margin_state = beta_dpo_loss(*args, state=self.margin_state, beta=s.beta, a=s.beta_alpha,
-                                                   rho=s.beta_rho, generator=self._filter)
-        else:
-            lengths = self.lm.builder.answer_table(batch.items.device)[1][batch.items]  # [B, 1+N] answer tokens
-            out, self.margin_state = alpha_dpo_loss(*args, lengths[:, 0], lengths[:, 1:], state=self.margin_state,
-                                                    beta=s.beta, gamma_beta_ratio=s.gamma_beta_ratio, alpha=s.alpha)
-        if s.loss == "dr-sdpo":
-            return robust_aggregate(out.losses, s.beta_prime, weights, out.kept), out
-        return weighted_mean(out.losses, weights, out.kept), out
+        # [B, 1+N] answer tokens (alpha-sdpo's length average; a lookup in the builder's cached table)
+        lengths = self.lm.builder.answer_table(batch.items.device)[1][batch.items]
+        inputs = PreferenceInputs(policy, batch.reference.to(policy.dtype), batch.weights, lengths)
+        loss, out, self.margin_state = PREFERENCE_LOSSES[self.settings.loss](inputs, self.settings, self.margin_state,
+                                                                             self._filter)
+        return loss, out
 
     def training_step(self, batch: PreferenceBatch, batch_idx: int) -> torch.Tensor:
         loss, out = self.preference_loss(batch, self.policy_logprobs(batch))

@@ -38,14 +38,12 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from llmrec.base.atomic import atomic_write_text, check_output, output_directory
-from llmrec.base.config import check_config, config_to_dict, option, save_config
-from llmrec.data.catalog import Catalog
+from llmrec.base.atomic import check_output, output_directory
+from llmrec.base.config import check_config, option
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.sampling import subset
-from llmrec.base.device import lightning_accelerator
+from llmrec.base.device import torch_device
 from llmrec.base.errors import CheckpointError, ConfigError
-from llmrec.evaluation.scores import write_evaluation
 from llmrec.evaluation.fairness_weights import training_sample_weights
 from llmrec.llm.checkpoint import (
     BASE_DIR,
@@ -55,15 +53,14 @@ from llmrec.llm.checkpoint import (
     load_recommender,
     read_facts,
     relative_path,
-    save_checkpoint,
 )
 from llmrec.llm.facts import LLMFacts, SdpoFacts
 from llmrec.llm.hybrid import HybridLM
-from llmrec.llm.model_card import write_model_card
 from llmrec.llm.ranker import evaluate_split
+from llmrec.llm.train import close_llm_run, warn_truncated
 from llmrec.preference.datamodule import PreferenceDataModule, PreferenceDataset
+from llmrec.preference.losses import PREFERENCE_LOSSES
 from llmrec.preference.module import (
-    LossName,
     PreferenceModule,
     PreferenceSettings,
     disable_dropout,
@@ -80,8 +77,9 @@ from llmrec.preference.reference import (
     compute_reference,
     save_reference,
 )
-from llmrec.training.fit import FitSettings, fit_keeping_best
 from llmrec.training.keep_best import KeepBest
+from llmrec.training.options import Device, TrainerOptions, trainer_option
+from llmrec.training.trainer import fit_keeping_best
 from llmrec.training.resume import (
     ResumeCheckpoint,
     prepare_resume,
@@ -91,7 +89,6 @@ from llmrec.training.resume import (
 )
 
 log = logging.getLogger(__name__)
-METRICS_FILE = "metrics.json"
 INDEX_COLUMN = "sample_index"  # a training sample's row in the FULL train split: the reference file's key
 
 
@@ -123,8 +120,9 @@ class TrainSDPOConfig:
                                     "train-sdpo output)")
     negatives: NegativeCount = option(3, "negatives per sample, drawn from its other stored candidates and fixed "
                                          "per sample and seed: an integer >= 1 (1 = DPO) or `all`")
-    loss: LossName = option("sdpo", "sdpo (softmax DPO), dr-sdpo (distributionally robust batch aggregation), "
-                                    "beta-sdpo (dynamic beta + filtering) or alpha-sdpo (adaptive margin)")
+    loss: str = option("sdpo", "sdpo (softmax DPO), dr-sdpo (distributionally robust batch aggregation), "
+                               "beta-sdpo (dynamic beta + filtering) or alpha-sdpo (adaptive margin)",
+                       choices=tuple(PREFERENCE_LOSSES))  # the choices ARE the registry: no name without a loss
     beta: float = option(1.0, "beta of the implicit reward (S-DPO's authors: 1; alpha-DPO's: 2.5)", min=0,
                          min_exclusive=True)
     beta_prime: float = option(1.0, "dr-sdpo: beta' of the robust aggregation (large values give the plain mean)",
@@ -135,15 +133,14 @@ class TrainSDPOConfig:
                                min=0)
     alpha: float = option(0.2, "alpha-sdpo: weight of the adaptive reward margin (0 gives SimPO)", min=0)
     gamma_beta_ratio: float = option(0.6, "alpha-sdpo: target reward margin gamma / beta", min=0)
-    epochs: int = option(3, "training epochs", min=1)
-    max_steps: int = option(-1, "stop after this many optimiser steps (-1: no limit)", min=1, also=(-1,))
+    epochs: int = trainer_option("epochs", 3)
+    max_steps: int = trainer_option("max_steps")
     batch_size: int = option(8, "training prompts per batch (each with 1 + N answers)", min=1)
     eval_batch_size: int = option(8, "prompts per ranking / reference batch", min=1)
     lr: float = option(1e-4, "peak learning rate (warmup + cosine), projector included", min=0, min_exclusive=True)
     weight_decay: float = option(0.0, "AdamW weight decay", min=0)
     warmup_ratio: float = option(0.05, "share of steps spent in linear warmup", min=0, max=1)
-    val_check_interval: float = option(1.0, "validate every this share of an epoch", min=0, max=1,
-                                       min_exclusive=True)
+    val_check_interval: float = trainer_option("val_check_interval")
     max_train_samples: int | None = option(None, "use a seeded random subset of the training samples", min=1)
     max_valid_samples: int | None = option(1000, "rank a seeded random subset of the valid samples (checkpoint "
                                                  "choice); None: all", min=1)
@@ -158,17 +155,12 @@ class TrainSDPOConfig:
     llm: str | None = option(None, "base model folder of a LoRA SFT checkpoint whose base moved (default: the "
                                    "recorded one)")
     dtype: Literal["float32", "bfloat16", "float16"] = option("float32", "weights dtype of the LLM (bf16 on GPU)")
-    device: Literal["auto", "cpu", "gpu", "cuda"] = option("auto", "where to train (auto: a GPU if present)")
-    precision: str = option("32-true", "Lightning precision (e.g. bf16-mixed on a GPU)", choices=(
-        "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true", "64",
-        "transformer-engine", "transformer-engine-float16"))
-    seed: int = option(0, "random seed (negatives, shuffling, subsets, beta-sdpo's filter)", min=0, max=2**32 - 1)
-    progress_bar: bool | None = option(None, "Lightning's progress bar (default: on a terminal; periodic log "
-                                             "lines otherwise)")
-    resume: bool = option(False, "continue an interrupted run from its saved state in <out>.resume (same options "
-                                 "required)")
-    resume_every: int = option(50, "save the state to resume from every this many optimiser steps (and after "
-                                   "each validation)", min=1)
+    device: Device = trainer_option("device")
+    precision: str = trainer_option("precision")
+    seed: int = trainer_option("seed", 0, "random seed (negatives, shuffling, subsets, beta-sdpo's filter)")
+    progress_bar: bool | None = trainer_option("progress_bar")
+    resume: bool = trainer_option("resume")
+    resume_every: int = trainer_option("resume_every")
 
     def __post_init__(self) -> None:
         self.negatives = parse_negatives(self.negatives)  # type: ignore[assignment]
@@ -188,10 +180,6 @@ def training_weights(config: TrainSDPOConfig, data: ProcessedDataset, train: pd.
     if config.fairness_weights == "none":
         return None
     return training_sample_weights(data, config.fairness_weights)[train[INDEX_COLUMN].to_numpy()]
-
-
-def _torch_device(device: str) -> str:
-    return "cuda" if lightning_accelerator(device) == "gpu" else "cpu"
 
 
 def _check_out(out: Path, sft: Path) -> None:
@@ -230,14 +218,11 @@ def fit_preference(lm: HybridLM, data: ProcessedDataset, train_set: PreferenceDa
     dm = PreferenceDataModule(train_set, valid, config.batch_size, config.eval_batch_size,
                               summary_max_length=getattr(lm.encoder, "max_length", 50), seed=config.seed)
     module = PreferenceModule(lm, config.settings(), config.lr, config.weight_decay, config.warmup_ratio, config.seed)
-    settings = FitSettings(config.device, config.precision, config.epochs, config.max_steps,
-                           config.val_check_interval, config.progress_bar, 1, "train-sdpo",  # rewards/* every step
-                           f"lower --lr (it is {config.lr:g}) or --beta", resume=resume)
+    options = TrainerOptions.of(config, log_every_n_steps=1)  # rewards/* every step
     lm.train()
-    keep_best = fit_keeping_best(module, dm, settings, "valid/hr@1", log_dir)
-    if lm.builder.n_truncated:
-        log.warning("%d prompts were truncated (oldest history items dropped) to fit %d tokens",
-                    lm.builder.n_truncated, lm.builder.max_length)
+    keep_best, _ = fit_keeping_best(module, dm, options, "valid/hr@1", log_dir=log_dir, resume=resume,
+                                    what="train-sdpo", divergence_hint=f"lower --lr (it is {config.lr:g}) or --beta")
+    warn_truncated(lm)
     return module, keep_best
 
 
@@ -261,7 +246,7 @@ def run_train_sdpo(config: TrainSDPOConfig) -> int:
     weights = training_weights(config, data, train)
     items = preference_items(train, config.negatives, config.seed)  # [M, 1+N], chosen first
 
-    lm = load_recommender(sft, data, llm=config.llm, device=_torch_device(config.device), dtype=config.dtype,
+    lm = load_recommender(sft, data, llm=config.llm, device=torch_device(config.device), dtype=config.dtype,
                           score_norm=config.score_norm, facts=facts)
     new_facts = output_facts(sft, facts, out, config, n_negatives)
     with output_directory(out, "train-sdpo", error=CheckpointError, hash_all=True) as tmp:  # the bundle manifest
@@ -283,21 +268,11 @@ def run_train_sdpo(config: TrainSDPOConfig) -> int:
         resume = ResumeCheckpoint(resume_folder(out), "train-sdpo", resume_config(config), config.resume_every, state)
         _, keep_best = fit_preference(lm, data, train_set, config, log_dir=tmp, resume=resume)
         train_seconds = time.time() - started
-        lm.eval()
-        test, ranked = evaluate_split(lm, data, "test", "score", config.eval_batch_size, config.max_test_samples,
-                                      config.seed)
-        test["score_norm"] = lm.score_norm  # which rule ranked (the SFT start and validation used the same)
-        metrics = {"valid/hr@1": keep_best.best_score, "best_step": keep_best.best_step,
-                   "valid/history": keep_best.history, "sft/valid/hr@1": start["hr@1"],
-                   "reference_seconds": reference_seconds, "train_seconds": train_seconds,
-                   "n_train_samples": len(train), "negatives": n_negatives, "loss": config.loss,
-                   "device": lightning_accelerator(config.device), **{f"test/{k}": v for k, v in test.items()}}
         encoder_dir = sft / ENCODER_DIR if lm.projector is not None else None
-        save_checkpoint(tmp, lm.cpu(), new_facts, Catalog.from_dataset(data), encoder_dir)
-        save_config(config, tmp)
-        atomic_write_text(tmp / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
-        write_model_card(tmp, new_facts, config_to_dict(config), metrics)
-        write_evaluation(tmp / "eval-test-score", test, ranked, nested=True)
+        metrics, test = close_llm_run(tmp, lm, data, config, new_facts, encoder_dir, keep_best,
+                                      {"sft/valid/hr@1": start["hr@1"], "reference_seconds": reference_seconds,
+                                       "train_seconds": train_seconds, "n_train_samples": len(train),
+                                       "negatives": n_negatives, "loss": config.loss})
     remove_resume_state(out)
     log.info("saved %s: valid hr@1 %.4f (SFT start %.4f), test hr@1 %.4f", out, keep_best.best_score, start["hr@1"],
              test["hr@1"])

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llmrec.base.config import check_config, option
+from llmrec.base.device import torch_device
 from llmrec.base.errors import ConfigError
 
 ID_LIST = re.compile(r"^\s*\d+(\s*,\s*\d+)*\s*,?\s*$")
@@ -51,11 +52,6 @@ def parse_items(values: list[str]) -> list[int | str]:
         else:
             out.append(value)
     return out
-
-
-def torch_device(device: str) -> str | None:
-    """`--device` -> a torch device for `Recommender.from_pretrained` (None = a GPU if present)."""
-    return None if device == "auto" else ("cuda" if device in ("gpu", "cuda") else "cpu")
 
 
 def format_table(items: list[dict[str, Any]]) -> str:

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from llmrec.base.device import torch_device
 from llmrec.data.protocols import DEFAULT_MAX_HISTORY
 from llmrec.encoders.index import INDEX_FILE, ItemIndex, faiss_available
 from llmrec.base.errors import CheckpointError, DataError, LlmrecError
@@ -83,7 +84,7 @@ class Query:
 def default_device(device: str | torch.device | None) -> torch.device:
     """`None` -> the first CUDA GPU when there is one, else the CPU."""
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(torch_device("auto"))
     return torch.device(device)
 
 

@@ -59,7 +59,7 @@ def run_serve(config: ServeConfig) -> int:
         import uvicorn  # noqa: F401
     except ImportError:
         raise ConfigError("llmrec serve needs FastAPI and uvicorn: pip install 'llmrec[serve]'") from None
-    from llmrec.serving.predict import torch_device
+    from llmrec.base.device import torch_device
     from llmrec.serving.recommender import Recommender
     from llmrec.serving.server import LOOPBACK, TOKEN_ENV, Limits, bind_socket, create_app, read_token, uvicorn_server
 
