@@ -1,0 +1,236 @@
+"""SmolLM2-135M-Instruct, a real pretrained Llama (`--llm smollm2-135m`), as the pipeline's LLM at a CPU budget.
+
+    .venv/bin/llmrec demo                                        # first: the data and baselines this compares with
+    .venv/bin/python bench/pretrained.py quality --write         # every row not yet in the results file, in order
+    .venv/bin/python bench/pretrained.py quality --write --rows zero_shot sft_hybrid_500_lora
+    .venv/bin/python bench/pretrained.py quality --write --redo zero_shot   # measure a row again
+
+Everything is compared on the demo's data and samples: ML-100K, `llara` protocol, `all` eval positions, prepare
+seed 42 (`data/processed/ml-100k-llara-all`), and the SAME 1,000 seeded test samples (seed 42) that the demo's
+table ranks. The baselines are the demo's own models (`checkpoints/demo`): MostPop, SASRec
+(`encoder-sasrec-demo.yaml`) and the tiny Llama SFT (`llm-tiny-cpu-demo.yaml`, 20,000 samples); their rows are
+read from the demo's evaluation folders, not retrained.
+
+Rows (one seed, 42: three seeds do not fit this CPU; every row says its scale):
+- `zero_shot`: SmolLM2 untrained, text prompts (no behavioural tokens), score mode;
+- `sft_hybrid_<N>_<lora|full>`: `llmrec train-llm --llm smollm2-135m` with hybrid prompts (the demo's SASRec as
+  encoder), the linear text -> hybrid curriculum, one epoch on a seeded subset (seed 42) of N training samples,
+  batch 8, LoRA r 16 (alpha 32) lr 1e-3 or full fine-tuning lr 5e-5 (the issue's settings); checkpoint choice on 100 valid samples at the end of the epoch (one choice: the end).
+Each LLM row is ranked ONCE in score mode with summed answer log-probs; the mean-per-token ranking of the same
+run is computed exactly from that table (each candidate's summed score divided by its answer's token count, the
+rule `--score-norm mean` applies), so `_sum` and `_mean` rows share one training run and one ranking pass. A row
+with a checkpoint is also ranked in `generate` mode (LLaRA's protocol: greedy decoding, first line, a valid output
+names exactly one candidate) on a seeded subset (seed 42) of `--generate-samples` test samples.
+
+The results file (`bench/results/pretrained.json`) is rewritten after every row, so a stop loses nothing already
+measured; trained models stay under `--work` and `--resume`-able train-llm state under `<out>.resume/`, so a
+re-run continues where it stopped. Rows already in the results file are skipped unless named in `--redo`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from machine import cpu_name, update_results  # bench/machine.py (scripts run from bench/)
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "bench" / "results" / "pretrained.json"
+SEED = 42                      # the demo's seed: its data, its test subset
+TEST_SAMPLES = 1000            # the demo's `--llm-test-samples`
+FINETUNE = {"lora": {"finetune": "lora", "lora_r": 16, "lora_alpha": 32, "lr": 1e-3},
+            "full": {"finetune": "full", "lr": 5e-5}}
+BUDGETS = (500, 1000, 2000, 4000)
+ORDER = ["mostpop", "sasrec", "tiny_sft", "zero_shot",
+         *[f"sft_hybrid_{n}_{ft}" for n in BUDGETS for ft in ("lora", "full")]]
+log = logging.getLogger("bench.pretrained")
+
+
+def machine() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    return {"cpu": cpu_name(), "cores": __import__("os").cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def metrics_row(metrics: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """The results-file fields of a score-mode metrics.json."""
+    return {"hr@1": metrics.get("hr@1", metrics.get("candidates/hr@1")),
+            "candidates/ndcg@5": metrics.get("candidates/ndcg@5"), "mgu@1": metrics.get("mgu@1"),
+            "n_samples": metrics.get("n_samples"), **more}
+
+
+def demo_rows(demo: Path) -> dict[str, dict[str, Any]]:
+    """MostPop, SASRec and the tiny SFT LLM as the demo ranked them on its 1,000 test samples."""
+    rows = {}
+    for name, folder, extra in (("mostpop", "mostpop", {"finetune": None}), ("sasrec", "sasrec", {"finetune": None}),
+                                ("tiny_sft", "llm", {"finetune": "full", "prompt": "hybrid", "score_norm": "mean",
+                                                     "sft_samples": 20000})):
+        metrics_file = demo / folder / "eval-test-score" / "metrics.json"
+        if not metrics_file.is_file():
+            raise SystemExit(f"{metrics_file} is missing: run `llmrec demo` first (or pass --demo DIR)")
+        metrics = json.loads(metrics_file.read_text())
+        if metrics.get("n_samples") != TEST_SAMPLES or metrics.get("seed") != SEED:
+            raise SystemExit(f"{metrics_file}: ranked {metrics.get('n_samples')} samples with seed "
+                             f"{metrics.get('seed')}; expected the demo's {TEST_SAMPLES} with seed {SEED}")
+        trained = demo / folder / "metrics.json"
+        seconds = json.loads(trained.read_text()).get("train_seconds") if trained.is_file() else None
+        rows[name] = metrics_row(metrics, train_seconds=seconds, source=str(metrics_file.relative_to(ROOT))
+                                 if metrics_file.is_relative_to(ROOT) else str(metrics_file), **extra)
+    return rows
+
+
+def mean_scored(ranked, lengths) -> Any:
+    """The same table ranked by mean log-prob per answer token: summed scores / answer token counts."""
+    import numpy as np
+
+    out = ranked.copy()
+    out["scores"] = [np.asarray(s, dtype=np.float64) / lengths[np.asarray(c, dtype=np.int64)]
+                     for s, c in zip(ranked["scores"], ranked["candidates"])]
+    return out
+
+
+def score_rows(name: str, ranked, lengths, data, more: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`<name>_sum` and `<name>_mean` rows from one summed-score ranking."""
+    from llmrec.evaluation.groups import item_groups
+    from llmrec.evaluation.ranked_metrics import ranked_fairness, split_metrics
+
+    groups = item_groups(data, "popularity")
+    rows = {}
+    for norm, table in (("sum", ranked), ("mean", mean_scored(ranked, lengths))):
+        metrics = {**split_metrics(table, "score"), **ranked_fairness(table, data, groups)}
+        rows[f"{name}_{norm}"] = metrics_row(metrics, score_norm=norm, **more)
+    return rows
+
+
+def answer_lengths(lm) -> Any:
+    return lm.builder.answer_table()[1].numpy().astype("float64")
+
+
+def zero_shot(data, work: Path) -> dict[str, dict[str, Any]]:
+    """SmolLM2 as it comes, text prompts, score mode on the demo's test samples."""
+    from llmrec.base.config import resolve_config
+    from llmrec.evaluation.scores import read_scores, write_evaluation
+    from llmrec.llm.ranker import evaluate_split
+    from llmrec.llm.train import TrainLLMConfig, build_recommender
+
+    folder = work / "zero_shot"
+    config = resolve_config(TrainLLMConfig, {"data": data.root, "llm": "smollm2-135m", "prompt": "text",
+                                             "seed": SEED, "score_norm": "sum", "finetune": "lora"})
+    lm, _ = build_recommender(config, data, None)
+    lm.eval()
+    if (folder / "scores.parquet").is_file():
+        ranked, seconds = read_scores(folder), json.loads((folder / "metrics.json").read_text()).get("seconds")
+    else:
+        started = time.perf_counter()
+        metrics, ranked = evaluate_split(lm, data, "test", "score", 8, TEST_SAMPLES, SEED)
+        seconds = time.perf_counter() - started
+        write_evaluation(folder, {**metrics, "seconds": seconds}, ranked)
+    return score_rows("zero_shot", ranked, answer_lengths(lm), data,
+                      {"finetune": None, "prompt": "text", "sft_samples": 0, "train_seconds": 0.0,
+                       "rank_seconds": seconds})
+
+
+def sft(name: str, data, demo: Path, work: Path, n: int, finetune: str, generate_samples: int
+        ) -> dict[str, dict[str, Any]]:
+    """Train (or reuse) SmolLM2 SFT on `n` samples, then its sum / mean score rows and its generate metrics."""
+    from llmrec.base.config import resolve_config
+    from llmrec.commands.evaluate import EvaluateConfig, run_evaluate
+    from llmrec.evaluation.scores import read_scores
+    from llmrec.llm.checkpoint import load_recommender
+    from llmrec.llm.train import TrainLLMConfig, run_train_llm
+
+    out = work / name
+    if not (out / "checkpoint.json").is_file():
+        config = resolve_config(TrainLLMConfig, {
+            "data": data.root, "encoder": demo / "sasrec", "llm": "smollm2-135m", "out": out, "prompt": "hybrid",
+            "curriculum": "linear", "epochs": 1, "batch_size": 8, "eval_batch_size": 8, "max_train_samples": n,
+            "max_valid_samples": 100, "max_test_samples": TEST_SAMPLES, "val_check_interval": 1.0,
+            "warmup_ratio": 0.03, "seed": SEED, "score_norm": "sum", "progress_bar": False,
+            "resume": (Path(f"{out}.resume")).is_dir(), **FINETUNE[finetune]})
+        run_train_llm(config)
+    trained = json.loads((out / "metrics.json").read_text())
+    ranked = read_scores(out / "eval-test-score")
+    if len(ranked) != TEST_SAMPLES:
+        raise SystemExit(f"{out}/eval-test-score ranked {len(ranked)} samples; expected {TEST_SAMPLES}")
+    lm = load_recommender(out, data)
+    more = {"finetune": finetune, "prompt": "hybrid", "sft_samples": n, "train_seconds": trained["train_seconds"],
+            "lr": FINETUNE[finetune]["lr"]}
+    rows = score_rows(name, ranked, answer_lengths(lm), data, more)
+    gen_out = out / f"eval-test-generate-{generate_samples}"
+    if not (gen_out / "metrics.json").is_file():
+        run_evaluate(EvaluateConfig(ckpt=out, data=data.root, mode="generate", split="test",
+                                    max_samples=generate_samples, seed=SEED, out=gen_out))
+    generated = json.loads((gen_out / "metrics.json").read_text())
+    for row in rows.values():
+        row.update({"valid_ratio": generated["valid_ratio"], "generate_hr@1": generated["hr@1"],
+                    "n_generate_samples": generated["n_samples"]})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("part", choices=["quality"])
+    parser.add_argument("--rows", nargs="+", choices=ORDER, default=None,
+                        help="rows to measure (default: every row, in order, until --until)")
+    parser.add_argument("--until", choices=ORDER, default="sft_hybrid_2000_full", help="last row of the default order")
+    parser.add_argument("--redo", nargs="+", default=[], help="measure these rows again even if recorded")
+    parser.add_argument("--demo", type=Path, default=ROOT / "checkpoints" / "demo", help="`llmrec demo`'s --out")
+    parser.add_argument("--data", type=Path, default=ROOT / "data" / "processed" / "ml-100k-llara-all")
+    parser.add_argument("--work", type=Path, default=ROOT / "checkpoints" / "bench-pretrained")
+    parser.add_argument("--generate-samples", type=int, default=100)
+    parser.add_argument("--write", action="store_true", help=f"write rows to {RESULTS.relative_to(ROOT)}")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from llmrec.data.dataset import ProcessedDataset
+
+    data = ProcessedDataset.load(args.data)
+    if data.meta.get("seed") != SEED or data.meta.get("eval_positions") != "all":
+        raise SystemExit(f"{args.data}: expected the demo's data (llara, all positions, seed {SEED})")
+    wanted = args.rows or ORDER[:ORDER.index(args.until) + 1]
+    recorded = json.loads(RESULTS.read_text()).get("rows", {}) if RESULTS.is_file() else {}
+    rows: dict[str, dict[str, Any]] = dict(recorded)
+    for name in wanted:
+        keys = [name] if name in ("mostpop", "sasrec", "tiny_sft") else [f"{name}_sum", f"{name}_mean"]
+        if all(k in recorded for k in keys) and name not in args.redo:
+            log.info("%s: recorded, skipped (--redo %s to measure it again)", name, name)
+            continue
+        started = time.perf_counter()
+        if name in ("mostpop", "sasrec", "tiny_sft"):
+            new = {name: demo_rows(args.demo)[name]}
+        elif name == "zero_shot":
+            new = zero_shot(data, args.work)
+        else:
+            n, finetune = int(name.split("_")[2]), name.split("_")[3]
+            new = sft(name, data, args.demo, args.work, n, finetune, args.generate_samples)
+        for row in new.values():
+            row["measured"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        rows.update(new)
+        log.info("%s done in %.0f s: %s", name, time.perf_counter() - started, json.dumps(new))
+        if args.write:
+            update_results(RESULTS, "rows", rows)
+            update_results(RESULTS, "n_test_samples", TEST_SAMPLES)
+            update_results(RESULTS, "seeds", [SEED])
+            update_results(RESULTS, "scale", "CPU budget: one seed (42); SmolLM2-135M trained one epoch on N seeded "
+                                             "ML-100K llara training samples; every row ranks the demo's 1,000 "
+                                             "seeded test samples (score mode) and generate mode on the first "
+                                             f"{args.generate_samples} of them")
+            update_results(RESULTS, "machine", machine())
+            update_results(RESULTS, "date", time.strftime("%Y-%m-%d", time.gmtime()))
+            update_results(RESULTS, "command", "python bench/pretrained.py quality --write")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
