@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import ONE_STEP, TINY_LLAMA, flags
 
 from llmrec.commands.cli import main
 
@@ -112,10 +113,9 @@ def demo_folders(tmp_path_factory) -> Path:
         assert main(["train-encoder", "--data", str(data), "--model", "sasrec", "--hidden-size", "8",
                      "--max-length", "10", "--max-epochs", "1", "--device", "cpu", "--no-progress-bar",
                      "--out", str(demo / "sasrec")]) == 0
-        tiny = ["--max-steps", "1", "--max-valid-samples", "4", "--max-test-samples", "8", "--device", "cpu",
-                "--no-progress-bar"]
+        tiny = flags({**ONE_STEP, "max_test_samples": 8, "progress_bar": False})
         assert main(["train-llm", "--data", str(data), "--encoder", str(demo / "sasrec"), "--llm", "tiny",
-                     "--tiny-layers", "2", "--tiny-hidden", "32", "--tiny-heads", "2", "--max-length", "256",
+                     *flags(TINY_LLAMA),
                      "--cache-dir", str(root / "data" / "cache"), "--out", str(demo / "llm-hybrid-sasrec"),
                      *tiny]) == 0
         assert main(["train-sdpo", "--sft", str(demo / "llm-hybrid-sasrec"), "--data", str(data),
