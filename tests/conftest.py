@@ -10,21 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from test_llm_support import MeanEncoder, saved_encoder, tiny_dataset
-from tiny import ONE_STEP, SMALL_DATA, TINY_LLAMA, flags
+from tiny import ONE_STEP, SMALL_DATA, TINY_LLAMA, flags, one_thread
 
 from llmrec.data.dataset import ProcessedDataset
 
 
 @pytest.fixture(scope="module")
 def one_torch_thread() -> Iterator[None]:
-    """The tiny models are fastest on one thread, and the machine's cores may be busy with other work; a test file
-    asks for it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    """`tiny.one_thread` for a whole test file, which asks for it with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    with one_thread():
+        yield
 
 
 # ------------------------------------------------------------------------------------------------ tiny data
@@ -70,14 +67,10 @@ def sft_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sft-run")
     tiny_dataset(**SMALL_DATA).save(root / "data")
     saved_encoder(ProcessedDataset.load(root / "data"), root / "enc")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as `one_torch_thread`, for the build only: the fixture outlives any one module
-    try:
+    with one_thread():  # for the build only: this fixture outlives the module that first asks for it
         assert main(["train-llm", "--data", str(root / "data"), "--encoder", str(root / "enc"), "--out",
                      str(root / "sft"), "--cache-dir", str(root / "cache"), *flags(TINY_LLAMA), *flags(ONE_STEP),
                      "--no-progress-bar"]) == 0
-    finally:
-        torch.set_num_threads(threads)
     return root
 
 

@@ -1,10 +1,15 @@
 """The tiny option sets of the tests, each defined once: encoder sizes, the tiny-Llama sizes (as config values, CLI
 flags or YAML lines), the tiny `TrainLLMConfig`, the small LLM-test catalog. Plain values and two formatters, no
-fixtures (those are in conftest.py), so that a test reads which sizes it runs at by name."""
+fixtures (those are in conftest.py), so that a test reads which sizes it runs at by name; and the one-thread
+context the tiny models run fastest in."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+import torch
 
 # `build_encoder` sizes of each trainable encoder: small enough for a test, large enough to have every part.
 TINY_ENCODERS: dict[str, dict[str, Any]] = {
@@ -51,3 +56,15 @@ def yaml_lines(values: dict[str, Any]) -> str:
     """Config values as a user writes them in a `--config` file: `tiny-layers: 2` lines, each ending in a newline."""
     return "".join(f"{key.replace('_', '-')}: {str(value).lower() if isinstance(value, bool) else value}\n"
                    for key, value in values.items())
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread inside the block: the tiny models are fastest so, and the machine's cores may be busy
+    with other work. The thread count is restored afterwards, even on failure."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
