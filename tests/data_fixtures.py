@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from llmrec.data.dataset import ProcessedDataset
+from llmrec.data.prepare import PrepareConfig, prepare
+
 N_ITEMS = 40
 N_USERS = 10
 LENGTH = 8
@@ -169,3 +172,8 @@ def write_custom(folder: Path, fmt: str = "csv", rows=None, titles=None) -> tupl
 
 CUSTOM_COLUMNS = {"user_column": "uid", "item_column": "iid", "time_column": "when", "title_column": "name",
                   "genres_column": "tags"}
+
+
+def prepare_offline(dataset: str, raw: Path, out: Path, **options) -> ProcessedDataset:
+    """`llmrec prepare` of the files in `raw` (never a download) into `out`, with any other `PrepareConfig` options."""
+    return prepare(PrepareConfig(dataset=dataset, raw=raw, out=out, download=False, **options))

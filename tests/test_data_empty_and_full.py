@@ -11,6 +11,7 @@ import pytest
 from data_fixtures import (
     CUSTOM_COLUMNS,
     T0,
+    prepare_offline,
     toy_rows,
     write_custom,
     write_grouplens_100k,
@@ -22,12 +23,7 @@ from data_fixtures import (
 
 from llmrec.commands.cli import main
 from llmrec.data.dataset import ProcessedDataset
-from llmrec.data.prepare import PrepareConfig, prepare
 from llmrec.base.errors import DataError
-
-
-def _prep(dataset, raw, out, **kw):
-    return prepare(PrepareConfig(dataset=dataset, raw=raw, out=out, download=False, **kw))
 
 
 # ------------------------------------------------------------------------------------------ empty raw files
@@ -69,7 +65,7 @@ def test_raw_file_without_data_rows_says_so_by_name(tmp_path, dataset, writer, f
     empty(tmp_path / "raw" / file)
     extra = CUSTOM_COLUMNS if dataset == "custom" else {}
     with pytest.raises(DataError, match=rf"raw/{re.escape(file)} has no data rows{detail}.*; expected ") as e:
-        _prep(dataset, tmp_path / "raw", tmp_path / "out", **extra)
+        prepare_offline(dataset, tmp_path / "raw", tmp_path / "out", **extra)
     assert "after filtering" not in str(e.value)
 
 
@@ -79,7 +75,7 @@ def test_steam_file_whose_reviews_all_lack_a_field_says_so(tmp_path):
         f.write(repr({"username": "x", "product_id": "10001"}) + "\n")
     with pytest.raises(DataError, match=r"steam_reviews.json.gz has no data rows \(all 1 review\(s\) lack one of "
                                         r"them; first: .*line 1 has no 'date'\)"):
-        _prep("steam", d, tmp_path / "out")
+        prepare_offline("steam", d, tmp_path / "out")
 
 
 # ------------------------------------------------------------------------------------------ (almost) all seen
@@ -91,7 +87,7 @@ def _with_heavy_user(tmp_path):
 
 def test_samples_of_a_user_who_has_seen_the_catalog_are_dropped_named_and_counted(tmp_path, caplog):
     _with_heavy_user(tmp_path)
-    ds = _prep("custom", tmp_path / "raw", tmp_path / "out", protocol="loo", **CUSTOM_COLUMNS)
+    ds = prepare_offline("custom", tmp_path / "raw", tmp_path / "out", protocol="loo", **CUSTOM_COLUMNS)
     # u099 has 40 items: loo train positions 1..37, valid 38, test 39; 19 negatives need 40 - p - 1 >= 19,
     # so p <= 20 is kept and p = 21..39 dropped: 17 train, 1 valid, 1 test
     assert ds.meta["dropped"]["samples_too_few_unseen_items"] == 19
@@ -117,7 +113,7 @@ def _advice(message: str) -> int:
 def test_too_many_candidates_names_a_raw_user_and_the_suggested_value_works(tmp_path, capsys):
     d = write_grouplens_100k(tmp_path / "raw")
     with pytest.raises(DataError) as e:
-        _prep("ml-100k", d, tmp_path / "out", candidates=40)
+        prepare_offline("ml-100k", d, tmp_path / "out", candidates=40)
     message = str(e.value)
     # users have 8 items of 40: the last sample (position 7) leaves 32 unseen, so 33 keeps every sample
     assert re.fullmatch(r"--candidates 40 needs 39 unseen items per sample for the negatives, but no train sample "
@@ -136,12 +132,12 @@ def test_when_no_value_keeps_every_sample_the_advice_keeps_some_of_every_split(t
     _with_heavy_user(tmp_path)
     kw = dict(protocol="loo", **CUSTOM_COLUMNS)
     with pytest.raises(DataError) as e:
-        _prep("custom", tmp_path / "raw", tmp_path / "out", candidates=34, **kw)
+        prepare_offline("custom", tmp_path / "raw", tmp_path / "out", candidates=34, **kw)
     message = str(e.value)
     # test samples: toy users at position 7 leave 32 unseen, u099 at position 39 none: none has 33
     assert ("no test sample has that many: user 'u001' had seen 8 of the 40 items by position 7, leaving 32 unseen "
             "(the most of any test sample); pass --candidates 33 (it keeps some samples of every split") in message
-    ds = _prep("custom", tmp_path / "raw", tmp_path / "out", candidates=_advice(message), **kw)
+    ds = prepare_offline("custom", tmp_path / "raw", tmp_path / "out", candidates=_advice(message), **kw)
     # 32 negatives need p <= 7: u099 keeps train positions 1..7 and loses 8..37, valid and test (32 samples)
     assert ds.meta["dropped"]["samples_too_few_unseen_items"] == 32
     assert ds.meta["n_samples"] == {"train": 10 * 5 + 7, "valid": 10, "test": 10}
@@ -155,4 +151,4 @@ def test_when_every_sample_of_a_split_saw_everything_the_message_says_no_value_h
                                         r"test sample has that many: user 'u001' had seen 6 of the 6 items by "
                                         r"position 5, leaving 0 unseen .*; no --candidates value helps: every test "
                                         r"sample's user had seen the whole catalog"):
-        _prep("custom", tmp_path / "raw", tmp_path / "out", protocol="loo", candidates=2, **CUSTOM_COLUMNS)
+        prepare_offline("custom", tmp_path / "raw", tmp_path / "out", protocol="loo", candidates=2, **CUSTOM_COLUMNS)

@@ -13,6 +13,7 @@ from data_fixtures import (
     CUSTOM_COLUMNS,
     T0,
     TITLES,
+    prepare_offline,
     write_custom,
     write_grouplens_100k,
     write_lastfm,
@@ -20,19 +21,14 @@ from data_fixtures import (
     write_recbole_100k,
 )
 
-from llmrec.data.prepare import PrepareConfig, prepare
 from llmrec.base.errors import DataError
 
 LES_MIS = "Les Misérables (1995)"
 CITY = "The City of Lost Children (La Cité des enfants perdus) (1995)"
 
 
-def _prep(dataset, raw, out, **kw):
-    return prepare(PrepareConfig(dataset=dataset, raw=raw, out=out, download=False, **kw))
-
-
 def _custom(tmp_path, **kw):
-    return _prep("custom", tmp_path / "raw", tmp_path / "out", **CUSTOM_COLUMNS, **kw)
+    return prepare_offline("custom", tmp_path / "raw", tmp_path / "out", **CUSTOM_COLUMNS, **kw)
 
 
 # ------------------------------------------------------------------------------------------ mixed encodings
@@ -41,7 +37,7 @@ def test_u_item_with_one_utf8_line_among_latin1_lines_reads_every_title(tmp_path
     lines = (d / "u.item").read_bytes().split(b"\n")
     lines[5] = lines[5].decode("latin-1").encode("utf-8")  # line 6 (item 6) pasted in as UTF-8
     (d / "u.item").write_bytes(b"\n".join(lines))
-    ds = _prep("ml-100k", d, tmp_path / "out")
+    ds = prepare_offline("ml-100k", d, tmp_path / "out")
     titles = ds.titles()
     assert LES_MIS in titles and CITY in titles
     assert not [t for t in titles if "Ã" in t]  # no mojibake
@@ -54,7 +50,7 @@ def test_movies_dat_with_one_latin1_line_among_utf8_lines_reads_every_title(tmp_
     lines = (d / "movies.dat").read_bytes().decode("latin-1").split("\n")
     data = [line.encode("latin-1" if number == 6 else "utf-8") for number, line in enumerate(lines, 1)]
     (d / "movies.dat").write_bytes(b"\n".join(data))  # UTF-8, except line 6 (item 6) in latin-1
-    titles = _prep("ml-1m", d, tmp_path / "out").titles()
+    titles = prepare_offline("ml-1m", d, tmp_path / "out").titles()
     assert LES_MIS in titles and CITY in titles and not [t for t in titles if "Ã" in t]
     assert "1 line(s) are not valid utf-8 and were read as latin-1 (first: line 6)" in caplog.text
 
@@ -84,7 +80,7 @@ def test_lastfm_artist_name_with_a_tab_is_read_whole(tmp_path, caplog):
     text = (d / "artists.dat").read_text(encoding="utf-8")
     (d / "artists.dat").write_text(text.replace("2\tMatrix, The (1999)\t", "2\tMatrix, The\t(1999)\t"),
                                    encoding="utf-8")
-    ds = _prep("lastfm", d, tmp_path / "out")
+    ds = prepare_offline("lastfm", d, tmp_path / "out")
     assert "The Matrix (1999)" in ds.titles()  # not "The Matrix" cut at the tab
     assert ("artists.dat: 1 artist name(s) contain a tab, the field separator (first: line 3, 'Matrix, The "
             "(1999)')") in caplog.text
@@ -97,30 +93,30 @@ def test_lastfm_artist_line_that_cannot_be_split_is_an_error(tmp_path):
     (d / "artists.dat").write_text("\n".join(lines), encoding="utf-8")
     with pytest.raises(DataError, match=r"artists.dat line 3: expected 4 tab-separated fields \(id, name, then 2 "
                                         r"URL field\(s\)\), found 4 whose URL fields are not URLs"):
-        _prep("lastfm", d, tmp_path / "out")
+        prepare_offline("lastfm", d, tmp_path / "out")
 
 
 def test_u_item_title_with_a_pipe_is_read_whole_and_a_stray_field_is_an_error(tmp_path, caplog):
     d = write_grouplens_100k(tmp_path / "raw", titles={**TITLES, 1: "Face|Off (1997)"})
-    assert "Face|Off (1997)" in _prep("ml-100k", d, tmp_path / "out").titles()
+    assert "Face|Off (1997)" in prepare_offline("ml-100k", d, tmp_path / "out").titles()
     assert "u.item: 1 title(s) contain '|', the field separator (first: line 1, 'Face|Off (1997)')" in caplog.text
     lines = (d / "u.item").read_bytes().split(b"\n")
     lines[1] += b"|0"  # line 2: a 20th genre flag, not part of the title
     (d / "u.item").write_bytes(b"\n".join(lines))
     with pytest.raises(DataError, match=r"u.item line 2: expected 24 '\|'-separated fields .* found 25"):
-        _prep("ml-100k", d, tmp_path / "out")
+        prepare_offline("ml-100k", d, tmp_path / "out")
 
 
 def test_movies_dat_title_with_the_separator_is_read_whole(tmp_path, caplog):
     d = write_ml1m(tmp_path / "raw", titles={**TITLES, 1: "Star Wars::Episode IV (1977)"})
-    assert "Star Wars::Episode IV (1977)" in _prep("ml-1m", d, tmp_path / "out").titles()
+    assert "Star Wars::Episode IV (1977)" in prepare_offline("ml-1m", d, tmp_path / "out").titles()
     assert "movies.dat: 1 title(s) contain '::'" in caplog.text
     lines = (d / "movies.dat").read_bytes().split(b"\n")
     lines[1] = b"2::Matrix, The::1999::Drama"  # no "(year)" before the genres: cannot tell the fields apart
     (d / "movies.dat").write_bytes(b"\n".join(lines))
     with pytest.raises(DataError, match=r"movies.dat line 2: expected 3 '::'-separated fields \(id, title, "
                                         r"genres\), found 4"):
-        _prep("ml-1m", d, tmp_path / "out")
+        prepare_offline("ml-1m", d, tmp_path / "out")
 
 
 # ------------------------------------------------------------------------------------------ quotes in CSV
@@ -269,7 +265,7 @@ def test_bad_timestamps_name_their_line(tmp_path, dataset, writer, file, sep, li
     d = writer(tmp_path / "raw")
     _set_last_field(d / file, line, sep, value)
     with pytest.raises(DataError, match=message):
-        _prep(dataset, d, tmp_path / "out")
+        prepare_offline(dataset, d, tmp_path / "out")
 
 
 def test_custom_times_out_of_range_or_a_number_among_dates(tmp_path):

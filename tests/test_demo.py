@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import TOY_LLAMA, yaml_lines
 from data_fixtures import write_grouplens_100k
 
 from llmrec.base.config import resolve_config
@@ -76,7 +77,7 @@ def write_presets(root: Path) -> dict[str, Path]:
     files = {
         "encoder": "model: sasrec\nhidden-size: 16\nnum-layers: 1\nnum-heads: 1\nmax-length: 20\nmax-epochs: 2\n"
                    "patience: 1\nbatch-size: 64\ndevice: cpu\n",
-        "llm": f"llm: tiny\ntiny-layers: 1\ntiny-hidden: 16\ntiny-heads: 2\nmax-length: 256\nfinetune: full\n"
+        "llm": f"llm: tiny\n{yaml_lines(TOY_LLAMA)}finetune: full\n"
                f"prompt: hybrid\ncurriculum: linear\nepochs: 1\nbatch-size: 16\neval-batch-size: 16\nlr: 0.003\n"
                f"max-train-samples: 48\nmax-valid-samples: 8\ncache-dir: {root / 'cache'}\ndevice: cpu\n",
         "sdpo": "negatives: 3\nloss: sdpo\nepochs: 1\nbatch-size: 16\neval-batch-size: 16\nlr: 0.001\n"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import ONE_STEP, TINY_LLAMA, flags, one_thread
 
 from llmrec.commands.cli import main
 
@@ -102,9 +103,7 @@ def toy_logs(folder: Path) -> Path:
 def demo_folders(tmp_path_factory) -> Path:
     """Tiny stand-ins of the folders `make demo` writes, built through the CLI as a user would."""
     root = tmp_path_factory.mktemp("snippets")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny models are fastest on one thread, and the cores may be busy
-    try:
+    with one_thread():
         data, demo = root / "data" / "processed" / "ml-100k-llara-all", root / "checkpoints" / "demo"
         assert main(["prepare", "--dataset", "custom", "--raw", str(toy_logs(root / "logs")), "--user-column",
                      "user", "--item-column", "item", "--time-column", "time", "--title-column", "title",
@@ -112,16 +111,12 @@ def demo_folders(tmp_path_factory) -> Path:
         assert main(["train-encoder", "--data", str(data), "--model", "sasrec", "--hidden-size", "8",
                      "--max-length", "10", "--max-epochs", "1", "--device", "cpu", "--no-progress-bar",
                      "--out", str(demo / "sasrec")]) == 0
-        tiny = ["--max-steps", "1", "--max-valid-samples", "4", "--max-test-samples", "8", "--device", "cpu",
-                "--no-progress-bar"]
+        tiny = flags({**ONE_STEP, "max_test_samples": 8, "progress_bar": False})
         assert main(["train-llm", "--data", str(data), "--encoder", str(demo / "sasrec"), "--llm", "tiny",
-                     "--tiny-layers", "2", "--tiny-hidden", "32", "--tiny-heads", "2", "--max-length", "256",
-                     "--cache-dir", str(root / "data" / "cache"), "--out", str(demo / "llm-hybrid-sasrec"),
-                     *tiny]) == 0
+                     *flags(TINY_LLAMA), "--cache-dir", str(root / "data" / "cache"),
+                     "--out", str(demo / "llm-hybrid-sasrec"), *tiny]) == 0
         assert main(["train-sdpo", "--sft", str(demo / "llm-hybrid-sasrec"), "--data", str(data),
                      "--out", str(demo / "sdpo-hybrid-sasrec"), *tiny]) == 0
-    finally:
-        torch.set_num_threads(threads)
     return root
 
 

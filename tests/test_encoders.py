@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from tiny import TINY_ENCODERS
 
 from llmrec.encoders import ENCODERS, SequentialEncoder, build_encoder, pad_left
 from llmrec.encoders.datamodule import collate_windows, sequence_windows
@@ -11,17 +12,12 @@ from llmrec.encoders.mostpop import MostPop
 from llmrec.base.errors import ConfigError
 
 N_ITEMS = 30
-TINY = {
-    "sasrec": {"hidden_size": 16, "num_layers": 2, "num_heads": 2, "max_length": 12, "dropout": 0.1},
-    "gru4rec": {"hidden_size": 16, "num_layers": 2, "max_length": 12, "dropout": 0.1},
-    "caser": {"hidden_size": 16, "max_length": 4, "num_horizontal": 3, "num_vertical": 2, "dropout": 0.1},
-}
-TRAINABLE = list(TINY)
+TRAINABLE = list(TINY_ENCODERS)
 
 
 def tiny(name: str) -> SequentialEncoder:
     torch.manual_seed(0)
-    return build_encoder(name, N_ITEMS, **TINY[name]).eval()
+    return build_encoder(name, N_ITEMS, **TINY_ENCODERS[name]).eval()
 
 
 def batch(seed: int = 0, B: int = 4, L: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,7 +193,7 @@ def test_encoder_ranking_ranks_the_llm_subset_with_the_encoders_own_scores():
 
     # on the whole split a (random) SASRec's table gives the candidate hr@1 its own evaluation computes
     torch.manual_seed(0)
-    sasrec = build_encoder("sasrec", data.n_items, **TINY["sasrec"]).eval()
+    sasrec = build_encoder("sasrec", data.n_items, **TINY_ENCODERS["sasrec"]).eval()
     whole = rank_split(EncoderRanker(sasrec, data, exclude_seen=False, batch_size=5), data, "test").table
     own = evaluate_encoder(sasrec, data, "test", exclude_seen=False)
     assert np.mean(whole["chosen"] == whole["target"]) == pytest.approx(own["candidates/hr@1"])

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from tiny import TINY_ENCODER_TRAINING
 
 from llmrec.commands.cli import main
 from llmrec.base.config import load_yaml_mapping, resolve_config
@@ -16,18 +17,7 @@ from llmrec.encoders.synthetic import synthetic_dataset
 from llmrec.encoders.train import TrainEncoderConfig, run_train_encoder
 from llmrec.base.errors import CheckpointError, ConfigError, DataError
 
-TINY = {"hidden_size": 16, "max_length": 8, "batch_size": 16, "progress_bar": False, "patience": 5}
-
-
-@pytest.fixture(scope="module")
-def loo(tmp_path_factory) -> Path:
-    return synthetic_dataset(n_users=40, n_items=30, protocol="loo").save(tmp_path_factory.mktemp("d") / "loo")
-
-
-@pytest.fixture(scope="module")
-def llara(tmp_path_factory) -> Path:
-    d = synthetic_dataset(n_users=50, n_items=30, protocol="llara", eval_positions="all")
-    return d.save(tmp_path_factory.mktemp("d") / "llara-all")
+TINY = {**TINY_ENCODER_TRAINING, "patience": 5}
 
 
 def train(data: Path, out: Path, **kw) -> dict:
@@ -36,8 +26,8 @@ def train(data: Path, out: Path, **kw) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-def test_sasrec_on_loo_learns_and_writes_a_complete_checkpoint(tmp_path, loo):
-    m = train(loo, tmp_path / "sas", model="sasrec", max_epochs=6, lr=5e-3)
+def test_sasrec_on_loo_learns_and_writes_a_complete_checkpoint(tmp_path, synthetic_loo_dir):
+    m = train(synthetic_loo_dir, tmp_path / "sas", model="sasrec", max_epochs=6, lr=5e-3)
     out = tmp_path / "sas"
     assert {"encoder.safetensors", "config.yaml", "metrics.json", "items.faiss", "logs"} <= {
         p.name for p in out.iterdir()}
@@ -55,25 +45,25 @@ def test_sasrec_on_loo_learns_and_writes_a_complete_checkpoint(tmp_path, loo):
     log = pd.read_csv(out / "logs" / "csv" / "metrics.csv")
     losses = log["train/loss_epoch"].dropna().to_list()
     assert len(losses) == 6 and losses[-1] < 0.8 * losses[0]
-    pop = train(loo, tmp_path / "pop", model="mostpop")
+    pop = train(synthetic_loo_dir, tmp_path / "pop", model="mostpop")
     assert m["valid"]["full/ndcg@10"] > pop["valid"]["full/ndcg@10"] + 0.1
     # the saved checkpoint reproduces the reported test metrics
     from llmrec.data.dataset import ProcessedDataset
     from llmrec.encoders.ranker import evaluate_encoder
 
-    data = ProcessedDataset.load(loo)
+    data = ProcessedDataset.load(synthetic_loo_dir)
     enc = load_encoder(out, data)
     again = evaluate_encoder(enc, data, "test")
     assert again["full/ndcg@10"] == pytest.approx(m["test"]["full/ndcg@10"], abs=1e-9)
 
 
-def test_evaluation_does_not_depend_on_batching(llara):
+def test_evaluation_does_not_depend_on_batching(synthetic_llara_dir):
     from llmrec.data.dataset import ProcessedDataset
     from llmrec.encoders import build_encoder
     from llmrec.encoders.evaluate import build_eval_set
     from llmrec.encoders.ranker import evaluate_encoder
 
-    data = ProcessedDataset.load(llara)
+    data = ProcessedDataset.load(synthetic_llara_dir)
     torch.manual_seed(0)
     enc = build_encoder("sasrec", data.n_items, hidden_size=8, max_length=6)
     eval_set = build_eval_set(data, "test", enc.max_length)
@@ -83,9 +73,9 @@ def test_evaluation_does_not_depend_on_batching(llara):
     assert a == pytest.approx(b)
 
 
-def test_same_seed_gives_identical_metrics(tmp_path, loo):
-    a = train(loo, tmp_path / "a", model="gru4rec", max_epochs=2, seed=3)
-    b = train(loo, tmp_path / "b", model="gru4rec", max_epochs=2, seed=3)
+def test_same_seed_gives_identical_metrics(tmp_path, synthetic_loo_dir):
+    a = train(synthetic_loo_dir, tmp_path / "a", model="gru4rec", max_epochs=2, seed=3)
+    b = train(synthetic_loo_dir, tmp_path / "b", model="gru4rec", max_epochs=2, seed=3)
     drop = ("eval_seconds",)
     for split in ("valid", "test"):
         assert {k: v for k, v in a[split].items() if k not in drop} == \
@@ -95,25 +85,26 @@ def test_same_seed_gives_identical_metrics(tmp_path, loo):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_llara_all_reports_candidates_and_the_last_position(tmp_path, llara):
-    m = train(llara, tmp_path / "caser", model="caser", max_length=3, max_epochs=2, loss="bce", num_negatives=2)
+def test_llara_all_reports_candidates_and_the_last_position(tmp_path, synthetic_llara_dir):
+    m = train(synthetic_llara_dir, tmp_path / "caser", model="caser", max_length=3, max_epochs=2, loss="bce",
+              num_negatives=2)
     assert m["monitor"] == "valid/candidates/hr@1" and m["eval_positions"] == "all"
     t = m["test"]
     assert {"candidates/hr@1", "candidates/ndcg@5", "candidates/hr@1_last", "full/ndcg@10"} <= set(t)
     assert t["n_samples_last"] == 5 < t["n_samples"]  # 5 test users, each with several positions
-    pop = train(llara, tmp_path / "pop", model="mostpop")
+    pop = train(synthetic_llara_dir, tmp_path / "pop", model="mostpop")
     assert 0 <= pop["test"]["candidates/hr@1"] <= 1
 
 
-def test_existing_folder_that_is_not_a_checkpoint_is_refused(tmp_path, loo):
+def test_existing_folder_that_is_not_a_checkpoint_is_refused(tmp_path, synthetic_loo_dir):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "thesis.tex").write_text("keep me")
     with pytest.raises(CheckpointError, match="not an encoder checkpoint; refusing to overwrite"):
-        run_train_encoder(TrainEncoderConfig(data=loo, out=tmp_path / "out", model="mostpop"))
+        run_train_encoder(TrainEncoderConfig(data=synthetic_loo_dir, out=tmp_path / "out", model="mostpop"))
     assert (tmp_path / "out" / "thesis.tex").read_text() == "keep me"
     # a previous encoder checkpoint is replaced
-    train(loo, tmp_path / "ckpt", model="mostpop")
-    train(loo, tmp_path / "ckpt", model="mostpop", seed=7)
+    train(synthetic_loo_dir, tmp_path / "ckpt", model="mostpop")
+    train(synthetic_loo_dir, tmp_path / "ckpt", model="mostpop", seed=7)
     assert json.loads((tmp_path / "ckpt" / "metrics.json").read_text())["seed"] == 7
 
 
@@ -127,9 +118,9 @@ def test_data_folder_that_is_not_a_prepare_output(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_rejects_unknown_model_and_missing_options(tmp_path, loo, capsys):
+def test_cli_rejects_unknown_model_and_missing_options(tmp_path, synthetic_loo_dir, capsys):
     with pytest.raises(SystemExit) as e:
-        main(["train-encoder", "--data", str(loo), "--model", "bert4rec", "--out", str(tmp_path / "o")])
+        main(["train-encoder", "--data", str(synthetic_loo_dir), "--model", "bert4rec", "--out", str(tmp_path / "o")])
     assert e.value.code == 2 and "invalid choice: 'bert4rec'" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: bert4rec\n")
@@ -137,12 +128,12 @@ def test_cli_rejects_unknown_model_and_missing_options(tmp_path, loo, capsys):
         resolve_config(TrainEncoderConfig, {}, bad)
     with pytest.raises(ConfigError, match="--data is required"):
         run_train_encoder(TrainEncoderConfig(out=tmp_path / "o"))
-    assert main(["train-encoder", "--data", str(loo), "--out", str(tmp_path / "o"), "--model", "sasrec",
+    assert main(["train-encoder", "--data", str(synthetic_loo_dir), "--out", str(tmp_path / "o"), "--model", "sasrec",
                  "--batch-size", "0"]) == 2
 
 
-def test_checkpoint_with_another_item_count_is_refused(tmp_path, loo):
-    train(loo, tmp_path / "pop", model="mostpop")
+def test_checkpoint_with_another_item_count_is_refused(tmp_path, synthetic_loo_dir):
+    train(synthetic_loo_dir, tmp_path / "pop", model="mostpop")
     other = synthetic_dataset(n_users=10, n_items=25)
     with pytest.raises(CheckpointError, match="trained on 30 items"):
         load_encoder(tmp_path / "pop", other)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tiny import TINY_ENCODER_TRAINING
 
 from llmrec.base.errors import DataError
 from llmrec.commands.cli import main
@@ -18,25 +19,21 @@ from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.sampling import ranked_subset
 from llmrec.encoders.checkpoint import load_encoder
 from llmrec.encoders.ranker import EncoderRanker
-from llmrec.encoders.synthetic import synthetic_dataset
 from llmrec.encoders.train import TrainEncoderConfig, run_train_encoder
 from llmrec.evaluation.evaluator import catalog_metrics, rank_split, ranking_metrics
 from llmrec.evaluation.ranker import CandidateRanking, CatalogRanker, Ranker
 from llmrec.evaluation.scores import COLUMN_NAMES, FILE_COLUMNS, INVALID, SCORES_FILE, write_evaluation
 from llmrec.llm.ranker import LLMRanker
 
-TINY = {"hidden_size": 16, "max_length": 8, "batch_size": 16, "progress_bar": False, "max_epochs": 2,
-        "eval_batch_size": 7}  # several evaluation batches
+TINY = {**TINY_ENCODER_TRAINING, "max_epochs": 2, "eval_batch_size": 7}  # several evaluation batches
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, Path]:
+def trained(synthetic_llara_dir, synthetic_loo_dir, tmp_path_factory) -> dict[str, Path]:
     """Prepared data (llara with every eval position; loo, whose small catalog gives rows of fewer candidates)
     and an encoder trained on each by `train-encoder`."""
     root = tmp_path_factory.mktemp("evaluator")
-    out = {"llara": synthetic_dataset(n_users=50, n_items=30, protocol="llara", eval_positions="all"
-                                      ).save(root / "llara"),
-           "loo": synthetic_dataset(n_users=40, n_items=30, protocol="loo").save(root / "loo")}
+    out = {"llara": synthetic_llara_dir, "loo": synthetic_loo_dir}
     for data, model in (("llara", "sasrec"), ("llara", "mostpop"), ("loo", "gru4rec")):
         assert run_train_encoder(TrainEncoderConfig(data=out[data], out=root / f"{data}-{model}", model=model,
                                                     **TINY)) == 0

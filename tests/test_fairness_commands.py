@@ -413,12 +413,10 @@ def test_report_bad_input_is_a_one_line_error(tmp_path, tiny):
 
 
 # ------------------------------------------------------------------------------------------------ encoders
-def test_encoder_metrics_report_fairness_of_full_and_candidate_ranking(tmp_path):
-    from llmrec.encoders.synthetic import synthetic_dataset
+def test_encoder_metrics_report_fairness_of_full_and_candidate_ranking(tmp_path, synthetic_llara_dir):
     from llmrec.encoders.train import TrainEncoderConfig, run_train_encoder
 
-    data = synthetic_dataset(n_users=50, n_items=30, protocol="llara", eval_positions="all")
-    path = data.save(tmp_path / "llara")
+    path = synthetic_llara_dir
     data = ProcessedDataset.load(path)
     run_train_encoder(TrainEncoderConfig(data=path, out=tmp_path / "pop", model="mostpop"))
     m = json.loads((tmp_path / "pop" / "metrics.json").read_text())

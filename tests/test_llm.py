@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_llm_support import MeanEncoder, full_sequence_scores, save_hf_folder, tiny_config, tiny_dataset
+from test_llm_support import full_sequence_scores, save_hf_folder, tiny_config
 
 from llmrec.data.catalog import Catalog
 from llmrec.base.errors import CheckpointError, ConfigError, DataError
@@ -39,81 +39,75 @@ from llmrec.llm.train import build_recommender
 
 
 @pytest.fixture(scope="module")
-def data():
-    return tiny_dataset(n_users=18, n_items=24, seq_len=7, n_candidates=6)
-
-
-@pytest.fixture(scope="module")
-def encoder(data):
-    return MeanEncoder(data.n_items)
-
-
-@pytest.fixture(scope="module")
-def hybrid_lm(data, encoder, tmp_path_factory):
-    lm, _ = build_recommender(tiny_config(tmp_path_factory.mktemp("hyb")), data, encoder)
+def hybrid_lm(small_data, mean_encoder, tmp_path_factory):
+    lm, _ = build_recommender(tiny_config(tmp_path_factory.mktemp("hyb")), small_data, mean_encoder)
     return lm.eval()
 
 
-def first_batch(lm, data, split="test", with_answer=False, n=4):
-    return next(iter(prompt_loader(data.split(split), lm.builder, n, with_answer)))
+def first_batch(lm, small_data, split="test", with_answer=False, n=4):
+    return next(iter(prompt_loader(small_data.split(split), lm.builder, n, with_answer)))
 
 
 # ---------------------------------------------------------------------- backbones
-def test_tiny_backbone_is_built_once_and_loads_like_any_hf_folder(data, tmp_path):
+def test_tiny_backbone_is_built_once_and_loads_like_any_hf_folder(small_data, tmp_path):
     spec = backbone.TinySpec(layers=2, hidden=32, heads=2, max_length=128)
-    folder = backbone.build_tiny_llm(data.titles(), data.catalog_fingerprint(), tmp_path, spec)
+    folder = backbone.build_tiny_llm(small_data.titles(), small_data.catalog_fingerprint(), tmp_path, spec)
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
-    assert backbone.build_tiny_llm(data.titles(), data.catalog_fingerprint(), tmp_path, spec) == folder
+    assert backbone.build_tiny_llm(small_data.titles(), small_data.catalog_fingerprint(), tmp_path, spec) == folder
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp  # cached, not rebuilt
     model, tok = backbone.load_causal_lm(folder), backbone.load_tokenizer(folder)
     assert model.config.model_type == "llama" and model.config.num_hidden_layers == 2
     # word-level: every title word is one token, nothing unknown in the catalog
-    ids = tok(" " + data.titles()[1], add_special_tokens=False)["input_ids"]
-    assert tok.unk_token_id not in ids and len(ids) == len(data.titles()[1].replace("(", " ( ").replace(")", " ) ").split())
+    ids = tok(" " + small_data.titles()[1], add_special_tokens=False)["input_ids"]
+    title = small_data.titles()[1]
+    assert tok.unk_token_id not in ids and len(ids) == len(title.replace("(", " ( ").replace(")", " ) ").split())
 
 
-def test_tiny_backbone_with_a_bpe_tokenizer_decodes_titles_exactly_and_ranks(data, encoder, tmp_path):
-    lm, facts = build_recommender(tiny_config(tmp_path, tiny_tokenizer="bpe", tiny_bpe_vocab=400), data, encoder)
+def test_tiny_backbone_with_a_bpe_tokenizer_decodes_titles_exactly_and_ranks(small_data, mean_encoder, tmp_path):
+    lm, facts = build_recommender(tiny_config(tmp_path, tiny_tokenizer="bpe", tiny_bpe_vocab=400), small_data,
+                                  mean_encoder)
     assert facts.base.tiny["tokenizer"] == "bpe" and Path(facts.base.path).name.endswith("-bpe400-t2")
     tok = lm.builder.tokenizer
     assert type(tok.backend_tokenizer.model).__name__ == "BPE" and facts.base.fingerprint["tokenizer_size"] <= 400
-    for item in range(1, data.n_items + 1):  # byte-level BPE: no spaces inserted, nothing unknown
-        assert lm.builder.answer_text(item) == data.titles()[item]
-    assert any(len(lm.builder.title_ids[i]) > len(data.titles()[i].split()) for i in range(1, data.n_items + 1))
+    for item in range(1, small_data.n_items + 1):  # byte-level BPE: no spaces inserted, nothing unknown
+        assert lm.builder.answer_text(item) == small_data.titles()[item]
+    assert any(len(lm.builder.title_ids[i]) > len(small_data.titles()[i].split())
+               for i in range(1, small_data.n_items + 1))
     lm.eval()
-    scores = score_candidates(lm, first_batch(lm, data))
+    scores = score_candidates(lm, first_batch(lm, small_data))
     assert scores.shape == (4, 6) and torch.isfinite(scores).all()
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
-def test_any_local_hf_causal_lm_loads_through_the_path_code(arch, data, encoder, tmp_path):
-    folder = save_hf_folder(tmp_path / arch, arch, data)
-    lm, facts = build_recommender(tiny_config(tmp_path, llm=str(folder)), data, encoder)
+def test_any_local_hf_causal_lm_loads_through_the_path_code(arch, small_data, mean_encoder, tmp_path):
+    folder = save_hf_folder(tmp_path / arch, arch, small_data)
+    lm, facts = build_recommender(tiny_config(tmp_path, llm=str(folder)), small_data, mean_encoder)
     assert facts.finetune == "lora" and facts.base.fingerprint["tokenizer_size"] + 4 == facts.vocab_size
     lm.eval()
-    batch = first_batch(lm, data)
+    batch = first_batch(lm, small_data)
     scores = score_candidates(lm, batch)
     assert scores.shape == (4, 6) and torch.isfinite(scores).all()
     with torch.no_grad():  # the packed answers' 4-D mask and positions are right for this architecture + peft too
         torch.testing.assert_close(scores, full_sequence_scores(lm, batch), rtol=1e-4, atol=1e-4)
 
 
-def test_prompt_budget_defaults_to_the_models_context_and_never_exceeds_it(data, encoder, tmp_path):
-    folder = save_hf_folder(tmp_path / "llama", "llama", data)  # max_position_embeddings = 256
+def test_prompt_budget_defaults_to_the_models_context_and_never_exceeds_it(small_data, mean_encoder, tmp_path):
+    folder = save_hf_folder(tmp_path / "llama", "llama", small_data)  # max_position_embeddings = 256
     for asked, expected in ((None, 256), (128, 128), (1024, 256)):
-        lm, facts = build_recommender(tiny_config(tmp_path, llm=str(folder), max_length=asked), data, encoder)
+        lm, facts = build_recommender(tiny_config(tmp_path, llm=str(folder), max_length=asked), small_data,
+                                      mean_encoder)
         assert lm.builder.max_length == facts.max_length == expected
-    lm, facts = build_recommender(tiny_config(tmp_path / "t", max_length=None), data, encoder)  # tiny: 512
+    lm, facts = build_recommender(tiny_config(tmp_path / "t", max_length=None), small_data, mean_encoder)  # tiny: 512
     assert facts.max_length == facts.base.tiny["max_length"] == 512
 
 
-def test_missing_or_non_model_llm_path_is_a_clear_error(data, encoder, tmp_path):
+def test_missing_or_non_model_llm_path_is_a_clear_error(small_data, mean_encoder, tmp_path):
     with pytest.raises(ConfigError, match="no such folder"):
-        build_recommender(tiny_config(tmp_path, llm=str(tmp_path / "nope")), data, encoder)
+        build_recommender(tiny_config(tmp_path, llm=str(tmp_path / "nope")), small_data, mean_encoder)
     (tmp_path / "notamodel").mkdir()
     (tmp_path / "notamodel" / "readme.txt").write_text("hi")
     with pytest.raises(CheckpointError, match="no config.json"):
-        build_recommender(tiny_config(tmp_path, llm=str(tmp_path / "notamodel")), data, encoder)
+        build_recommender(tiny_config(tmp_path, llm=str(tmp_path / "notamodel")), small_data, mean_encoder)
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text('{"model_type": "llama"}')
@@ -140,9 +134,9 @@ def test_templates_per_domain_and_seeded_choice():
     assert picks != [choose_template(3, 1, u, 5) for u in range(40)]
 
 
-def test_prompt_lists_history_and_candidates_with_one_slot_each(hybrid_lm, data):
+def test_prompt_lists_history_and_candidates_with_one_slot_each(hybrid_lm, small_data):
     b = hybrid_lm.builder
-    row = data.split("test").iloc[0]
+    row = small_data.split("test").iloc[0]
     p = b.build(row["history"], row["candidates"], row["user_id"], row["position"])
     ids = torch.tensor(p.ids)
     assert int((ids == b.slots.history).sum()) == len(row["history"]) == len(p.history)
@@ -155,28 +149,28 @@ def test_prompt_lists_history_and_candidates_with_one_slot_each(hybrid_lm, data)
     assert b.to_text_only(p.ids).count(b.slots.text) == len(p.history) + len(p.candidates)
 
 
-def test_too_long_prompts_drop_the_oldest_history_items_with_a_warning(hybrid_lm, data, caplog):
+def test_too_long_prompts_drop_the_oldest_history_items_with_a_warning(hybrid_lm, small_data, caplog):
     b0 = hybrid_lm.builder
     full = b0.build([1, 2, 3, 4, 5, 6], [7, 8], 1, 1)
     limit = len(full.ids) + b0.max_answer_length - 1  # one token too short
-    b = PromptBuilder(b0.tokenizer, data.titles(), "movies", b0.slots, limit)
+    b = PromptBuilder(b0.tokenizer, small_data.titles(), "movies", b0.slots, limit)
     with caplog.at_level(logging.WARNING):
         p = b.build([1, 2, 3, 4, 5, 6], [7, 8], 1, 1)
     assert p.dropped >= 1 and p.history == [1, 2, 3, 4, 5, 6][p.dropped:]
     assert len(p.ids) + b.max_answer_length <= limit and "dropped" in caplog.text
     with pytest.raises(DataError, match="exceeds max length"):
-        PromptBuilder(b0.tokenizer, data.titles(), "movies", b0.slots, 20).build([1, 2], [7, 8], 1, 1)
+        PromptBuilder(b0.tokenizer, small_data.titles(), "movies", b0.slots, 20).build([1, 2], [7, 8], 1, 1)
 
 
-def test_a_title_that_tokenizes_to_nothing_is_refused(hybrid_lm, data):
-    titles = data.titles()
+def test_a_title_that_tokenizes_to_nothing_is_refused(hybrid_lm, small_data):
+    titles = small_data.titles()
     titles[5] = "   "
     with pytest.raises(DataError, match="item 5: title .* tokenizes to nothing"):
         PromptBuilder(hybrid_lm.builder.tokenizer, titles, "movies", hybrid_lm.builder.slots, 256)
 
 
-def test_labels_mask_everything_but_the_target_title_and_terminator(hybrid_lm, data):
-    batch = first_batch(hybrid_lm, data, "train", with_answer=True)
+def test_labels_mask_everything_but_the_target_title_and_terminator(hybrid_lm, small_data):
+    batch = first_batch(hybrid_lm, small_data, "train", with_answer=True)
     for i in range(batch.input_ids.shape[0]):
         answer = hybrid_lm.builder.answer_ids[int(batch.targets[i])]
         kept = batch.labels[i][batch.labels[i] != IGNORE].tolist()
@@ -195,8 +189,8 @@ def test_answer_window_covers_every_answer_token_and_the_position_before():
         answer_window(torch.full((1, 3), IGNORE))
 
 
-def test_loss_on_the_answer_window_equals_the_loss_on_full_logits(hybrid_lm, data):
-    batch = first_batch(hybrid_lm, data, "train", with_answer=True)
+def test_loss_on_the_answer_window_equals_the_loss_on_full_logits(hybrid_lm, small_data):
+    batch = first_batch(hybrid_lm, small_data, "train", with_answer=True)
     assert hybrid_lm._windowed_logits
     full = answer_loss(hybrid_lm(batch, use_cache=False).logits, batch.labels)
     assert torch.allclose(hybrid_lm.loss(batch), full, atol=1e-5)
@@ -216,8 +210,8 @@ def test_fill_slots_puts_each_vector_exactly_at_its_slot_in_order():
         fill_slots(embeds, ids, 9, vectors[:3])
 
 
-def test_hybrid_embeds_hold_projected_encoder_vectors_at_history_and_candidate_slots(hybrid_lm, data):
-    batch = first_batch(hybrid_lm, data)
+def test_hybrid_embeds_hold_projected_encoder_vectors_at_history_and_candidate_slots(hybrid_lm, small_data):
+    batch = first_batch(hybrid_lm, small_data)
     with torch.no_grad():
         embeds = hybrid_lm.inputs_embeds(batch, hybrid=True)
         proj = hybrid_lm.projector(hybrid_lm.item_table)
@@ -233,28 +227,28 @@ def test_hybrid_embeds_hold_projected_encoder_vectors_at_history_and_candidate_s
     torch.testing.assert_close(text[b, t], text_row)
 
 
-def test_summary_slot_holds_the_projected_sequence_representation(data, encoder, tmp_path):
-    lm, _ = build_recommender(tiny_config(tmp_path, prompt="hybrid+summary"), data, encoder)
-    batch = first_batch(lm, data)
+def test_summary_slot_holds_the_projected_sequence_representation(small_data, mean_encoder, tmp_path):
+    lm, _ = build_recommender(tiny_config(tmp_path, prompt="hybrid+summary"), small_data, mean_encoder)
+    batch = first_batch(lm, small_data)
     with torch.no_grad():
         embeds = lm.inputs_embeds(batch)
-        expected = lm.projector(encoder(batch.summary_seq, batch.summary_lengths))
+        expected = lm.projector(mean_encoder(batch.summary_seq, batch.summary_lengths))
     where = (batch.input_ids == lm.builder.slots.summary).nonzero().tolist()
     assert [b for b, _ in where] == list(range(batch.input_ids.shape[0]))
     for (b, t) in where:
         torch.testing.assert_close(embeds[b, t], expected[b])
 
 
-def test_text_only_batches_leave_the_projector_gradients_empty(data, encoder, tmp_path):
-    lm, _ = build_recommender(tiny_config(tmp_path), data, encoder)
+def test_text_only_batches_leave_the_projector_gradients_empty(small_data, mean_encoder, tmp_path):
+    lm, _ = build_recommender(tiny_config(tmp_path), small_data, mean_encoder)
     lm.train()
-    batch = first_batch(lm, data, "train", with_answer=True)
+    batch = first_batch(lm, small_data, "train", with_answer=True)
     lm.loss(batch, hybrid=False).backward()
     assert all(p.grad is None for p in lm.projector.parameters())
     assert any(p.grad is not None for p in lm.model.parameters())
     lm.loss(batch, hybrid=True).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lm.projector.parameters())
-    assert all(p.grad is None for p in encoder.parameters())
+    assert all(p.grad is None for p in mean_encoder.parameters())
 
 
 # ---------------------------------------------------------------------- curriculum
@@ -278,8 +272,8 @@ def test_linear_is_t_over_T_and_constant_is_constant():
 
 
 # ---------------------------------------------------------------------- ranking
-def test_score_with_shared_kv_cache_equals_scoring_each_full_sequence(hybrid_lm, data):
-    batch = first_batch(hybrid_lm, data, n=3)
+def test_score_with_shared_kv_cache_equals_scoring_each_full_sequence(hybrid_lm, small_data):
+    batch = first_batch(hybrid_lm, small_data, n=3)
     assert len(set(batch.attention_mask.sum(1).tolist())) > 1  # prompts of different lengths: left padding used
     with torch.no_grad():
         shared = score_candidates(hybrid_lm, batch)
@@ -287,7 +281,7 @@ def test_score_with_shared_kv_cache_equals_scoring_each_full_sequence(hybrid_lm,
     torch.testing.assert_close(shared, ref, rtol=1e-4, atol=1e-4)
 
 
-def test_batched_scores_equal_scoring_each_prompt_alone(hybrid_lm, data):
+def test_batched_scores_equal_scoring_each_prompt_alone(hybrid_lm, small_data):
     """Packing B prompts (left padding) and their B*C answers (one row per prompt, right padding) changes nothing,
     also when the candidates' answers differ in length (here made so by cutting 0-2 leading title tokens)."""
     lm = copy.copy(hybrid_lm)  # shares the model; only the answers differ
@@ -295,8 +289,8 @@ def test_batched_scores_equal_scoring_each_prompt_alone(hybrid_lm, data):
     lm.builder.answer_ids = [a[i % 3:] if a else a for i, a in enumerate(hybrid_lm.builder.answer_ids)]
     lm.builder.max_answer_length = max(len(a) for a in lm.builder.answer_ids)
     lm.builder._answer_tables = {}
-    batch = first_batch(lm, data, n=4)
-    singles = list(prompt_loader(data.split("test").head(4), lm.builder, 1, False))
+    batch = first_batch(lm, small_data, n=4)
+    singles = list(prompt_loader(small_data.split("test").head(4), lm.builder, 1, False))
     assert torch.equal(torch.cat([one.candidates for one in singles]), batch.candidates)
     assert len(set(lm.builder.answer_table()[1][batch.candidates].flatten().tolist())) == 3
     for hybrid in (True, False):
@@ -328,8 +322,8 @@ def test_candidate_trie_paths_end_on_candidates():
     assert trie.root[1][3][9][None] == 8 and trie.root[4][9][None] == 5
 
 
-def test_constrained_decoding_always_returns_one_of_the_candidates(hybrid_lm, data):
-    batch = first_batch(hybrid_lm, data, n=4)
+def test_constrained_decoding_always_returns_one_of_the_candidates(hybrid_lm, small_data):
+    batch = first_batch(hybrid_lm, small_data, n=4)
     for budget in (64, 1):  # the generate-mode budget does not cut a constrained answer short
         generated, chosen = greedy_decode(hybrid_lm, batch, max_new_tokens=budget, constrained=True)
         for b, item in enumerate(chosen):
@@ -337,7 +331,7 @@ def test_constrained_decoding_always_returns_one_of_the_candidates(hybrid_lm, da
             assert generated[b] == hybrid_lm.builder.answer_ids[item]
 
 
-def test_the_kv_cache_is_passed_and_read_under_the_name_the_model_uses(hybrid_lm, data):
+def test_the_kv_cache_is_passed_and_read_under_the_name_the_model_uses(hybrid_lm, small_data):
     """transformers 5.24 renamed `past_key_values` to `cache` (old name warns, removed in 5.40); older releases
     and unconverted models know only `past_key_values`. Ranking must use whichever the model takes, warning-free."""
     class OldNames(torch.nn.Module):
@@ -355,7 +349,7 @@ def test_the_kv_cache_is_passed_and_read_under_the_name_the_model_uses(hybrid_lm
     hf_logger = logging.getLogger("transformers")
     hf_logger.addHandler(handler)
     logging.Logger.warning_once.cache_clear()  # transformers logs each deprecation once per process
-    batch = first_batch(hybrid_lm, data, n=2)
+    batch = first_batch(hybrid_lm, small_data, n=2)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", FutureWarning)
@@ -368,8 +362,8 @@ def test_the_kv_cache_is_passed_and_read_under_the_name_the_model_uses(hybrid_lm
     assert not [m for m in logged if "deprecated" in m], logged
 
 
-def test_the_three_modes_share_one_interface(hybrid_lm, data):
-    batch = first_batch(hybrid_lm, data, n=2)
+def test_the_three_modes_share_one_interface(hybrid_lm, small_data):
+    batch = first_batch(hybrid_lm, small_data, n=2)
     scored = rank(hybrid_lm, batch, "score")
     assert scored.scores.shape == (2, 6)
     assert scored.chosen == [row[int(k)] for row, k in zip(batch.candidates.tolist(), scored.scores.argmax(1))]
@@ -384,15 +378,15 @@ def test_the_three_modes_share_one_interface(hybrid_lm, data):
         rank(hybrid_lm, batch, "beam")
 
 
-def test_hybrid_prompts_need_an_encoder(data, encoder, tmp_path):
+def test_hybrid_prompts_need_an_encoder(small_data, mean_encoder, tmp_path):
     from llmrec.llm.recommender import assemble_recommender
 
-    lm, _ = build_recommender(tiny_config(tmp_path), data, encoder)
+    lm, _ = build_recommender(tiny_config(tmp_path), small_data, mean_encoder)
     with pytest.raises(ConfigError, match="needs an encoder"):
-        build_recommender(tiny_config(tmp_path, prompt="hybrid+summary"), data, None)
+        build_recommender(tiny_config(tmp_path, prompt="hybrid+summary"), small_data, None)
     with pytest.raises(ConfigError, match="needs an encoder"):
-        assemble_recommender(lm.model, lm.builder.tokenizer, Catalog.from_dataset(data), "hybrid", None, 128, 0)
-    text_lm, facts = build_recommender(tiny_config(tmp_path, prompt="text"), data, None)
+        assemble_recommender(lm.model, lm.builder.tokenizer, Catalog.from_dataset(small_data), "hybrid", None, 128, 0)
+    text_lm, facts = build_recommender(tiny_config(tmp_path, prompt="text"), small_data, None)
     assert text_lm.projector is None and facts.encoder_fingerprint is None
 
 
@@ -422,10 +416,10 @@ def test_every_shipped_sdpo_config_parses():
         assert config.loss in ("sdpo", "dr-sdpo", "beta-sdpo", "alpha-sdpo") and config.beta > 0
 
 
-def test_gradient_checkpointing_still_trains_lora_weights(data, tmp_path):
+def test_gradient_checkpointing_still_trains_lora_weights(small_data, tmp_path):
     from llmrec.llm.lora import apply_lora
 
-    folder = backbone.build_tiny_llm(data.titles(), data.catalog_fingerprint(), tmp_path,
+    folder = backbone.build_tiny_llm(small_data.titles(), small_data.catalog_fingerprint(), tmp_path,
                                      backbone.TinySpec(layers=2, hidden=32, heads=2, max_length=128))
     model = apply_lora(backbone.load_causal_lm(folder, gradient_checkpointing=True))
     model.train()
@@ -435,16 +429,16 @@ def test_gradient_checkpointing_still_trains_lora_weights(data, tmp_path):
     assert grads and all(g is not None for g in grads)
 
 
-def test_an_encoder_only_model_or_a_folder_without_tokenizer_files_is_named_as_such(data, encoder, tmp_path):
+def test_an_encoder_only_model_or_a_folder_without_tokenizer_files_is_named_as_such(small_data, mean_encoder, tmp_path):
     from transformers import BertConfig, BertForMaskedLM
 
     BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                intermediate_size=32)).save_pretrained(tmp_path / "bert")
     with pytest.raises(CheckpointError, match="`bert` is an encoder.*not a decoder-only causal LM"):
-        build_recommender(tiny_config(tmp_path, llm=str(tmp_path / "bert")), data, encoder)
-    folder = save_hf_folder(tmp_path / "llama", "llama", data)
+        build_recommender(tiny_config(tmp_path, llm=str(tmp_path / "bert")), small_data, mean_encoder)
+    folder = save_hf_folder(tmp_path / "llama", "llama", small_data)
     for f in folder.iterdir():
         if f.name.startswith(("tokenizer", "special_tokens")):
             f.unlink()
     with pytest.raises(CheckpointError, match="no tokenizer files"):
-        build_recommender(tiny_config(tmp_path, llm=str(folder)), data, encoder)
+        build_recommender(tiny_config(tmp_path, llm=str(folder)), small_data, mean_encoder)

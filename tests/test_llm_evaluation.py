@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from test_llm_support import MeanEncoder, tiny_config, tiny_dataset
+from tiny import SMALL_DATA
 
 from llmrec.data.sampling import final_position_mask, ranked_subset
 from llmrec.evaluation.ranked_metrics import split_metrics
@@ -28,7 +29,7 @@ def test_last_is_the_users_final_sample_in_the_full_split_not_in_the_subset():
 
 
 def test_hr1_last_of_a_ranked_subset_counts_only_truly_final_samples(tmp_path):
-    data = tiny_dataset(n_users=18, n_items=24, seq_len=7, n_candidates=6)  # 4 test positions per test user
+    data = tiny_dataset(**SMALL_DATA)  # 4 test positions per test user
     lm, _ = build_recommender(tiny_config(tmp_path), data, MeanEncoder(data.n_items))
     test = data.split("test")
     final = set(zip(test["user_id"], test["position"])) & {
@@ -94,7 +95,7 @@ def test_mean_scoring_divides_each_candidates_summed_logprob_by_its_answer_lengt
     from llmrec.llm.logprobs import sequence_logprobs
     from llmrec.llm.ranking import rank, score_candidates
 
-    data = tiny_dataset(n_users=18, n_items=24, seq_len=7, n_candidates=6,
+    data = tiny_dataset(**SMALL_DATA,
                         titles=[" ".join(["Long"] * (1 + i % 4)) + f" Title {i}" for i in range(24)])
     lm, facts = build_recommender(tiny_config(tmp_path, score_norm="mean"), data, MeanEncoder(data.n_items))
     assert lm.score_norm == "mean" and facts.score_norm == "mean"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_llm_support import MeanEncoder, full_sequence_scores, save_hf_folder, tiny_config, tiny_dataset
+from test_llm_support import full_sequence_scores, save_hf_folder, tiny_config
 
 from llmrec.llm.datamodule import prompt_loader
 from llmrec.llm.hybrid import answer_loss, answer_token_losses
@@ -13,29 +13,20 @@ from llmrec.llm.ranking import score_candidates
 from llmrec.llm.train import build_recommender
 
 
-@pytest.fixture(scope="module")
-def data():
-    return tiny_dataset(n_users=18, n_items=24, seq_len=7, n_candidates=6)
-
-
-@pytest.fixture(scope="module")
-def encoder(data):
-    return MeanEncoder(data.n_items)
-
-
-def prompts(lm, data, n=3):
-    batch = next(iter(prompt_loader(data.split("test"), lm.builder, n, with_answer=False)))
+def prompts(lm, small_data, n=3):
+    batch = next(iter(prompt_loader(small_data.split("test"), lm.builder, n, with_answer=False)))
     assert len(set(batch.attention_mask.sum(1).tolist())) > 1  # prompts of different lengths: left padding
     return batch
 
 
 @pytest.mark.parametrize(("arch", "hybrid"), [("llama", True), ("qwen2", True), ("gpt2", True), ("tiny-full", True),
                                             ("llama", False), ("tiny-full", False)])
-def test_values_and_gradients_equal_running_each_prompt_and_answer_separately(arch, hybrid, data, encoder, tmp_path):
-    llm = "tiny" if arch == "tiny-full" else str(save_hf_folder(tmp_path / arch, arch, data))
-    lm, facts = build_recommender(tiny_config(tmp_path, llm=llm, lora_dropout=0.0), data, encoder)
+def test_values_and_gradients_equal_running_each_prompt_and_answer_separately(arch, hybrid, small_data, mean_encoder,
+                                                                             tmp_path):
+    llm = "tiny" if arch == "tiny-full" else str(save_hf_folder(tmp_path / arch, arch, small_data))
+    lm, facts = build_recommender(tiny_config(tmp_path, llm=llm, lora_dropout=0.0), small_data, mean_encoder)
     lm.eval()  # no dropout, gradients still flow
-    batch = prompts(lm, data)
+    batch = prompts(lm, small_data)
     items = batch.candidates[:, :4]  # e.g. the chosen answer and 3 negatives
     params = {n: p for n, p in lm.named_parameters() if p.requires_grad}
     kinds = {"lora_B", "projector.", "trainable_tokens"} if facts.finetune == "lora" else {"projector.", "layers"}

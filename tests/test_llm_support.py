@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tiny import TINY_LLM_TRAINING
 from torch import nn
 
 from llmrec.data.dataset import ProcessedDataset
@@ -76,14 +77,10 @@ def saved_encoder(data: ProcessedDataset, folder: Path, hidden_size: int = 16, s
 
 
 def tiny_config(tmp: Path, **overrides):
-    """A `TrainLLMConfig` for a 2-layer, 32-hidden Llama trained for a handful of steps."""
+    """A `TrainLLMConfig` of `tiny.TINY_LLM_TRAINING` (a 2-layer, 32-hidden Llama) caching its base under `tmp`."""
     from llmrec.llm.train import TrainLLMConfig
 
-    values = {"llm": "tiny", "tiny_layers": 2, "tiny_hidden": 32, "tiny_heads": 2, "max_length": 256,
-                  "cache_dir": Path(tmp) / "cache", "epochs": 1, "batch_size": 8, "eval_batch_size": 4, "lr": 3e-3,
-                  "max_valid_samples": 8, "device": "cpu", "seed": 0}
-    values.update(overrides)
-    return TrainLLMConfig(**values)
+    return TrainLLMConfig(**{**TINY_LLM_TRAINING, "cache_dir": Path(tmp) / "cache", **overrides})
 
 
 def save_hf_folder(folder: Path, arch: str, data: ProcessedDataset, hidden: int = 32, padded_rows: int = 0,

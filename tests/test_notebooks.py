@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import TOY_LLAMA
 from data_fixtures import write_grouplens_100k
 
 ROOT = Path(__file__).parents[1]
@@ -33,6 +34,8 @@ TOY_TITLES = {i: f"{WORDS[i % 12]} {WORDS[(i * 5 + 3) % 12]} ({1950 + i})" for i
 
 # The `parameters` cell at toy scale: a 1-layer SASRec for one epoch, a 1-layer 16-wide Llama for 4 steps, every
 # test sample ranked (EVAL_SAMPLES None), so the notebook's hr@1 can be checked against the checkpoints' metrics.
+TOY_LLM_OPTIONS = {**TOY_LLAMA, "batch_size": 8, "eval_batch_size": 8, "max_steps": 4, "max_valid_samples": 8,
+                   "device": "cpu", "progress_bar": False}
 TOY_PARAMETERS = """
 from pathlib import Path
 
@@ -45,8 +48,7 @@ ENCODER_EPOCHS = 1
 ENCODER_OPTIONS = {"hidden_size": 16, "num_layers": 1, "ffn_size": 32, "max_length": 10, "batch_size": 32,
                    "device": "cpu", "progress_bar": False}
 LLM_PRESET = "llm-tiny-cpu-small.yaml"
-LLM_OPTIONS = {"tiny_layers": 1, "tiny_hidden": 16, "tiny_heads": 2, "max_length": 256, "batch_size": 8,
-               "eval_batch_size": 8, "max_steps": 4, "max_valid_samples": 8, "device": "cpu", "progress_bar": False}
+LLM_OPTIONS = """ + repr(TOY_LLM_OPTIONS) + """
 MAX_TEST_SAMPLES = None
 EVAL_SAMPLES = None
 TOP_K = 3

@@ -4,24 +4,21 @@ weight files in an input folder are named, never a traceback."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
-from test_llm_support import saved_encoder, tiny_dataset
 from test_outputs import snapshot, user_folder
+from tiny import ONE_STEP, TINY_LLAMA, flags
 
 from llmrec.commands.cli import main
-from llmrec.data.dataset import ProcessedDataset
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A prepared tiny dataset, an encoder and a tiny SFT checkpoint with a valid ranking (through the CLI)."""
-    root = tmp_path_factory.mktemp("every")
-    tiny_dataset(n_users=18, n_items=24, seq_len=7, n_candidates=6).save(root / "data")
-    saved_encoder(ProcessedDataset.load(root / "data"), root / "enc")
-    common = ["--tiny-layers", "2", "--tiny-hidden", "32", "--tiny-heads", "2", "--max-length", "256",
-              "--max-steps", "1", "--max-valid-samples", "4", "--device", "cpu", "--cache-dir", str(root / "cache")]
-    assert main(["train-llm", "--data", str(root / "data"), "--encoder", str(root / "enc"), "--out",
-                 str(root / "sft"), *common]) == 0
+def trained(sft_run, tmp_path_factory):
+    """A copy of the session's tiny SFT run (prepared data, an encoder, a one-step checkpoint, through the CLI)
+    whose checkpoint also holds a valid ranking."""
+    root = tmp_path_factory.mktemp("every") / "run"
+    shutil.copytree(sft_run, root)
     assert main(["evaluate", "--ckpt", str(root / "sft"), "--data", str(root / "data"), "--split", "valid",
                  "--device", "cpu"]) == 0
     return root
@@ -29,8 +26,7 @@ def trained(tmp_path_factory):
 
 def commands(root):
     data, sft = str(root / "data"), str(root / "sft")
-    tiny = ["--tiny-layers", "2", "--tiny-hidden", "32", "--tiny-heads", "2", "--max-length", "256", "--max-steps",
-            "1", "--device", "cpu", "--cache-dir", str(root / "cache")]
+    tiny = [*flags(TINY_LLAMA), "--max-steps", "1", "--device", "cpu", "--cache-dir", str(root / "cache")]
     return {
         "train-encoder": ["train-encoder", "--data", data, "--model", "mostpop"],
         "train-llm": ["train-llm", "--data", data, "--encoder", str(root / "enc"), *tiny],
@@ -55,8 +51,6 @@ def test_a_users_folder_or_another_commands_output_is_refused_and_left_unchanged
 
 
 def test_damaged_weights_in_an_input_folder_are_named(trained, tmp_path, capsys):
-    import shutil
-
     ckpt = tmp_path / "sft"
     shutil.copytree(trained / "sft", ckpt)
     projector = ckpt / "projector.safetensors"
@@ -77,8 +71,7 @@ def test_damaged_weights_in_an_input_folder_are_named(trained, tmp_path, capsys)
 def test_a_diverging_llm_training_stops_with_one_line_and_saves_nothing(trained, tmp_path, capsys):
     out = tmp_path / "diverged"
     assert main(["train-llm", "--data", str(trained / "data"), "--encoder", str(trained / "enc"), "--out", str(out),
-                 "--tiny-layers", "2", "--tiny-hidden", "32", "--tiny-heads", "2", "--max-length", "256",
-                 "--max-steps", "3", "--max-valid-samples", "4", "--device", "cpu", "--lr", "1e30",
+                 *flags(TINY_LLAMA), *flags({**ONE_STEP, "max_steps": 3}), "--lr", "1e30",
                  "--cache-dir", str(trained / "cache")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train-llm: error:" in err[0] and "--lr" in err[0]

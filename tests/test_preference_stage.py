@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_llm_support import save_hf_folder, saved_encoder, tiny_config, tiny_dataset
+from tiny import SMALL_DATA
 
 from llmrec.base.config import add_options, resolve_config
 from llmrec.data.catalog import Catalog
@@ -42,7 +43,7 @@ from llmrec.preference.negatives import (
 from llmrec.preference.reference import REFERENCE_FILE, compute_reference, load_reference
 from llmrec.preference.train import INDEX_COLUMN, TrainSDPOConfig, run_train_sdpo
 
-N_CANDIDATES = 6  # 5 other candidates per sample
+N_CANDIDATES = SMALL_DATA["n_candidates"]  # 6: 5 other candidates per sample
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(root):
-    tiny_dataset(n_users=18, n_items=24, seq_len=7, n_candidates=N_CANDIDATES).save(root / "data")
+    tiny_dataset(**SMALL_DATA).save(root / "data")
     return ProcessedDataset.load(root / "data")
 
 
@@ -429,9 +430,9 @@ def test_bad_input_is_refused_with_one_line(data, sft_lora, sft_full, root):
         with pytest.raises(ConfigError, match="option --negatives: got .*expected an integer >= 1 or all"):
             sdpo_config(root, "never", negatives=bad)
     # an SFT model trained on another catalog, or on the same catalog with other held-out users
-    tiny_dataset(n_users=18, n_items=30, seq_len=7, n_candidates=N_CANDIDATES).save(root / "other-catalog")
+    tiny_dataset(**{**SMALL_DATA, "n_items": 30}).save(root / "other-catalog")
     one_line_error(sdpo_config(root, "never", data=root / "other-catalog"), CheckpointError, "another catalog")
-    reshuffled = tiny_dataset(n_users=18, n_items=24, seq_len=7, n_candidates=N_CANDIDATES)
+    reshuffled = tiny_dataset(**SMALL_DATA)
     reshuffled.users = reshuffled.users.assign(split=reshuffled.users["split"].to_numpy()[::-1])
     reshuffled.save(root / "other-split")
     one_line_error(sdpo_config(root, "never", data=root / "other-split"), CheckpointError, "cannot be used with")

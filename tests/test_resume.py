@@ -23,6 +23,7 @@ import pytorch_lightning as pl
 import torch
 from safetensors.torch import load_file, save_file
 from test_llm_support import saved_encoder, tiny_dataset
+from tiny import TINY_LLAMA, flags
 from torch.utils.data import DataLoader, TensorDataset
 
 from llmrec.base.atomic import read_output_marker
@@ -282,7 +283,6 @@ def test_train_encoder_killed_and_resumed_ends_like_an_uninterrupted_run(stage_d
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-TINY = ["--tiny-layers", "2", "--tiny-hidden", "32", "--tiny-heads", "2", "--max-length", "256"]
 LLM_OPTIONS = ["--batch-size", "2", "--eval-batch-size", "4", "--max-valid-samples", "4", "--max-test-samples", "6",
                "--val-check-interval", "0.5", "--device", "cpu", "--no-progress-bar", "--resume-every", "2"]
 LLM_KEYS = ["valid/hr@1", "best_step", "valid/history", "test/hr@1", "test/candidates/ndcg@5"]
@@ -293,7 +293,8 @@ def sft(stage_data):
     # hybrid prompts with the linear curriculum: the module's coin decides text or hybrid per batch
     saved_encoder(ProcessedDataset.load(stage_data / "data"), stage_data / "enc")
     command = ["train-llm", "--data", str(stage_data / "data"), "--encoder", str(stage_data / "enc"), "--epochs", "2",
-               "--max-train-samples", "24", "--lr", "3e-3", "--cache-dir", str(stage_data / "cache"), *TINY, *LLM_OPTIONS]
+               "--max-train-samples", "24", "--lr", "3e-3", "--cache-dir", str(stage_data / "cache"),
+               *flags(TINY_LLAMA), *LLM_OPTIONS]
     _kill_resume_compare(command, stage_data, "sft", LLM_KEYS)
     return stage_data / "sft-full"
 

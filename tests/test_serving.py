@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 from test_llm_support import full_sequence_scores
-from test_serving_support import same_answer, trained_checkpoint
+from test_serving_support import same_answer
 
 from llmrec.commands.cli import main
 from llmrec.data.catalog import Catalog
@@ -34,23 +34,7 @@ from llmrec.serving.predict import format_table, parse_items
 from llmrec.serving.recommender import DEFAULT_RETRIEVE_N, Recommender, RequestError, load_item_index
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model is fastest on one thread, and the machine's cores may be busy with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return trained_checkpoint(tmp_path_factory) / "sft"
-
-
-@pytest.fixture(scope="module")
-def rec(ckpt):
-    return Recommender.from_pretrained(ckpt, device="cpu")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # `ckpt` and `rec` come from conftest.py
 
 
 def hand_ranking(rec: Recommender, window: list[int], candidates: list[int], hybrid: bool = True):

@@ -19,35 +19,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_serving_support import ServerThread, request, same_answer, trained_checkpoint
+from test_serving_support import ServerThread, request, same_answer
 
 from llmrec.base.errors import ConfigError
-from llmrec.serving.recommender import Recommender
 from llmrec.serving.server import TOKEN_ENV, Limits, bind_socket, create_app, read_token, validation_message
 
 LIMITS = Limits(max_body_bytes=4096, max_history=40, max_candidates=12, max_batch_users=5)  # max_k: 100 -> 24
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model is fastest on one thread, and the machine's cores may be busy with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return trained_checkpoint(tmp_path_factory) / "sft"
-
-
-@pytest.fixture(scope="module")
-def rec(ckpt):
-    return Recommender.from_pretrained(ckpt, device="cpu")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # `ckpt` and `rec` come from conftest.py
 
 
 def start(rec, token=None, batch_size=8, batch_wait_ms=10.0) -> tuple[ServerThread, object]:

@@ -1,5 +1,6 @@
-"""Shared helpers of the serving tests: ONE tiny checkpoint per test session (trained through the CLI), a real
-uvicorn server on 127.0.0.1 in a thread, a small HTTP client, and answer comparison with a float tolerance."""
+"""Shared helpers of the serving tests that are not fixtures (the checkpoint and the `Recommender` they serve are
+conftest.py's `ckpt` and `rec`): a real uvicorn server on 127.0.0.1 in a thread, a small HTTP client, and answer
+comparison with a float tolerance."""
 
 from __future__ import annotations
 
@@ -7,31 +8,7 @@ import http.client
 import json
 import threading
 import time
-from pathlib import Path
 from typing import Any
-
-from test_llm_support import saved_encoder, tiny_dataset
-
-from llmrec.commands.cli import main
-from llmrec.data.dataset import ProcessedDataset
-
-_BUILT: dict[str, Path] = {}
-TINY = ["--tiny-layers", "2", "--tiny-hidden", "32", "--tiny-heads", "2", "--max-length", "256", "--max-steps", "1",
-        "--max-valid-samples", "4", "--device", "cpu", "--no-progress-bar"]
-
-
-def trained_checkpoint(tmp_path_factory) -> Path:
-    """A prepared tiny dataset (24 items), a GRU4Rec encoder saved without a faiss index, and a tiny hybrid SFT
-    checkpoint trained for one step with `llmrec train-llm`: built once per session, shared by the test files."""
-    if "root" not in _BUILT:
-        root = tmp_path_factory.mktemp("serving")
-        tiny_dataset(n_users=18, n_items=24, seq_len=7, n_candidates=6).save(root / "data")
-        saved_encoder(ProcessedDataset.load(root / "data"), root / "enc")
-        assert main(["train-llm", "--data", str(root / "data"), "--encoder", str(root / "enc"), "--out",
-                     str(root / "sft"), "--cache-dir", str(root / "cache"), *TINY]) == 0
-        _BUILT["root"] = root
-    return _BUILT["root"]
-
 
 def same_answer(got: list[dict[str, Any]], want: list[dict[str, Any]], tol: float = 1e-4) -> bool:
     """Equal answers: same items, titles and ranks; scores equal up to `tol` (a batch of other sizes pads
