@@ -82,8 +82,8 @@ def fitted(smollm2, tmp_path_factory) -> tuple[Path, Path, float]:
     data = ProcessedDataset.load(root / "data")
     saved_encoder(data, root / "encoder", hidden_size=8)
     config = TrainLLMConfig(data=root / "data", encoder=root / "encoder", llm="smollm2-135m", out=root / "ckpt",
-                            cache_dir=smollm2.parent, epochs=3, max_steps=9,
-                            batch_size=4, eval_batch_size=4, lr=1e-2, max_valid_samples=2, max_test_samples=3,
+                            cache_dir=smollm2.parent, epochs=2, max_steps=8,
+                            batch_size=2, eval_batch_size=4, lr=1e-2, max_valid_samples=2, max_test_samples=3,
                             lora_r=8, lora_dropout=0.0, device="cpu", progress_bar=False, seed=0)
     start = time.perf_counter()
     assert run_train_llm(config) == 0
