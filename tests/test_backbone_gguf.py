@@ -9,6 +9,7 @@ cached model folder must hold exactly the source weights.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from llmrec.llm import backbone, backbone_presets, gguf as gguf_cache
 
 gguf = pytest.importorskip("gguf", reason="the `gguf` package reads GGUF files (setup.cfg install_requires)")
 
-HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, CONTEXT = 32, 2, 4, 2, 64, 128
+HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, CONTEXT = 32, 2, 4, 2, 64, 512
 MERGES = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a"]
 
 
@@ -256,3 +257,35 @@ def test_the_smollm2_preset_is_pinned_to_the_package_the_makefile_installs():
 def test_a_missing_folder_names_every_kind_of_llm(tmp_path):
     with pytest.raises(ConfigError, match="smollm2-135m.*gguf"):
         backbone.resolve_backbone(str(tmp_path / "nope"), tmp_path)
+
+
+def test_train_llm_on_a_gguf_file_and_load_the_checkpoint_elsewhere(tiny_gguf, tmp_path, monkeypatch):
+    """A LoRA checkpoint records the dequantised folder and its fingerprint; when that cache is gone (another
+    machine), `--llm FILE.gguf` rebuilds it, bit for bit, and the checkpoint accepts it."""
+    from llmrec.data.dataset import ProcessedDataset
+    from llmrec.evaluation.llm_split import rank_split
+    from llmrec.llm.checkpoint import load_recommender
+    from llmrec.llm.train import run_train_llm
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_llm_support import tiny_config, tiny_dataset
+
+    path, _ = tiny_gguf
+    tiny_dataset(n_users=12, n_items=10, seq_len=5, n_candidates=4).save(tmp_path / "data")
+    data = ProcessedDataset.load(tmp_path / "data")
+    config = tiny_config(tmp_path, data=tmp_path / "data", out=tmp_path / "ckpt", llm=str(path), prompt="text",
+                         max_steps=2, max_valid_samples=2, max_test_samples=3, eval_batch_size=3)
+    assert run_train_llm(config) == 0
+    facts = json.loads((tmp_path / "ckpt" / "checkpoint.json").read_text())
+    cache = Path(facts["base"]["path"])
+    assert facts["finetune"] == "lora" and cache.parent == tmp_path / "cache" and cache.name.startswith("gguf-")
+    trained = rank_split(load_recommender(tmp_path / "ckpt", data), data, "test", "score", max_samples=3)
+    shutil.rmtree(cache)
+    moved = tmp_path / "elsewhere" / "ckpt"
+    shutil.move(str(tmp_path / "ckpt"), moved)
+    with pytest.raises(CheckpointError, match="base model .* is not there"):
+        load_recommender(moved, data)
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the default cache (data/cache/llm) is relative to where one runs
+    again = rank_split(load_recommender(moved, data, llm=str(path)), data, "test", "score", max_samples=3)
+    assert (tmp_path / "elsewhere" / backbone.DEFAULT_CACHE_DIR / cache.name / "config.json").is_file()
+    np.testing.assert_allclose(np.stack(again["scores"]), np.stack(trained["scores"]), rtol=0, atol=1e-5)
