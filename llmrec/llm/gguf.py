@@ -112,9 +112,9 @@ def dequantise(path: Path, out: Path) -> dict[str, Any]:
     settings = {k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"}
     config = type(loaded.config).from_dict(settings)
     config.name_or_path = ""
-    with torch.random.fork_rng(devices=[]):  # the random init is overwritten; it must not move the caller's RNG
+    with torch.device("meta"):  # no random init (seconds for 135M parameters) and no second copy in memory
         plain = type(loaded)(config)
-    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False, assign=True)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
         raise CheckpointError(f"--llm {path}: its tensors do not fit {type(plain).__name__} (missing "
