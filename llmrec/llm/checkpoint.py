@@ -150,7 +150,7 @@ def base_folder(folder: Path, facts: LLMFacts, llm: str | Path | None) -> Path:
     """Where the base model of a LoRA checkpoint is: --llm, the bundled tiny base, the recorded path, or the
     recorded path relative to the checkpoint folder (a checkpoint and its base moved together)."""
     if llm is not None and str(llm) != backbone.TINY:
-        return backbone.check_model_folder(Path(llm))
+        return backbone.resolve_backbone(llm)
     if (folder / BASE_DIR / "config.json").is_file():
         return folder / BASE_DIR
     base = facts.base

