@@ -35,7 +35,6 @@ import logging
 import platform
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
