@@ -263,14 +263,15 @@ def test_train_llm_on_a_gguf_file_and_load_the_checkpoint_elsewhere(tiny_gguf, t
     """A LoRA checkpoint records the dequantised folder and its fingerprint; when that cache is gone (another
     machine), `--llm FILE.gguf` rebuilds it, bit for bit, and the checkpoint accepts it."""
     from llmrec.data.dataset import ProcessedDataset
-    from llmrec.evaluation.llm_split import rank_split
+    from llmrec.llm.ranker import evaluate_split
     from llmrec.llm.checkpoint import load_recommender
     from llmrec.llm.train import run_train_llm
 
     sys.path.insert(0, str(Path(__file__).parent))
     from test_llm_support import tiny_config, tiny_dataset
 
-    path, _ = tiny_gguf
+    path = tmp_path / "base.gguf"  # a copy: this test removes it at the end
+    shutil.copy(tiny_gguf[0], path)
     tiny_dataset(n_users=12, n_items=10, seq_len=5, n_candidates=4).save(tmp_path / "data")
     data = ProcessedDataset.load(tmp_path / "data")
     config = tiny_config(tmp_path, data=tmp_path / "data", out=tmp_path / "ckpt", llm=str(path), prompt="text",
@@ -279,13 +280,22 @@ def test_train_llm_on_a_gguf_file_and_load_the_checkpoint_elsewhere(tiny_gguf, t
     facts = json.loads((tmp_path / "ckpt" / "checkpoint.json").read_text())
     cache = Path(facts["base"]["path"])
     assert facts["finetune"] == "lora" and cache.parent == tmp_path / "cache" and cache.name.startswith("gguf-")
-    trained = rank_split(load_recommender(tmp_path / "ckpt", data), data, "test", "score", max_samples=3)
+    trained = evaluate_split(load_recommender(tmp_path / "ckpt", data), data, "test", "score", max_samples=3)[1]
+    assert facts["base"]["source"] == str(path.resolve())  # what rebuilds the base where the cache is missing
     shutil.rmtree(cache)
     moved = tmp_path / "elsewhere" / "ckpt"
     shutil.move(str(tmp_path / "ckpt"), moved)
-    with pytest.raises(CheckpointError, match="base model .* is not there"):
-        load_recommender(moved, data)
     monkeypatch.chdir(tmp_path / "elsewhere")  # the default cache (data/cache/llm) is relative to where one runs
-    again = rank_split(load_recommender(moved, data, llm=str(path)), data, "test", "score", max_samples=3)
+    again = evaluate_split(load_recommender(moved, data, llm=str(path)), data, "test", "score", max_samples=3)[1]
     assert (tmp_path / "elsewhere" / backbone.DEFAULT_CACHE_DIR / cache.name / "config.json").is_file()
     np.testing.assert_allclose(np.stack(again["scores"]), np.stack(trained["scores"]), rtol=0, atol=1e-5)
+    # without --llm: the recorded source (the GGUF file) is dequantised again, the fingerprint matches
+    shutil.rmtree(tmp_path / "elsewhere" / backbone.DEFAULT_CACHE_DIR / cache.name)
+    rebuilt = evaluate_split(load_recommender(moved, data), data, "test", "score", max_samples=3)[1]
+    assert (tmp_path / "elsewhere" / backbone.DEFAULT_CACHE_DIR / cache.name / "config.json").is_file()
+    np.testing.assert_allclose(np.stack(rebuilt["scores"]), np.stack(trained["scores"]), rtol=0, atol=1e-5)
+    # with neither the folder nor the GGUF file, the error names what the base was made from
+    shutil.rmtree(tmp_path / "elsewhere" / backbone.DEFAULT_CACHE_DIR / cache.name)
+    path.rename(path.with_suffix(".gone"))
+    with pytest.raises(CheckpointError, match=f"base model .* is not there.*made from {path.resolve()}"):
+        load_recommender(moved, data)

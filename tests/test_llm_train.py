@@ -221,7 +221,7 @@ def test_checkpoint_and_base_model_must_match(small_data, encoder, encoder_dir, 
         load_recommender(tmp_path / "ckpt", small_data, llm=tmp_path / "typo")
     assert load_recommender(tmp_path / "ckpt", small_data, llm=base).prompt == "hybrid"
     base.rename(tmp_path / "moved")  # the base moved and nobody says where: a clear error, then --llm works
-    with pytest.raises(CheckpointError, match="pass the base model's folder with --llm"):
+    with pytest.raises(CheckpointError, match="pass the base model with --llm \(its folder, .gguf file or preset name\)$"):
         load_recommender(tmp_path / "ckpt", small_data)
     assert load_recommender(tmp_path / "ckpt", small_data, llm=tmp_path / "moved").prompt == "hybrid"
 

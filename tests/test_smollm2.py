@@ -91,7 +91,7 @@ def fitted(smollm2, tmp_path_factory) -> tuple[Path, Path, float]:
 
 
 def test_a_checkpoint_on_smollm2_records_its_base_and_scores_identically_after_a_move(fitted, tmp_path):
-    from llmrec.evaluation.llm_split import rank_split
+    from llmrec.llm.ranker import evaluate_split
     from llmrec.llm.checkpoint import load_recommender
 
     ckpt, data_dir, _ = fitted
@@ -105,19 +105,20 @@ def test_a_checkpoint_on_smollm2_records_its_base_and_scores_identically_after_a
     shutil.copytree(ckpt, moved)
     data = ProcessedDataset.load(data_dir)
     lm = load_recommender(moved, data)
-    again = rank_split(lm, data, "test", "score", batch_size=4, max_samples=3, seed=0)
+    again = evaluate_split(lm, data, "test", "score", batch_size=4, max_samples=3, seed=0)[1]
     assert list(again["user_id"]) == list(trained["user_id"])
     np.testing.assert_allclose(np.stack(again["scores"]), np.stack(trained["scores"]), rtol=0, atol=1e-4)
 
 
 def test_generate_names_a_candidate_title_after_a_short_fit(fitted):
-    from llmrec.evaluation.llm_split import INVALID, rank_split
+    from llmrec.evaluation.scores import INVALID
+    from llmrec.llm.ranker import evaluate_split
     from llmrec.llm.checkpoint import load_recommender
 
     ckpt, data_dir, seconds = fitted
     data = ProcessedDataset.load(data_dir)
     lm = load_recommender(ckpt, data)
-    ranked = rank_split(lm, data, "test", "generate", batch_size=4, max_samples=3, seed=0, max_new_tokens=12)
+    ranked = evaluate_split(lm, data, "test", "generate", batch_size=4, max_samples=3, seed=0, max_new_tokens=12)[1]
     valid = ranked[ranked["chosen"] != INVALID]
     assert len(valid), f"no generation named a candidate: {list(ranked['text'])}"
     for text, chosen in zip(valid["text"], valid["chosen"]):

@@ -101,6 +101,18 @@ def resolve_backbone(llm: str | Path, cache_dir: Path = DEFAULT_CACHE_DIR) -> Pa
     return check_model_folder(Path(name))
 
 
+def rebuildable_source(llm: str | Path) -> str | None:
+    """The `--llm` value a checkpoint records so that its base can be rebuilt where the dequantised folder is
+    missing: a preset name as given, a `.gguf` file as an absolute path; None for `tiny` and model folders (a
+    folder cannot be rebuilt; the tiny base travels inside LoRA checkpoints)."""
+    name = str(llm)
+    if name in PRESETS:
+        return name
+    if name.lower().endswith(".gguf"):
+        return str(Path(name).resolve())
+    return None
+
+
 def check_model_folder(path: Path) -> Path:
     """A clear error for a missing path or a folder that is not a Hugging Face causal-LM folder."""
     path = Path(path)

@@ -42,6 +42,7 @@ from llmrec.encoders.base import SequentialEncoder
 from llmrec.encoders.checkpoint import load_encoder
 from llmrec.base.errors import CheckpointError, ConfigError
 from llmrec.llm import backbone
+from llmrec.llm.backbone_presets import PRESETS
 from llmrec.llm.facts import FACTS_FILE, SPEC, LLMFacts, read_llm_facts
 from llmrec.llm.hybrid import SCORE_NORMS, HybridLM, ScoreNorm
 from llmrec.llm.lora import load_lora
@@ -148,7 +149,8 @@ def check_data_matches(folder: Path, facts: LLMFacts, data: ProcessedDataset) ->
 
 def base_folder(folder: Path, facts: LLMFacts, llm: str | Path | None) -> Path:
     """Where the base model of a LoRA checkpoint is: --llm, the bundled tiny base, the recorded path, or the
-    recorded path relative to the checkpoint folder (a checkpoint and its base moved together)."""
+    recorded path relative to the checkpoint folder (a checkpoint and its base moved together), or, for a base made
+    from a preset or a GGUF file, that source dequantised again (into the default cache)."""
     if llm is not None and str(llm) != backbone.TINY:
         return backbone.resolve_backbone(llm)
     if (folder / BASE_DIR / "config.json").is_file():
@@ -157,8 +159,12 @@ def base_folder(folder: Path, facts: LLMFacts, llm: str | Path | None) -> Path:
     for candidate in (Path(base.path), (folder / base.relative) if base.relative else None):
         if candidate is not None and (candidate / "config.json").is_file():
             return candidate
+    if base.source is not None and (base.source in PRESETS or Path(base.source).is_file()):
+        # a preset or a GGUF file: dequantise it again here (the fingerprint check that follows proves it is the same)
+        return backbone.resolve_backbone(base.source)
     raise CheckpointError(f"{folder}: its base model {base.path} is not there (nor at {base.relative} "
-                          f"relative to the checkpoint); pass the base model's folder with --llm PATH")
+                          f"relative to the checkpoint); pass the base model with --llm (its folder, .gguf file "
+                          f"or preset name{f': it was made from {base.source}' if base.source else ''})")
 
 
 def load_recommender(folder: Path, data: ProcessedDataset | None = None, encoder: SequentialEncoder | None = None,

@@ -33,17 +33,22 @@ RETRAIN = "retrain it with `llmrec train-llm`"
 @dataclass(frozen=True)
 class BaseModelFacts:
     """The base model: where it was (absolute, and relative to the checkpoint), the tiny spec when llmrec built
-    it, its fingerprint (`llmrec.llm.backbone.base_fingerprint`)."""
+    it, its fingerprint (`llmrec.llm.backbone.base_fingerprint`), and, for a base made from a preset name or a
+    `.gguf` file, that `--llm` value (`source`), from which a machine without the dequantised folder rebuilds it."""
 
     path: str
     fingerprint: dict[str, Any]
     relative: str | None = None
     tiny: dict[str, Any] | None = None
+    source: str | None = None
     # the built tiny base's folder while saving a LoRA checkpoint (copied into it as `base/`); never written
     tiny_folder: str | None = field(default=None, metadata={INTERNAL: True})
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "relative": self.relative, "tiny": self.tiny, "fingerprint": self.fingerprint}
+        out = {"path": self.path, "relative": self.relative, "tiny": self.tiny, "fingerprint": self.fingerprint}
+        if self.source is not None:  # only bases made from a preset or a GGUF file have one (older files unchanged)
+            out["source"] = self.source
+        return out
 
 
 @dataclass(frozen=True)

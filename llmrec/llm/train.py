@@ -180,6 +180,7 @@ def build_recommender(config: TrainLLMConfig, data: ProcessedDataset, encoder: S
                      catalog_fingerprint=data.catalog_fingerprint(), split=split_fingerprint(data),
                      n_candidates=data.meta.get("n_candidates"), max_history=data.meta.get("max_history"),
                      base=BaseModelFacts(path=str(path.resolve()), relative=None, tiny=tiny, fingerprint=base,
+                                         source=backbone.rebuildable_source(config.llm),
                                          tiny_folder=str(path) if tiny and finetune == "lora" else None),
                      first_new_row=min(slots.history, slots.candidate, slots.text, slots.summary),
                      embedding_rows=backbone.embedding_rows(model), vocab_size=len(tokenizer), llm_hidden=llm_hidden,
