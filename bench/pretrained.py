@@ -74,7 +74,7 @@ def demo_rows(demo: Path) -> dict[str, dict[str, Any]]:
     """MostPop, SASRec and the tiny SFT LLM as the demo ranked them on its 1,000 test samples."""
     rows = {}
     for name, folder, extra in (("mostpop", "mostpop", {"finetune": None}), ("sasrec", "sasrec", {"finetune": None}),
-                                ("tiny_sft", "llm", {"finetune": "full", "prompt": "hybrid", "score_norm": "mean",
+                                ("tiny_sft", "llm-hybrid-sasrec", {"finetune": "full", "prompt": "hybrid", "score_norm": "mean",
                                                      "sft_samples": 20000})):
         metrics_file = demo / folder / "eval-test-score" / "metrics.json"
         if not metrics_file.is_file():
