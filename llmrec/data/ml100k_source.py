@@ -28,6 +28,7 @@ from pathlib import Path
 from llmrec.data.formats.movielens_100k import load_grouplens_100k
 from llmrec.data.formats.recbole import load_recbole_ml100k
 from llmrec.data.raw import RawData, RawFile
+from llmrec.base.files import file_sha256
 from llmrec.base.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -48,13 +49,6 @@ RECBOLE_MEMBERS: dict[str, tuple[str, str]] = {
 }
 PIP_TIMEOUT_S = 300
 
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------ fetchers
@@ -92,13 +86,13 @@ def _from_grouplens_zip(path: Path, kind: str, location: str) -> RawData:
     files = [RawFile(name=f"{path}!{m}", data=data[m]) for m in GROUPLENS_MEMBERS]
     raw = load_grouplens_100k(*files)
     raw.source = {"kind": kind, "location": location, "format": "grouplens",
-                  "files": {path.name: _sha256_file(path), **{f.basename: f.sha256() for f in files}}}
+                  "files": {path.name: file_sha256(path), **{f.basename: f.sha256() for f in files}}}
     return raw
 
 
 def _from_recbole_wheel(path: Path, kind: str, location: str) -> RawData:
     """Read the two ML-100K atomic files from the recbole wheel, checking every checksum."""
-    sha = _sha256_file(path)
+    sha = file_sha256(path)
     if sha != RECBOLE_WHEEL_SHA256:
         raise OSError(f"{path} has sha256 {sha}, expected {RECBOLE_WHEEL_SHA256} ({RECBOLE_WHEEL})")
     files = []

@@ -26,8 +26,8 @@ from llmrec.base.errors import DataError
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.sampling import LAST_COLUMN
 from llmrec.encoders.base import SequentialEncoder, pad_left
-from llmrec.evaluation.evaluator import CANDIDATE_KS, FULL_KS
-from llmrec.evaluation.metrics import candidate_metrics, mask_seen_items, target_ranks
+from llmrec.evaluation.evaluator import rank_metrics
+from llmrec.evaluation.metrics import mask_seen_items, target_ranks
 
 HistorySource = Literal["auto", "sequence", "sample"]
 FAIRNESS_GROUPS = 5  # popularity groups (IFairLRS's default)
@@ -166,17 +166,7 @@ def rank_rows(encoder: SequentialEncoder, eval_set: EvalSet, rows: np.ndarray
 
 def metrics_from_ranks(eval_set: EvalSet, full_ranks: torch.Tensor, cand_ranks: torch.Tensor | None
                        ) -> dict[str, float]:
-    out = candidate_metrics(full_ranks, prefix="full/", ks=FULL_KS)
-    if cand_ranks is not None:
-        out.update(candidate_metrics(cand_ranks, prefix="candidates/", ks=CANDIDATE_KS))
-    if eval_set.last is not None:
-        last = torch.as_tensor(eval_set.last)
-        sub = candidate_metrics(full_ranks[last], prefix="full/", ks=(10,))
-        out.update({f"{k}_last": v for k, v in sub.items()})
-        if cand_ranks is not None:
-            sub = candidate_metrics(cand_ranks[last], prefix="candidates/", ks=(1, 5))
-            out.update({f"{k}_last": v for k, v in sub.items()})
-        out["n_samples_last"] = int(last.sum())
+    out = rank_metrics(full_ranks, cand_ranks, eval_set.last)
     out["n_samples"] = len(eval_set)
     return out
 

@@ -100,6 +100,26 @@ def last_mask(evaluation: Evaluation, data: ProcessedDataset) -> np.ndarray | No
     return None
 
 
+def rank_metrics(full_ranks: torch.Tensor, cand_ranks: torch.Tensor | None, last: np.ndarray | None
+                 ) -> dict[str, Any]:
+    """`full/hr@k`, `full/ndcg@k` from 0-based full-catalog target ranks [N], `candidates/...` from candidate ranks
+    [N] (None: no candidates), and, given the [N] bool final-position mask of an `all` eval set, `full/ndcg@10_last`,
+    `candidates/hr@1_last` ... on those samples with `n_samples_last`: what train-encoder reports for a split, in
+    its per-epoch validation too (`llmrec.encoders.evaluate.metrics_from_ranks`)."""
+    out: dict[str, Any] = candidate_metrics(full_ranks, prefix="full/", ks=FULL_KS)
+    if cand_ranks is not None:
+        out.update(candidate_metrics(cand_ranks, prefix="candidates/", ks=CANDIDATE_KS))
+    if last is not None:
+        mask = torch.as_tensor(last)
+        sub = candidate_metrics(full_ranks[mask], prefix="full/", ks=(10,))
+        out.update({f"{k}_last": v for k, v in sub.items()})
+        if cand_ranks is not None:
+            sub = candidate_metrics(cand_ranks[mask], prefix="candidates/", ks=(1, 5))
+            out.update({f"{k}_last": v for k, v in sub.items()})
+        out["n_samples_last"] = int(mask.sum())
+    return out
+
+
 def catalog_metrics(evaluation: Evaluation, data: ProcessedDataset, groups: ItemGroups | None) -> dict[str, Any]:
     """train-encoder's metrics of a split (module docstring); DataError when the ranker ranked no catalog."""
     catalog = evaluation.catalog
@@ -107,18 +127,7 @@ def catalog_metrics(evaluation: Evaluation, data: ProcessedDataset, groups: Item
         raise DataError("full-catalog metrics need a ranker that ranks the whole catalog (an encoder or MostPop)")
     full_ranks = catalog.target_ranks
     cand_ranks = candidate_ranks(evaluation.table) if evaluation.has_candidates else None
-    out: dict[str, Any] = candidate_metrics(full_ranks, prefix="full/", ks=FULL_KS)
-    if cand_ranks is not None:
-        out.update(candidate_metrics(cand_ranks, prefix="candidates/", ks=CANDIDATE_KS))
-    mask = last_mask(evaluation, data)
-    if mask is not None:
-        last = torch.as_tensor(mask)
-        sub = candidate_metrics(full_ranks[last], prefix="full/", ks=(10,))
-        out.update({f"{k}_last": v for k, v in sub.items()})
-        if cand_ranks is not None:
-            sub = candidate_metrics(cand_ranks[last], prefix="candidates/", ks=(1, 5))
-            out.update({f"{k}_last": v for k, v in sub.items()})
-        out["n_samples_last"] = int(mask.sum())
+    out: dict[str, Any] = rank_metrics(full_ranks, cand_ranks, last_mask(evaluation, data))
     out["n_samples"] = len(evaluation.table)
     if groups is None:
         return out

@@ -13,7 +13,6 @@ reader maps the file with numpy, the cache is safetensors and JSON.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -22,20 +21,12 @@ from typing import Any
 import torch
 
 from llmrec.base.atomic import atomic_directory
+from llmrec.base.files import file_sha256
 from llmrec.base.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 CACHE_MARKER = "llmrec_gguf.json"  # written last into the cache folder: what it was made from
 GGUF_MAGIC = b"GGUF"
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks (about 0.3 s for 100 MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cache_folder(cache_dir: Path, sha256: str) -> Path:
