@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -58,7 +59,7 @@ def machine() -> dict[str, Any]:
     import torch
     import transformers
 
-    return {"cpu": cpu_name(), "cores": __import__("os").cpu_count(), "torch": torch.__version__,
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "transformers": transformers.__version__,
             "python": platform.python_version()}
 
@@ -70,23 +71,32 @@ def metrics_row(metrics: dict[str, Any], **more: Any) -> dict[str, Any]:
             "n_samples": metrics.get("n_samples"), **more}
 
 
-def demo_rows(demo: Path) -> dict[str, dict[str, Any]]:
-    """MostPop, SASRec and the tiny SFT LLM as the demo ranked them on its 1,000 test samples."""
+def demo_rows(demo: Path, data) -> dict[str, dict[str, Any]]:
+    """MostPop, SASRec and the tiny SFT LLM as the demo ranked them on its 1,000 test samples: the metrics are
+    recomputed from each ranking's scores.parquet by the same functions as every other row (mgu@1 included)."""
+    from llmrec.evaluation.groups import item_groups
+    from llmrec.evaluation.ranked_metrics import ranked_fairness, split_metrics
+    from llmrec.evaluation.scores import read_scores
+
+    groups = item_groups(data, "popularity")
     rows = {}
     for name, folder, extra in (("mostpop", "mostpop", {"finetune": None}), ("sasrec", "sasrec", {"finetune": None}),
-                                ("tiny_sft", "llm-hybrid-sasrec", {"finetune": "full", "prompt": "hybrid", "score_norm": "mean",
-                                                     "sft_samples": 20000})):
-        metrics_file = demo / folder / "eval-test-score" / "metrics.json"
-        if not metrics_file.is_file():
-            raise SystemExit(f"{metrics_file} is missing: run `llmrec demo` first (or pass --demo DIR)")
-        metrics = json.loads(metrics_file.read_text())
-        if metrics.get("n_samples") != TEST_SAMPLES or metrics.get("seed") != SEED:
-            raise SystemExit(f"{metrics_file}: ranked {metrics.get('n_samples')} samples with seed "
-                             f"{metrics.get('seed')}; expected the demo's {TEST_SAMPLES} with seed {SEED}")
+                                ("tiny_sft", "llm-hybrid-sasrec", {"finetune": "full", "prompt": "hybrid",
+                                                                   "score_norm": "mean", "sft_samples": 20000})):
+        ranking = demo / folder / "eval-test-score"
+        if not (ranking / "scores.parquet").is_file():
+            raise SystemExit(f"{ranking}/scores.parquet is missing: run `llmrec demo` first (or pass --demo DIR)")
+        recorded = json.loads((ranking / "metrics.json").read_text())
+        if recorded.get("n_samples") != TEST_SAMPLES or recorded.get("seed") != SEED:
+            raise SystemExit(f"{ranking}: ranked {recorded.get('n_samples')} samples with seed "
+                             f"{recorded.get('seed')}; expected the demo's {TEST_SAMPLES} with seed {SEED}")
+        table = read_scores(ranking)
+        metrics = {**split_metrics(table, "score"), **ranked_fairness(table, data, groups)}
         trained = demo / folder / "metrics.json"
         seconds = json.loads(trained.read_text()).get("train_seconds") if trained.is_file() else None
-        rows[name] = metrics_row(metrics, train_seconds=seconds, source=str(metrics_file.relative_to(ROOT))
-                                 if metrics_file.is_relative_to(ROOT) else str(metrics_file), **extra)
+        rows[name] = metrics_row(metrics, train_seconds=seconds, train_seconds_from="the demo run that made it",
+                                 source=str(ranking.relative_to(ROOT))
+                                 if ranking.is_relative_to(ROOT) else str(ranking), **extra)
     return rows
 
 
@@ -205,9 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         if all(k in recorded for k in keys) and name not in args.redo:
             log.info("%s: recorded, skipped (--redo %s to measure it again)", name, name)
             continue
-        started = time.perf_counter()
+        started, load_before = time.perf_counter(), os.getloadavg()[0]
         if name in ("mostpop", "sasrec", "tiny_sft"):
-            new = {name: demo_rows(args.demo)[name]}
+            new = {name: demo_rows(args.demo, data)[name]}
         elif name == "zero_shot":
             new = zero_shot(data, args.work)
         else:
@@ -215,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             new = sft(name, data, args.demo, args.work, n, finetune, args.generate_samples)
         for row in new.values():
             row["measured"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            row["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         rows.update(new)
         log.info("%s done in %.0f s: %s", name, time.perf_counter() - started, json.dumps(new))
         if args.write:
@@ -223,8 +234,10 @@ def main(argv: list[str] | None = None) -> int:
             update_results(RESULTS, "seeds", [SEED])
             update_results(RESULTS, "scale", "CPU budget: one seed (42); SmolLM2-135M trained one epoch on N seeded "
                                              "ML-100K llara training samples; every row ranks the demo's 1,000 "
-                                             "seeded test samples (score mode) and generate mode on the first "
-                                             f"{args.generate_samples} of them")
+                                             "seeded test samples (score mode) and a seeded subset of "
+                                             f"{args.generate_samples} of them in generate mode. Seconds are wall "
+                                             "times on the 2-core CPU; each row records the 1-minute load average "
+                                             "before and after it (about 2 = both cores busy with it alone)")
             update_results(RESULTS, "machine", machine())
             update_results(RESULTS, "date", time.strftime("%Y-%m-%d", time.gmtime()))
             update_results(RESULTS, "command", "python bench/pretrained.py quality --write")
