@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/tables.py          # rewrites the sections between <!-- NAME:START/END --> markers
 Sections: DEMO-RESULTS (bench/results/demo.json, in README.md), SDPO-RESULTS (sdpo.json), SERVING-RESULTS
-(serving.json) and FAIRNESS-RESULTS (fairness.json), in docs/benchmarks.md. A section may sit in any of the
+(serving.json), FAIRNESS-RESULTS (fairness.json) and PRETRAINED-RESULTS (pretrained.json), in docs/benchmarks.md. A section may sit in any of the
 DOCUMENTS; one whose results file is missing is left as it is.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 DOCUMENTS = (ROOT / "README.md", ROOT / "docs" / "benchmarks.md")  # the pages that hold result sections
-SECTIONS = ("SDPO-RESULTS", "SERVING-RESULTS", "FAIRNESS-RESULTS", "DEMO-RESULTS")
+SECTIONS = ("SDPO-RESULTS", "SERVING-RESULTS", "FAIRNESS-RESULTS", "DEMO-RESULTS", "PRETRAINED-RESULTS")
 
 
 def fmt(entry: dict | None, digits: int = 3) -> str:
@@ -165,6 +165,26 @@ def demo_section(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pretrained_section(r: dict) -> str:
+    """The SmolLM2 rows of bench/pretrained.py, each with its scale, in the order they were measured."""
+    machine = r.get("machine", {})
+    lines = [f"`{r.get('command', 'python bench/pretrained.py quality --write')}` ({r.get('date', '?')}; "
+             f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, torch {machine.get('torch', '?')}, "
+             f"transformers {machine.get('transformers', '?')}). Scale: {r.get('scale', '?')}.", "",
+             "| row | fine-tuning | prompt | SFT samples | score | `hr@1` | `candidates/ndcg@5` | `mgu@1` | "
+             "`valid_ratio` (generate) | `hr@1` (generate) | train s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, row in (r.get("rows") or {}).items():
+        cells = [row.get("finetune") or "—", row.get("prompt") or "—",
+                 number(row.get("sft_samples"), ",d") if row.get("sft_samples") is not None else "—",
+                 row.get("score_norm") or "—"]
+        cells += [number(row.get(k), ".3f") for k in ("hr@1", "candidates/ndcg@5", "mgu@1", "valid_ratio",
+                                                      "generate_hr@1")]
+        cells.append(number(row.get("train_seconds"), ".0f"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def replace(text: str, name: str, body: str) -> str:
     start, end = f"<!-- {name}:START -->", f"<!-- {name}:END -->"
     if start not in text:
@@ -178,7 +198,8 @@ def render(text: str) -> str:
     for name, file, section in (("SDPO-RESULTS", "sdpo.json", sdpo_section),
                                 ("SERVING-RESULTS", "serving.json", serving_section),
                                 ("FAIRNESS-RESULTS", "fairness.json", fairness_section),
-                                ("DEMO-RESULTS", "demo.json", demo_section)):
+                                ("DEMO-RESULTS", "demo.json", demo_section),
+                                ("PRETRAINED-RESULTS", "pretrained.json", pretrained_section)):
         path = RESULTS / file
         if path.is_file() and f"<!-- {name}:START -->" in text:
             text = replace(text, name, section(json.loads(path.read_text())))
