@@ -37,3 +37,20 @@ def test_directory_replaced_only_on_success(tmp_path: Path) -> None:
     with atomic_directory(out) as tmp:
         (tmp / "c.txt").write_text("3")
     assert sorted(p.name for p in out.iterdir()) == ["c.txt"]
+
+
+def test_a_damaged_parquet_file_is_one_line_naming_it_and_what_to_do(tmp_path):
+    """`read_scores` and `Catalog.load` read through `base.files.read_parquet`: a truncated file is a CheckpointError
+    naming the file and the command to re-run, not a pyarrow traceback."""
+    from llmrec.base.errors import CheckpointError
+    from llmrec.data.catalog import CATALOG_FILE, Catalog
+    from llmrec.evaluation.scores import SCORES_FILE, read_scores
+
+    (tmp_path / SCORES_FILE).write_bytes(b"PAR1 truncated")
+    with pytest.raises(CheckpointError, match=rf"{SCORES_FILE}: damaged or not a parquet file \(.+\); "
+                                              r"re-run `llmrec evaluate`$"):
+        read_scores(tmp_path)
+    (tmp_path / CATALOG_FILE).write_bytes(b"not parquet at all")
+    with pytest.raises(CheckpointError, match=rf"{CATALOG_FILE}: damaged or not a parquet file \(.+\); "
+                                              rf"re-run the command that wrote {tmp_path}$"):
+        Catalog.load(tmp_path)

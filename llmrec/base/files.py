@@ -76,3 +76,14 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_parquet(path: Path, rerun: str, error: type[Exception]):
+    """The table in the parquet file at `path`; a damaged one (truncated, not parquet) is `error` in one line
+    naming the file, pyarrow's first line and `rerun` (what to do), never a traceback from inside pyarrow."""
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for damaged files
+        raise error(f"{path}: damaged or not a parquet file ({str(e).splitlines()[0]}); {rerun}") from None

@@ -16,6 +16,7 @@ import pandas as pd
 
 from llmrec.base.atomic import atomic_write
 from llmrec.base.errors import CheckpointError
+from llmrec.base.files import read_parquet
 
 CATALOG_FILE = "catalog.parquet"
 CATALOG_COLUMNS: tuple[str, ...] = ("item_id", "title", "genres", "raw_id")
@@ -67,11 +68,7 @@ class Catalog:
         path = Path(folder) / CATALOG_FILE
         if not path.is_file():
             raise CheckpointError(f"{path} is missing; the folder is incomplete (re-run the command that wrote it)")
-        try:
-            table = pd.read_parquet(path)
-        except Exception as e:  # pyarrow raises several types for damaged files
-            raise CheckpointError(f"{path}: damaged or not a parquet file ({str(e).splitlines()[0]}); re-run the "
-                                  f"command that wrote {Path(folder)}") from None
+        table = read_parquet(path, f"re-run the command that wrote {Path(folder)}", CheckpointError)
         missing = [c for c in ("item_id", "title", "domain") if c not in table.columns]
         if missing:
             raise CheckpointError(f"{path}: missing column(s) {', '.join(missing)}")

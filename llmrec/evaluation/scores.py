@@ -24,6 +24,7 @@ import pandas as pd
 
 from llmrec.base.atomic import atomic_write, atomic_write_text, mark_output
 from llmrec.base.errors import CheckpointError, DataError
+from llmrec.base.files import read_parquet
 from llmrec.data.sampling import LAST_COLUMN
 
 Mode = Literal["score", "generate", "constrained"]
@@ -160,11 +161,7 @@ def read_scores(folder: Path) -> pd.DataFrame:
     path = Path(folder) / SCORES_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: expected a folder written by `llmrec evaluate`")
-    try:
-        table = pd.read_parquet(path)
-    except Exception as e:  # pyarrow raises several types for damaged files
-        raise CheckpointError(f"{path}: damaged or not a parquet file ({str(e).splitlines()[0]}); re-run "
-                              f"`llmrec evaluate`") from None
+    table = read_parquet(path, "re-run `llmrec evaluate`", CheckpointError)
     if len(table):
         table.attrs.update({"mode": str(table["mode"].iloc[0]), "split": str(table["split"].iloc[0])})
     return table
