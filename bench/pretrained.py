@@ -16,6 +16,12 @@ Rows (one seed, 42: three seeds do not fit this CPU; every row says its scale):
 - `sft_hybrid_<N>_<lora|full>`: `llmrec train-llm --llm smollm2-135m` with hybrid prompts (the demo's SASRec as
   encoder), the linear text -> hybrid curriculum, one epoch on a seeded subset (seed 42) of N training samples,
   batch 8, LoRA r 16 (alpha 32) lr 1e-3 or full fine-tuning lr 5e-5 (the issue's settings); checkpoint choice on 100 valid samples at the end of the epoch (one choice: the end).
+- ablations at one budget (`--budget N --finetune lora|full`, default the LoRA run on 1,000 samples), each its own
+  training run with ONE setting changed from `sft_hybrid_<N>_<finetune>` (which is itself the `curriculum` row:
+  hybrid prompts, LLaRA's linear curriculum): `sft_text` (text-only prompts), `sft_hybrid_summary` (hybrid +
+  RecInterpreter's whole-history token), `direct` (hybrid from the first step: LLaRA Table 3's "w/o curriculum"),
+  `two_stage` (text for the first half, hybrid for the second), `reweighted` (IFairLRS popularity weights), and
+  `sdpo`: `train-sdpo` (S-DPO, 3 negatives, beta 1, LoRA lr 1e-4, one epoch on N/2 seeded samples) from that SFT run.
 Each LLM row is ranked ONCE in score mode with summed answer log-probs; the mean-per-token ranking of the same
 run is computed exactly from that table (each candidate's summed score divided by its answer's token count, the
 rule `--score-norm mean` applies), so `_sum` and `_mean` rows share one training run and one ranking pass. A row
@@ -50,8 +56,18 @@ TEST_SAMPLES = 1000            # the demo's `--llm-test-samples`
 FINETUNE = {"lora": {"finetune": "lora", "lora_r": 16, "lora_alpha": 32, "lr": 1e-3},
             "full": {"finetune": "full", "lr": 5e-5}}
 BUDGETS = (500, 1000, 2000, 4000)
+# one setting changed from the hybrid linear-curriculum run at the ablation budget (train-llm options)
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "sft_text": {"prompt": "text", "encoder": None},
+    "sft_hybrid_summary": {"prompt": "hybrid+summary"},
+    "direct": {"curriculum": "constant", "curriculum_constant": 1.0},
+    "two_stage": {"curriculum": "step"},
+    "reweighted": {"fairness_weights": "popularity"},
+}
+SDPO = {"negatives": 3, "loss": "sdpo", "beta": 1.0, "lr": 1e-4, "epochs": 1, "batch_size": 8}
 ORDER = ["mostpop", "sasrec", "tiny_sft", "zero_shot",
-         *[f"sft_hybrid_{n}_{ft}" for n in BUDGETS for ft in ("lora", "full")]]
+         *[f"sft_hybrid_{n}_{ft}" for n in BUDGETS for ft in ("lora", "full")],
+         "curriculum", *ABLATIONS, "sdpo"]
 log = logging.getLogger("bench.pretrained")
 
 
@@ -150,32 +166,68 @@ def zero_shot(data, work: Path) -> dict[str, dict[str, Any]]:
                        "rank_seconds": seconds})
 
 
-def sft(name: str, data, demo: Path, work: Path, n: int, finetune: str, generate_samples: int
-        ) -> dict[str, dict[str, Any]]:
-    """Train (or reuse) SmolLM2 SFT on `n` samples, then its sum / mean score rows and its generate metrics."""
-    from llmrec.base.config import resolve_config
-    from llmrec.commands.evaluate import EvaluateConfig, run_evaluate
-    from llmrec.evaluation.scores import read_scores
-    from llmrec.llm.checkpoint import load_recommender
-    from llmrec.llm.train import TrainLLMConfig, run_train_llm
-
-    out = work / name
-    if not (out / "checkpoint.json").is_file():
-        config = resolve_config(TrainLLMConfig, {
-            "data": data.root, "encoder": demo / "sasrec", "llm": "smollm2-135m", "out": out, "prompt": "hybrid",
+def sft_values(data, demo: Path, out: Path, n: int, finetune: str, changed: dict[str, Any]) -> dict[str, Any]:
+    """train-llm's options of an SFT row: the hybrid linear-curriculum run on `n` samples, `changed` applied."""
+    return {"data": data.root, "encoder": demo / "sasrec", "llm": "smollm2-135m", "out": out, "prompt": "hybrid",
             "curriculum": "linear", "epochs": 1, "batch_size": 8, "eval_batch_size": 8, "max_train_samples": n,
             "max_valid_samples": 100, "max_test_samples": TEST_SAMPLES, "val_check_interval": 1.0,
             "warmup_ratio": 0.03, "seed": SEED, "score_norm": "sum", "progress_bar": False,
-            "resume": (Path(f"{out}.resume")).is_dir(), **FINETUNE[finetune]})
-        run_train_llm(config)
+            "resume": (Path(f"{out}.resume")).is_dir(), **FINETUNE[finetune], **changed}
+
+
+def sft(name: str, data, demo: Path, work: Path, n: int, finetune: str, generate_samples: int,
+        changed: dict[str, Any] | None = None, folder: str | None = None) -> dict[str, dict[str, Any]]:
+    """Train (or reuse) SmolLM2 SFT on `n` samples (`changed`: train-llm options that differ from the hybrid
+    linear-curriculum run; `folder`: the run's folder under `work`, default `name`), then its sum / mean score rows
+    and its generate metrics."""
+    from llmrec.base.config import resolve_config
+    from llmrec.llm.train import TrainLLMConfig, run_train_llm
+
+    changed = changed or {}
+    out = work / (folder or name)
+    if not (out / "checkpoint.json").is_file():
+        run_train_llm(resolve_config(TrainLLMConfig, sft_values(data, demo, out, n, finetune, changed)))
+    values = sft_values(data, demo, out, n, finetune, changed)
+    more = {"finetune": finetune, "prompt": values["prompt"], "sft_samples": n, "lr": FINETUNE[finetune]["lr"],
+            "curriculum": values["curriculum"], "fairness_weights": values.get("fairness_weights", "none"),
+            "run": str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out)}
+    return trained_rows(name, out, data, generate_samples, more)
+
+
+def sdpo(name: str, data, demo: Path, work: Path, n: int, finetune: str, generate_samples: int
+         ) -> dict[str, dict[str, Any]]:
+    """S-DPO (3 negatives) from the SFT run at the ablation budget, on n/2 seeded samples; its rows."""
+    from llmrec.base.config import resolve_config
+    from llmrec.preference.train import TrainSDPOConfig, run_train_sdpo
+
+    start = work / f"sft_hybrid_{n}_{finetune}"
+    if not (start / "checkpoint.json").is_file():
+        raise SystemExit(f"{start} is missing: measure sft_hybrid_{n}_{finetune} (or `curriculum`) first")
+    out = work / f"sdpo_{n}_{finetune}"
+    if not (out / "checkpoint.json").is_file():
+        run_train_sdpo(resolve_config(TrainSDPOConfig, {
+            "sft": start, "data": data.root, "out": out, "max_train_samples": n // 2, "max_valid_samples": 100,
+            "max_test_samples": TEST_SAMPLES, "eval_batch_size": 8, "val_check_interval": 1.0, "seed": SEED,
+            "score_norm": "sum", "progress_bar": False, "resume": (Path(f"{out}.resume")).is_dir(), **SDPO}))
+    more = {"finetune": finetune, "prompt": "hybrid", "sft_samples": n, "sdpo_samples": n // 2, "lr": SDPO["lr"],
+            "sdpo": {k: v for k, v in SDPO.items() if k != "lr"}, "run": str(out.relative_to(ROOT))
+            if out.is_relative_to(ROOT) else str(out)}
+    return trained_rows(name, out, data, generate_samples, more)
+
+
+def trained_rows(name: str, out: Path, data, generate_samples: int, more: dict[str, Any]
+                 ) -> dict[str, dict[str, Any]]:
+    """The sum / mean score rows of a trained checkpoint's test ranking, and its generate-mode metrics."""
+    from llmrec.commands.evaluate import EvaluateConfig, run_evaluate
+    from llmrec.evaluation.scores import read_scores
+    from llmrec.llm.checkpoint import load_recommender
+
     trained = json.loads((out / "metrics.json").read_text())
     ranked = read_scores(out / "eval-test-score")
     if len(ranked) != TEST_SAMPLES:
         raise SystemExit(f"{out}/eval-test-score ranked {len(ranked)} samples; expected {TEST_SAMPLES}")
     lm = load_recommender(out, data)
-    more = {"finetune": finetune, "prompt": "hybrid", "sft_samples": n, "train_seconds": trained["train_seconds"],
-            "lr": FINETUNE[finetune]["lr"]}
-    rows = score_rows(name, ranked, answer_lengths(lm), data, more)
+    rows = score_rows(name, ranked, answer_lengths(lm), data, {**more, "train_seconds": trained["train_seconds"]})
     gen_out = out / f"eval-test-generate-{generate_samples}"
     if not (gen_out / "metrics.json").is_file():
         run_evaluate(EvaluateConfig(ckpt=out, data=data.root, mode="generate", split="test",
@@ -198,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "processed" / "ml-100k-llara-all")
     parser.add_argument("--work", type=Path, default=ROOT / "checkpoints" / "bench-pretrained")
     parser.add_argument("--generate-samples", type=int, default=100)
+    parser.add_argument("--budget", type=int, choices=BUDGETS, default=1000,
+                        help="training samples of the ablation rows (curriculum, sft_text, ..., sdpo)")
+    parser.add_argument("--finetune", choices=sorted(FINETUNE), default="lora", help="fine-tuning of the ablations")
     parser.add_argument("--write", action="store_true", help=f"write rows to {RESULTS.relative_to(ROOT)}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -219,6 +274,14 @@ def main(argv: list[str] | None = None) -> int:
             new = {name: demo_rows(args.demo, data)[name]}
         elif name == "zero_shot":
             new = zero_shot(data, args.work)
+        elif name == "curriculum":  # the hybrid linear-curriculum run at the budget: the same run, not retrained
+            new = sft(name, data, args.demo, args.work, args.budget, args.finetune, args.generate_samples,
+                      folder=f"sft_hybrid_{args.budget}_{args.finetune}")
+        elif name in ABLATIONS:
+            new = sft(name, data, args.demo, args.work, args.budget, args.finetune, args.generate_samples,
+                      ABLATIONS[name], folder=f"{name}_{args.budget}_{args.finetune}")
+        elif name == "sdpo":
+            new = sdpo(name, data, args.demo, args.work, args.budget, args.finetune, args.generate_samples)
         else:
             n, finetune = int(name.split("_")[2]), name.split("_")[3]
             new = sft(name, data, args.demo, args.work, n, finetune, args.generate_samples)

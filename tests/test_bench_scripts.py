@@ -194,3 +194,39 @@ def test_result_tables_are_rendered_from_the_committed_results():
     for section in tables.SECTIONS:
         assert sum(f"<!-- {section}:START -->" in text for text in pages.values()) == 1, section
     assert "<!-- DEMO-RESULTS:START -->" in pages["README.md"]  # the newcomer's page shows the demo's figures
+
+
+# ------------------------------------------------------------------------------------------------ bench/pretrained.py
+def _pretrained_bench():
+    sys.path.insert(0, str(BENCH))  # the script imports bench/machine.py as a sibling
+    try:
+        spec = importlib.util.spec_from_file_location("bench_pretrained", BENCH / "pretrained.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+def test_each_pretrained_ablation_is_a_valid_train_llm_run_changing_only_its_setting(tmp_path):
+    from types import SimpleNamespace
+
+    from llmrec.base.config import resolve_config
+    from llmrec.llm.train import TrainLLMConfig
+    from llmrec.preference.train import TrainSDPOConfig
+
+    bench = _pretrained_bench()
+    data, demo = SimpleNamespace(root=tmp_path / "data"), tmp_path / "demo"
+    base = resolve_config(TrainLLMConfig, bench.sft_values(data, demo, tmp_path / "out", 1000, "lora", {}))
+    assert (base.prompt, base.curriculum, base.fairness_weights) == ("hybrid", "linear", "none")
+    assert (base.finetune, base.lora_r, base.lr, base.max_train_samples) == ("lora", 16, 1e-3, 1000)
+    changed_fields = {}
+    for name, changed in bench.ABLATIONS.items():
+        config = resolve_config(TrainLLMConfig, bench.sft_values(data, demo, tmp_path / "out", 1000, "lora", changed))
+        changed_fields[name] = {k for k in vars(base) if getattr(config, k) != getattr(base, k)}
+    assert changed_fields == {"sft_text": {"prompt", "encoder"}, "sft_hybrid_summary": {"prompt"},
+                              "direct": {"curriculum"}, "two_stage": {"curriculum"},
+                              "reweighted": {"fairness_weights"}}
+    sdpo = resolve_config(TrainSDPOConfig, {"sft": tmp_path / "sft", **bench.SDPO})
+    assert (sdpo.negatives, sdpo.loss, sdpo.epochs) == (3, "sdpo", 1)
+    assert bench.ORDER.index("curriculum") > bench.ORDER.index("sft_hybrid_1000_lora")  # it reuses that run
