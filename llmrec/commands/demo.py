@@ -135,6 +135,7 @@ class SampleCosts:
     generate: float  # one sample in generate mode (greedy decoding, 8 prompts a batch)
     load: float      # loading the backbone, once per stage that runs it (llm, evaluate, predict)
     data: float      # the prepare and encoder stages, when the main demo's cannot be reused
+    dequantise: float  # the first run only: the GGUF file dequantised into the backbone cache
 
 
 @dataclass(frozen=True)
@@ -170,8 +171,10 @@ DEMO_PRESETS: dict[str, DemoPreset] = {
                  "1.25 s a sample); the main demo runs both"),
         share_encoders=True, examples=5,
         # issue 19, measured on the reference machine: SFT 2.5-3 s a sample (LoRA r 16, batch 8), score mode
-        # 0.8 samples/s; prepare + encoder: bench/results/demo.json (5 s + 66-82 s)
-        costs=SampleCosts("smollm2-135m", train=2.75, score=1.25, generate=1.5, load=10.0, data=90.0),
+        # 0.8 samples/s; prepare + encoder: bench/results/demo.json (5 s + 66-82 s); dequantising: 50-70 s
+        # (tests/test_smollm2.py)
+        costs=SampleCosts("smollm2-135m", train=2.75, score=1.25, generate=1.5, load=10.0, data=90.0,
+                          dequantise=60.0),
         measured=PRETRAINED_MEASURED),
 }
 MAIN_OUT = next(f.default for f in fields(DemoConfig) if f.name == "out")  # the main demo's folder
@@ -906,6 +909,8 @@ def preset_plan(config: DemoConfig, paths: DemoPaths, gguf: Path | None) -> list
     shipped preset's measured time on the reference machine and an estimate from this run's sample counts), and
     the backbone package it found (`gguf`: its file)."""
     from llmrec.base.config import resolve_config
+    from llmrec.llm.backbone_presets import PRESETS as BACKBONES
+    from llmrec.llm.gguf import CACHE_MARKER, cache_folder
     from llmrec.llm.train import TrainLLMConfig
 
     preset = demo_preset(config)
@@ -925,14 +930,17 @@ def preset_plan(config: DemoConfig, paths: DemoPaths, gguf: Path | None) -> list
     elif train.max_train_samples is None:
         estimate = "no estimate (the LLM stage trains on every training sample)"
     else:
-        estimate = (f"about {duration(estimate_seconds(config, costs, train, paths.shares_encoders))} for a full run "
-                    f"at these sample counts (an estimate from per-sample costs measured on the reference machine, "
+        seconds = estimate_seconds(config, costs, train, paths.shares_encoders)
+        cached = train.llm not in BACKBONES or (cache_folder(train.cache_dir, BACKBONES[train.llm].sha256)
+                                                / CACHE_MARKER).is_file()
+        first = "" if cached else (f", {duration(costs.dequantise)} of which to dequantise the model into "
+                                   f"{train.cache_dir}, once")
+        estimate = (f"about {duration(seconds + (0 if cached else costs.dequantise))} for a full run at these "
+                    f"sample counts{first} (an estimate from per-sample costs measured on the reference machine, "
                     f"a 2-core CPU: {costs.train:g} s a training sample, {costs.score:g} s a sample in score mode, "
                     f"{costs.generate:g} s in generate mode)")
     lines.append(f"  time: {estimate}; the shipped preset measured on the reference machine: {preset.measured}")
     if gguf is not None:
-        from llmrec.llm.backbone_presets import PRESETS as BACKBONES
-
         lines.append(f"  needs the {BACKBONES[train.llm].requirement.split('==')[0]} package (--llm {train.llm}): "
                      f"found {gguf}")
     return lines
