@@ -287,7 +287,7 @@ def test_the_shipped_preset_finds_smollm2_and_estimates_its_time(toy_root, tmp_p
     # the backbone cache of this working directory is empty: the first run dequantises the GGUF file
     assert (f"  time: about {duration(seconds + costs.dequantise)} for a full run at these sample counts, "
             f"{duration(costs.dequantise)} of which to dequantise the model into data/cache/llm, once (an estimate "
-            f"from per-sample costs measured on the reference machine") in out
+            f"from per-sample costs on the reference machine") in out
 
 
 # ------------------------------------------------------------------------------------------------ examples

@@ -170,9 +170,10 @@ DEMO_PRESETS: dict[str, DemoPreset] = {
                  "re-ranking's alpha is chosen on 1,000 valid samples ranked in score mode (about 20 minutes at "
                  "1.25 s a sample); the main demo runs both"),
         share_encoders=True, examples=5,
-        # issue 19, measured on the reference machine: SFT 2.5-3 s a sample (LoRA r 16, batch 8), score mode
-        # 0.8 samples/s; prepare + encoder: bench/results/demo.json (5 s + 66-82 s); dequantising: 50-70 s
-        # (tests/test_smollm2.py)
+        # measured on the reference machine (issue 19): SFT 2.5-3 s a sample (LoRA r 16, batch 8), score mode 0.8
+        # samples/s; prepare + encoder: bench/results/demo.json (5 s + 66-82 s); dequantising: 50-70 s
+        # (tests/test_smollm2.py). Not measured alone yet: generate mode (a ~480-token prompt, then up to 64 greedy
+        # steps a batch) and loading the cached backbone; the timed run of the preset checks the whole.
         costs=SampleCosts("smollm2-135m", train=2.75, score=1.25, generate=1.5, load=10.0, data=90.0,
                           dequantise=60.0),
         measured=PRETRAINED_MEASURED),
@@ -936,8 +937,8 @@ def preset_plan(config: DemoConfig, paths: DemoPaths, gguf: Path | None) -> list
         first = "" if cached else (f", {duration(costs.dequantise)} of which to dequantise the model into "
                                    f"{train.cache_dir}, once")
         estimate = (f"about {duration(seconds + (0 if cached else costs.dequantise))} for a full run at these "
-                    f"sample counts{first} (an estimate from per-sample costs measured on the reference machine, "
-                    f"a 2-core CPU: {costs.train:g} s a training sample, {costs.score:g} s a sample in score mode, "
+                    f"sample counts{first} (an estimate from per-sample costs on the reference machine, a 2-core "
+                    f"CPU: {costs.train:g} s a training sample, {costs.score:g} s a sample in score mode, "
                     f"{costs.generate:g} s in generate mode)")
     lines.append(f"  time: {estimate}; the shipped preset measured on the reference machine: {preset.measured}")
     if gguf is not None:
