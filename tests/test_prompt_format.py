@@ -212,6 +212,33 @@ def test_generate_stops_at_the_end_of_the_answer_line(chat_llama, data, prompt_f
     assert terminated.generated[0] == b.title_ids[first] + [b.terminator] and terminated.chosen == [first]
 
 
+def test_finished_rows_leave_the_batch_and_every_row_decodes_as_alone(chat_llama, data):
+    from llmrec.base.config import resolve_config
+    from llmrec.llm.train import TrainLLMConfig, build_recommender
+
+    config = resolve_config(TrainLLMConfig, {"data": data.root, "llm": str(chat_llama), "prompt": "text",
+                                             "finetune": "full", "prompt_format": "chat", "seed": 0})
+    lm, _ = build_recommender(config, data, None)
+    lm.eval()
+    samples = data.split("test").iloc[:6]
+    widths: list[int] = []
+    handle = lm.model.register_forward_hook(lambda module, args, out: widths.append(out.logits.shape[0]))
+    try:
+        with one_thread():
+            batch = next(iter(prompt_loader(samples, lm.builder, 6, with_answer=False)))
+            together = greedy_decode(lm, batch, constrained=True, hybrid=False)
+            steps = list(widths)
+            alone = [greedy_decode(lm, one, constrained=True, hybrid=False)
+                     for one in prompt_loader(samples, lm.builder, 1, with_answer=False)]
+    finally:
+        handle.remove()
+    assert together == ([g for a in alone for g in a[0]], [c for a in alone for c in a[1]])
+    lengths = sorted(len(g) for g in together[0])
+    # one prompt pass of 6 rows, then each step decodes only the rows whose answer is not complete
+    assert steps == [6] + [sum(n > k for n in lengths) for k in range(1, lengths[-1])]
+    assert lengths[0] < lengths[-1]  # answers of different lengths: rows did leave the batch
+
+
 # ---------------------------------------------------------------------- checkpoints
 @pytest.fixture(scope="module")
 def chat_checkpoint(chat_llama, data, tmp_path_factory) -> Path:

@@ -121,6 +121,7 @@ def greedy_decode(lm: HybridLM, batch: PromptBatch, max_new_tokens: int = MAX_NE
     """Greedy decoding with a KV cache; stops a row at the answer's terminator or the tokenizer's EOS (the same
     token unless a chat template ends turns with its own) and, in free decoding with `stop_at_line_end`, once its
     decoded text (special tokens skipped, as `rank` decodes it) completes a first line (`line_complete`).
+    Finished rows leave the batch (`Cache.batch_select_indices`), so the steps after a row's answer cost nothing.
 
     Returns the generated ids per row and, when `constrained`, the candidate each row's path ended on.
     `max_new_tokens` bounds free decoding only: constrained decoding always runs until every row has completed a
@@ -144,18 +145,19 @@ def greedy_decode(lm: HybridLM, batch: PromptBatch, max_new_tokens: int = MAX_NE
     generated: list[list[int]] = [[] for _ in range(B)]
     chosen: list[int | None] = [None] * B
     done = [False] * B
+    rows = list(range(B))  # the batch row behind each row still decoded (of logits, cache, mask, pos)
     for _ in range(steps):
         if constrained:
             allowed = torch.full_like(logits, float("-inf"))
-            for b in range(B):
+            for r, b in enumerate(rows):
                 if not done[b]:
-                    allowed[b, CandidateTrie.allowed(nodes[b])] = 0.0
+                    allowed[r, CandidateTrie.allowed(nodes[b])] = 0.0
             logits = logits + allowed
-        next_ids = logits.argmax(-1)  # [B]
-        for b in range(B):
+        next_ids = logits.argmax(-1)  # [R]
+        for r, b in enumerate(rows):
             if done[b]:
                 continue
-            t = int(next_ids[b])
+            t = int(next_ids[r])
             generated[b].append(t)
             if constrained:
                 nodes[b] = nodes[b][t]
@@ -166,7 +168,14 @@ def greedy_decode(lm: HybridLM, batch: PromptBatch, max_new_tokens: int = MAX_NE
                 done[b] = True
         if all(done):
             break
-        next_ids = torch.where(torch.tensor(done, device=next_ids.device), eos, next_ids)
+        keep = [r for r, b in enumerate(rows) if not done[b]]
+        if len(keep) < len(rows) and hasattr(cache, "batch_select_indices"):
+            # finished rows leave the batch (their cache too): a step costs the rows still decoding, not B
+            index = torch.tensor(keep, device=next_ids.device)
+            cache.batch_select_indices(index)
+            next_ids, mask, pos, rows = next_ids[index], mask[index], pos[index], [rows[r] for r in keep]
+        else:
+            next_ids = torch.where(torch.tensor([done[b] for b in rows], device=next_ids.device), eos, next_ids)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         pos = pos + 1
         out = lm.model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=pos, use_cache=True,
