@@ -124,3 +124,73 @@ def test_generate_names_a_candidate_title_after_a_short_fit(fitted):
     for text, chosen in zip(valid["text"], valid["chosen"]):
         assert FILMS[int(chosen) - 1].lower() in text.lower()
     print(f"train-llm on smollm2-135m: {seconds:.1f} s; generated {list(ranked['text'])}")
+
+
+# ---------------------------------------------------------------------- prompt formats and decoding (no training)
+def film_builders(smollm2):
+    """(plain, chat) prompt builders of the 7-film catalog on SmolLM2's own tokenizer."""
+    from llmrec.llm.prompts import PromptBuilder
+
+    tok = backbone.load_tokenizer(smollm2)
+    slots = backbone.add_slot_tokens(tok)
+    return tuple(PromptBuilder(tok, [""] + FILMS, "movies", slots, 8192, prompt_format=f) for f in ("plain", "chat"))
+
+
+def test_chat_prompts_use_smollm2s_template_and_answers_keep_their_context_ids(smollm2):
+    plain, chat = film_builders(smollm2)
+    tok = chat.tokenizer
+    im_start, im_end = tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    assert chat.terminator == plain.terminator == im_end == tok.eos_token_id  # SmolLM2 ends a turn with its EOS
+    text = chat.render([1, 2], [3, 4], 0)
+    assert text.startswith("<|im_start|>system\n") and "<|im_start|>user\nA viewer watched" in text
+    assert text.endswith("Next film:<|im_end|>\n<|im_start|>assistant\n")
+    prompt = chat.build([1, 2], [3, 4])
+    assert prompt.ids.count(chat.slots.history) == 2 and prompt.ids.count(chat.slots.candidate) == 2
+    assert prompt.ids.count(im_start) == 3 and prompt.ids[0] == im_start
+    newline = tok("\n", add_special_tokens=False)["input_ids"]
+    for item in range(1, len(FILMS) + 1):
+        # byte-level BPE: a title's ids depend on what precedes it (" Alien" after "Next film:", "Alien" after the
+        # assistant's "\n"), so each format builds them in its own context and training, scoring and decoding all
+        # use those; they are exactly what the tokenizer makes of the whole text
+        for template in range(3):
+            for b, sep, tail in ((plain, " ", []), (chat, "", newline)):
+                prompt_ids = b.bos + b.encode([b.render([1, 2], [item, 3], template)])[0]
+                answer = b.titles[item] + (tok.eos_token if b is plain else "<|im_end|>\n")
+                whole = tok(b.render([1, 2], [item, 3], template) + sep + answer, add_special_tokens=False)
+                assert whole["input_ids"] == prompt_ids + b.answer_ids[item] + tail
+        assert plain.title_ids[item] == tok(" " + FILMS[item - 1], add_special_tokens=False)["input_ids"]
+        assert chat.title_ids[item] == tok(FILMS[item - 1], add_special_tokens=False)["input_ids"]
+    assert not plain.answer_mismatches and not chat.answer_mismatches
+
+
+def test_generate_stops_at_the_end_of_the_line_and_constrained_follows_the_answer_ids(smollm2, tmp_path):
+    from llmrec.base.config import resolve_config
+    from llmrec.llm.datamodule import prompt_loader
+    from llmrec.llm.ranking import greedy_decode, line_complete, rank
+    from llmrec.llm.train import TrainLLMConfig, build_recommender
+
+    tiny_dataset(n_users=18, n_items=len(FILMS), seq_len=4, n_candidates=3, titles=FILMS).save(tmp_path / "data")
+    data = ProcessedDataset.load(tmp_path / "data")
+    config = resolve_config(TrainLLMConfig, {"data": data.root, "llm": "smollm2-135m", "cache_dir": smollm2.parent,
+                                             "prompt": "text", "finetune": "lora", "seed": 0})
+    lm, _ = build_recommender(config, data, None)  # untrained: LoRA starts as the identity
+    lm.eval()
+    tok = lm.builder.tokenizer
+    batch = next(iter(prompt_loader(data.split("test"), lm.builder, 3, with_answer=False)))
+    stopped = rank(lm, batch, "generate", max_new_tokens=24)
+    free = rank(lm, batch, "generate", max_new_tokens=24, stop_at_line_end=False)
+    for ids, before in zip(stopped.generated, free.generated):
+        assert ids == before[:len(ids)]  # the same greedy path, cut
+        ended = ids[-1] == lm.builder.terminator or line_complete(tok.decode(ids, skip_special_tokens=True))
+        assert ended or len(ids) == 24
+        assert lm.builder.terminator not in ids[:-1] and not line_complete(tok.decode(ids[:-1],
+                                                                                    skip_special_tokens=True))
+        # where the free decoding completed a line before its end, the stop cut it there
+        cut = next((k for k in range(1, len(before) + 1)
+                    if line_complete(tok.decode(before[:k], skip_special_tokens=True))), len(before))
+        assert len(ids) == min(cut, len(before))
+    assert stopped.chosen == free.chosen
+    generated, chosen = greedy_decode(lm, batch, constrained=True)
+    for ids, item, row in zip(generated, chosen, batch.candidates.tolist()):
+        assert item in row and ids == lm.builder.answer_ids[item]
+    print(f"zero-shot SmolLM2, plain text prompts: {stopped.texts} (without the stop: {free.texts})")

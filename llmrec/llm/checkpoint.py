@@ -5,7 +5,7 @@ A checkpoint folder holds
                           format marker, prompt kind, catalog and split fingerprints, the base model's fingerprint
                           (config, tokenizer, weight probe) and where it was, embedding rows, encoder fingerprint,
                           the score-mode ranking rule `score_norm` (`sum` or `mean`; absent in older checkpoints:
-                          `sum`)
+                          `sum`), the prompt format `prompt_format` (`chat`; absent: `plain`)
     config.yaml           the resolved training config
     catalog.parquet       item ids, titles (and genres) the prompts are built from, with the prompt domain
     tokenizer/            the tokenizer with the slot tokens (save_pretrained)
@@ -173,8 +173,8 @@ def load_recommender(folder: Path, data: ProcessedDataset | None = None, encoder
                      ) -> HybridLM:
     """Rebuild the `HybridLM` saved in `folder`, on `device`, in eval mode.
 
-    Everything comes from the folder itself: catalog, tokenizer, encoder copy, weights, the score-mode ranking
-    rule. `data`, when given, must be the catalog and split the model was trained on. `encoder` overrides the
+    Everything comes from the folder itself: catalog, tokenizer (with its chat template), encoder copy, weights,
+    the prompt format, the score-mode ranking rule. `data`, when given, must be the catalog and split the model was trained on. `encoder` overrides the
     bundled encoder (it must be the same weights); `llm` gives the base model folder of a LoRA checkpoint whose
     base moved; `score_norm` overrides the recorded ranking rule (None: the checkpoint's). `facts` are the
     folder's facts when the caller already read them (`read_facts`), so `checkpoint.json` is read once.
@@ -224,7 +224,8 @@ def load_recommender(folder: Path, data: ProcessedDataset | None = None, encoder
                                   f"(bundled in {folder / ENCODER_DIR}); leave --encoder out to use the bundled one")
     projector = _safetensors(folder / PROJECTOR) if facts.hybrid else None
     lm = assemble_recommender(model, tokenizer, catalog, facts.prompt, encoder, facts.max_length,
-                              facts.seed, projector, score_norm=score_norm or facts.score_norm)
+                              facts.seed, projector, score_norm=score_norm or facts.score_norm,
+                              prompt_format=facts.prompt_format)
     return lm.to(device).eval()
 
 

@@ -11,7 +11,8 @@ them by attribute. On disk the JSON is exactly what earlier llmrec versions wrot
      "encoder_fingerprint": ...[, "stage": "sdpo", "sdpo": {...}]}
 
 Keys older checkpoints lack get their documented defaults (`score_norm` "sum", `domain` "generic", `stage`
-"sft"); `stage` and `sdpo` are written only for an S-DPO checkpoint, as before.
+"sft", `prompt_format` "plain"); `stage` and `sdpo` are written only for an S-DPO checkpoint, as before, and
+`prompt_format` only when it is `chat`, so a plain checkpoint's file is what earlier versions wrote.
 """
 
 from __future__ import annotations
@@ -93,11 +94,13 @@ class LLMFacts:
     encoder_fingerprint: str | None = None          # None for text prompts
     stage: Literal["sft", "sdpo"] = field(default="sft", metadata={OMIT_IF: "sft"})
     sdpo: SdpoFacts | None = field(default=None, metadata={OMIT_IF: None})
+    # `chat`: prompts are the user turn of the tokenizer's chat template; absent (`plain`) before it was an option
+    prompt_format: Literal["plain", "chat"] = field(default="plain", metadata={OMIT_IF: "plain"})
 
     # the order `llmrec train-llm` has always written the keys in
     _ORDER = ("finetune", "prompt", "score_norm", "domain", "max_length", "seed", "protocol", "catalog_fingerprint",
               "split", "n_candidates", "max_history", "base", "first_new_row", "embedding_rows", "vocab_size",
-              "llm_hidden", "encoder_hidden", "encoder_fingerprint", "stage", "sdpo")
+              "llm_hidden", "encoder_hidden", "encoder_fingerprint", "stage", "sdpo", "prompt_format")
 
     @property
     def hybrid(self) -> bool:

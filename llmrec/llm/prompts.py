@@ -13,9 +13,10 @@ pretrained tokenizer sees exactly the text (no double spaces, no stray word-star
 The slot tokens are special tokens of the tokenizer (`llmrec.llm.backbone.add_slot_tokens`): they are never
 split, each is one id, and the items behind them are found by id, in order.
 
-The answer follows the template's last word ("Next film:") after one space. An item's answer ids are built
-ONCE (`title_ids` + the EOS terminator = `answer_ids`) and reused by training, scoring and decoding. They are
-what the tokenizer produces for " <title>" in that position, i.e.
+The answer follows the template's last word ("Next film:") after one space (in `chat` format: right after the
+template's generation prompt, see below). An item's answer ids are built ONCE (`title_ids` + the terminator =
+`answer_ids`; the terminator is the EOS, or a chat template's end-of-turn token) and reused by training, scoring
+and decoding. They are what the tokenizer produces for " <title>" in that position, i.e.
 
     tokenize(prompt_text + " " + title) == prompt_ids + title_ids
 
@@ -36,6 +37,21 @@ Titles are rendered with their whitespace collapsed to single spaces. The tokeni
 behaviour decides the BOS (Llama adds `<s>`, Qwen2 and GPT-2 add nothing); an EOS that a tokenizer would append
 is not added, since the answer must follow the prompt directly. A text-only batch swaps every behavioural slot
 id for the text slot id (`to_text_only`): all slots are single special tokens, so lengths stay identical.
+
+Prompt format (`--prompt-format`, recorded in the checkpoint): `plain` (the default) is the text above. `chat`
+wraps it as the user turn of the tokenizer's own chat template (`apply_chat_template(..., tokenize=False,
+add_generation_prompt=True)`), so an instruct model sees the turn structure it was tuned on; for SmolLM2:
+
+    <|im_start|>system\nYou are a helpful AI assistant named SmolLM, ...<|im_end|>\n<|im_start|>user\nA viewer
+    watched ... Next film:<|im_end|>\n<|im_start|>assistant\n
+
+The answer is then the assistant turn's content, the title with no leading space, followed by the template's
+end-of-turn token (`ChatWrap.terminator`: what the model emits to close its turn; for SmolLM2 `<|im_end|>`, which
+is also its EOS), not by the text the template writes after it (a newline that starts the next turn). The
+wrapping is found once from the template (`chat_wrap`) as the text before and after the user's content, and
+checked on real prompts, so rendering stays one string concatenation and truncation works as in `plain`. The
+template's own start tokens are in its text; the tokenizer's BOS is not added again (as `apply_chat_template`
+tokenizes). Slot tokens are special tokens in the text and pass through the template unchanged.
 """
 
 from __future__ import annotations
@@ -44,6 +60,7 @@ import logging
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -53,6 +70,8 @@ log = logging.getLogger(__name__)
 
 HISTORY_SLOT, CANDIDATE_SLOT, TEXT_SLOT, SUMMARY_SLOT = "<|hist|>", "<|cand|>", "<|text|>", "<|summary|>"
 SLOT_TOKENS: tuple[str, ...] = (HISTORY_SLOT, CANDIDATE_SLOT, TEXT_SLOT, SUMMARY_SLOT)
+PromptFormat = Literal["plain", "chat"]
+PROMPT_FORMATS: tuple[str, ...] = ("plain", "chat")
 
 # Written for this project. Each template holds {history} and {candidates}, and {summary} right after the
 # history's full stop (empty unless the prompt kind is `hybrid+summary`); the answer follows the template's last
@@ -146,6 +165,55 @@ def check_template(template: str) -> str:
 
 
 @dataclass(frozen=True)
+class ChatWrap:
+    """A chat template as seen by the prompt builder: the prompt text is `prefix + user text + suffix` (the suffix
+    ends with the generation prompt, where the assistant's answer starts) and the answer ends with `terminator`."""
+
+    prefix: str
+    suffix: str
+    terminator: int  # the end-of-turn token that closes the assistant's answer
+
+    def wrap(self, text: str) -> str:
+        return self.prefix + text + self.suffix
+
+
+_USER, _ANSWER = "LLMRECUSERTEXT", "LLMRECANSWERTEXT"  # sentinels: one word each, so a template's trim keeps them
+
+
+def _special_ids(tokenizer) -> set[int]:
+    ids = {int(i) for i in tokenizer.all_special_ids}
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return ids | {int(i) for i, t in decoder.items() if getattr(t, "special", False)}
+
+
+def chat_wrap(tokenizer) -> ChatWrap:
+    """The tokenizer's chat template as a `ChatWrap`; `ConfigError` (one line) when it has none or when its
+    rendering of a user turn is not a fixed text around the user's content.
+
+    The terminator is the first token of what the template writes after an assistant's content when that token
+    is a special token (ChatML's `<|im_end|>`, Llama-3's `<|eot_id|>`): the token the model was tuned to emit at
+    the end of its turn, hence what training teaches, score mode scores and decoding stops at. A template that
+    closes the turn with plain text (or not at all) ends the answer with the tokenizer's EOS, as `plain` does."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("--prompt-format chat: this tokenizer has no chat template (no chat_template in its "
+                          "tokenizer_config.json nor a chat_template.jinja beside it); use --prompt-format plain")
+    user = [{"role": "user", "content": _USER}]
+    prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": _ANSWER}], tokenize=False)
+    if not isinstance(prompt, str) or prompt.count(_USER) != 1:
+        raise ConfigError("--prompt-format chat: the tokenizer's chat template does not render the user's text "
+                          "once, as given; use --prompt-format plain")
+    if not full.startswith(prompt + _ANSWER):
+        raise ConfigError("--prompt-format chat: the tokenizer's chat template does not put the assistant's answer "
+                          "right after its generation prompt (add_generation_prompt=True); use --prompt-format plain")
+    prefix, suffix = prompt.split(_USER)
+    after = full[len(prompt + _ANSWER):].lstrip()
+    ids = list(map(int, tokenizer(after, add_special_tokens=False)["input_ids"])) if after else []
+    terminator = ids[0] if ids and ids[0] in _special_ids(tokenizer) else int(tokenizer.eos_token_id)
+    return ChatWrap(prefix, suffix, terminator)
+
+
+@dataclass(frozen=True)
 class SlotIds:
     """Token ids of the four slot tokens in a tokenizer."""
 
@@ -186,15 +254,24 @@ class PromptBuilder:
         max_length: the longest prompt + answer the model may see.
         summary: add the sequence-summary slot after the history.
         seed: template choice is seeded per (seed, user, position).
+        prompt_format: `plain` text, or `chat`: the text as the user turn of the tokenizer's chat template.
     """
 
     def __init__(self, tokenizer, titles: Sequence[str], domain: str, slots: SlotIds, max_length: int,
-                 summary: bool = False, seed: int = 0):
+                 summary: bool = False, seed: int = 0, prompt_format: PromptFormat = "plain"):
         if tokenizer.eos_token_id is None:
             raise ConfigError("the tokenizer has no end-of-sequence token; the answer terminator needs one")
+        if prompt_format not in PROMPT_FORMATS:
+            raise ConfigError(f"prompt format {prompt_format!r} is unknown; expected one of {', '.join(PROMPT_FORMATS)}")
         self.tokenizer, self.slots, self.max_length, self.summary, self.seed = (
             tokenizer, slots, max_length, summary, seed)
+        self.prompt_format: PromptFormat = prompt_format
         self.eos = int(tokenizer.eos_token_id)
+        self.chat: ChatWrap | None = chat_wrap(tokenizer) if prompt_format == "chat" else None
+        # what ends every answer: the EOS after plain text, the template's end-of-turn token in a chat
+        self.terminator = self.chat.terminator if self.chat is not None else self.eos
+        # what separates the prompt's last word from the answer: one space, or nothing after a chat's generation prompt
+        self.answer_separator = "" if self.chat is not None else " "
         self.templates: tuple[str, ...] = tuple(templates_for(domain))
         tails = [check_template(t) for t in self.templates]
         self.titles: list[str] = [""] + [clean_title(t) for t in list(titles)[1:]]
@@ -202,12 +279,14 @@ class PromptBuilder:
             if any(s in title for s in SLOT_TOKENS):
                 raise DataError(f"item {item}: title {title!r} contains a slot token {SLOT_TOKENS}; rename the "
                                 f"item in items.parquet")
+        if self.chat is not None:
+            self._check_chat()
         self._backend = self._fast_backend()
-        self.bos = self._bos()
+        self.bos = self._bos() if self.chat is None else []  # a chat template writes its own start tokens
         self._check_slots()
         self.marks_text_after_slots = self._marks_text_after_slots()
         self.title_ids, self.answer_mismatches = self._title_ids(list(titles), tails)
-        self.answer_ids: list[list[int]] = [[]] + [ids + [self.eos] for ids in self.title_ids[1:]]
+        self.answer_ids: list[list[int]] = [[]] + [ids + [self.terminator] for ids in self.title_ids[1:]]
         self.max_answer_length = max((len(a) for a in self.answer_ids), default=1)
         self._answer_tables: dict[str, tuple] = {}
         self._answer_texts: dict[int, str] = {}
@@ -223,10 +302,25 @@ class PromptBuilder:
         if backend is None or backend.truncation is not None or backend.padding is not None:
             return None
         some = self.titles[1:4] or ["Heat (1995)"]
-        probes = [render_prompt(t, some, some[::-1], summary=True) for t in self.templates]
+        probes = [self._wrap(render_prompt(t, some, some[::-1], summary=True)) for t in self.templates]
         slow = self.tokenizer(probes, add_special_tokens=False)["input_ids"]
         fast = [e.ids for e in backend.encode_batch(probes, add_special_tokens=False)]
         return backend if [list(map(int, s)) for s in slow] == fast else None
+
+    def _wrap(self, text: str) -> str:
+        """The prompt text as the model reads it: `text` itself, or the chat template's user turn holding it."""
+        return text if self.chat is None else self.chat.wrap(text)
+
+    def _check_chat(self) -> None:
+        """The chat wrapping must be exactly what the template renders for real prompts (a template that trims,
+        escapes or rewrites the content could not be rendered by concatenation)."""
+        for template in self.templates:
+            text = render_prompt(template, ["Heat (1995)", "Babe (1995)"], ["Heat (1995)"], summary=True)
+            rendered = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                          add_generation_prompt=True)
+            if rendered != self._wrap(text):
+                raise ConfigError(f"--prompt-format chat: the tokenizer's chat template changes the prompt text "
+                                  f"({rendered[:80]!r}...); use --prompt-format plain")
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, without special tokens (one batched tokenizer call)."""
@@ -256,7 +350,7 @@ class PromptBuilder:
     def _check_slots(self) -> None:
         """Every slot must be ONE special token found by id; a tokenizer without them would split the text."""
         probe = render_prompt(self.templates[0], ["Heat (1995)", "Babe (1995)"], ["Heat (1995)"], summary=True)
-        ids = self._encode_one(probe)
+        ids = self._encode_one(self._wrap(probe))
         counts = [ids.count(self.slots.history), ids.count(self.slots.candidate), ids.count(self.slots.summary)]
         if counts != [2, 1, 1] or self._encode_one(TEXT_SLOT) != [self.slots.text]:
             raise ConfigError(f"the slot tokens {SLOT_TOKENS} are not single special tokens of this tokenizer (found "
@@ -284,17 +378,20 @@ class PromptBuilder:
         return True
 
     def _title_ids(self, raw_titles: list[str], tails: list[str]) -> tuple[list[list[int]], list[int]]:
-        """Each title's ids as the tokenizer produces them right after a prompt's last word and one space, taken
-        after the first template's ending; items whose ids differ after another template's ending (or whose
-        prompt ids change when the title is appended) are returned as mismatches."""
-        contexts = [CANDIDATE_SLOT + tail for tail in tails]  # the prompt's last segment, exactly as rendered
+        """Each title's ids as the tokenizer produces them right after a prompt's end and the answer separator
+        (one space after the last word; nothing after a chat's generation prompt), taken after the first
+        template's ending; items whose ids differ after another template's ending (or whose prompt ids change
+        when the title is appended) are returned as mismatches."""
+        # the prompt's last segment, exactly as rendered (a chat's suffix included)
+        contexts = [CANDIDATE_SLOT + tail + (self.chat.suffix if self.chat is not None else "") for tail in tails]
         context_ids = self.encode(contexts)
         n = len(contexts)
         for item, title in enumerate(self.titles[1:], start=1):
             if not title:
                 raise DataError(f"item {item}: title {raw_titles[item]!r} tokenizes to nothing; every item needs a "
                                 f"non-blank title (fix the title in items.parquet)")
-        encoded = self.encode([c + " " + t for t in self.titles[1:] for c in contexts])
+        sep = self.answer_separator
+        encoded = self.encode([c + sep + t for t in self.titles[1:] for c in contexts])
         title_ids: list[list[int]] = [[]]
         mismatches: list[int] = []
         for item, title in enumerate(self.titles[1:], start=1):
@@ -302,7 +399,7 @@ class PromptBuilder:
             for k, ctx in enumerate(context_ids):
                 full = encoded[(item - 1) * n + k]
                 after.append(full[len(ctx):] if full[:len(ctx)] == ctx else None)
-            ids = after[0] if after[0] is not None else self._encode_one(" " + title)
+            ids = after[0] if after[0] is not None else self._encode_one(sep + title)
             if not ids:
                 raise DataError(f"item {item}: title {raw_titles[item]!r} tokenizes to nothing; every item needs at "
                                 f"least one title token (fix the title in items.parquet)")
@@ -323,8 +420,8 @@ class PromptBuilder:
         """The prompt text for items `history` (oldest -> newest) and `candidates` with template number
         `template`; `text_only` writes the `<|text|>` slot instead of the behavioural ones."""
         slot = {"history_slot": TEXT_SLOT, "candidate_slot": TEXT_SLOT, "summary_slot": TEXT_SLOT} if text_only else {}
-        return render_prompt(self.templates[template], [self.titles[int(i)] for i in history],
-                             [self.titles[int(i)] for i in candidates], self.summary, **slot)
+        return self._wrap(render_prompt(self.templates[template], [self.titles[int(i)] for i in history],
+                                        [self.titles[int(i)] for i in candidates], self.summary, **slot))
 
     def _fits(self, ids: list[int]) -> bool:
         return len(ids) + self.max_answer_length <= self.max_length
@@ -424,7 +521,7 @@ class PromptBuilder:
 
         key = str(device or "cpu")
         if key not in self._answer_tables:
-            ids = torch.full((len(self.answer_ids), self.max_answer_length), self.eos, dtype=torch.long)
+            ids = torch.full((len(self.answer_ids), self.max_answer_length), self.terminator, dtype=torch.long)
             for item, a in enumerate(self.answer_ids):
                 ids[item, :len(a)] = torch.tensor(a, dtype=torch.long)
             lengths = torch.tensor([len(a) for a in self.answer_ids], dtype=torch.long)

@@ -6,9 +6,11 @@
   answers are packed into one row per prompt behind a block-diagonal causal mask, so all B*C answers go through
   the model in one pass. Gives a full ordering; always valid.
 - `generate`: greedy decoding of up to 64 tokens, first line, lowercase substring match against each
-  candidate's answer text; valid iff exactly one candidate matches (LLaRA's rule).
-- `constrained`: greedy decoding restricted to a trie over the candidates' answer tokens; always ends on a
-  candidate.
+  candidate's answer text; valid iff exactly one candidate matches (LLaRA's rule). A row stops at the answer's
+  terminator, the tokenizer's EOS, or as soon as its first line is complete (`line_complete`): what follows
+  cannot change the match, so it is not decoded.
+- `constrained`: greedy decoding restricted to a trie over the candidates' answer tokens (the builder's
+  `answer_ids`, the very ids training and score mode use); always ends on a candidate.
 """
 
 from __future__ import annotations
@@ -90,6 +92,12 @@ def score_candidates(lm: HybridLM, batch: PromptBatch, hybrid: bool = True) -> t
     return normalise_scores(gather_logprobs(out.logits[:, -1], logits, packed), packed.lengths, lm.score_norm)
 
 
+def line_complete(text: str) -> bool:
+    """Whether decoded `text` already holds the whole first line LLaRA's rule reads (`parse_generation`): a
+    newline after some non-blank text. Leading blank lines do not count, since the rule strips them."""
+    return "\n" in text.lstrip()
+
+
 class CandidateTrie:
     """Prefix tree over the candidates' answer ids; a path ends (at the terminator) on one candidate."""
 
@@ -108,15 +116,21 @@ class CandidateTrie:
 
 @torch.inference_mode()
 def greedy_decode(lm: HybridLM, batch: PromptBatch, max_new_tokens: int = MAX_NEW_TOKENS,
-                  constrained: bool = False, hybrid: bool = True) -> tuple[list[list[int]], list[int | None]]:
-    """Greedy decoding with a KV cache; stops a row at the terminator (EOS).
+                  constrained: bool = False, hybrid: bool = True, stop_at_line_end: bool = True
+                  ) -> tuple[list[list[int]], list[int | None]]:
+    """Greedy decoding with a KV cache; stops a row at the answer's terminator or the tokenizer's EOS (the same
+    token unless a chat template ends turns with its own) and, in free decoding with `stop_at_line_end`, once its
+    decoded text (special tokens skipped, as `rank` decodes it) completes a first line (`line_complete`).
+    Finished rows leave the batch (`Cache.batch_select_indices`), so the steps after a row's answer cost nothing.
 
     Returns the generated ids per row and, when `constrained`, the candidate each row's path ended on.
     `max_new_tokens` bounds free decoding only: constrained decoding always runs until every row has completed a
     candidate's answer (at most the longest candidate answer), so it always returns a candidate.
     """
     B = batch.input_ids.shape[0]
-    eos = lm.builder.eos
+    eos = lm.builder.terminator
+    stops = {eos, lm.builder.eos}
+    tok = lm.builder.tokenizer
     mask = batch.attention_mask
     out = lm(batch, hybrid, use_cache=True, **_last_logits_only(lm))
     logits, cache = out.logits[:, -1].float(), returned_cache(out)
@@ -131,28 +145,37 @@ def greedy_decode(lm: HybridLM, batch: PromptBatch, max_new_tokens: int = MAX_NE
     generated: list[list[int]] = [[] for _ in range(B)]
     chosen: list[int | None] = [None] * B
     done = [False] * B
+    rows = list(range(B))  # the batch row behind each row still decoded (of logits, cache, mask, pos)
     for _ in range(steps):
         if constrained:
             allowed = torch.full_like(logits, float("-inf"))
-            for b in range(B):
+            for r, b in enumerate(rows):
                 if not done[b]:
-                    allowed[b, CandidateTrie.allowed(nodes[b])] = 0.0
+                    allowed[r, CandidateTrie.allowed(nodes[b])] = 0.0
             logits = logits + allowed
-        next_ids = logits.argmax(-1)  # [B]
-        for b in range(B):
+        next_ids = logits.argmax(-1)  # [R]
+        for r, b in enumerate(rows):
             if done[b]:
                 continue
-            t = int(next_ids[b])
+            t = int(next_ids[r])
             generated[b].append(t)
             if constrained:
                 nodes[b] = nodes[b][t]
                 if None in nodes[b]:
                     chosen[b], done[b] = nodes[b][None], True
-            elif t == eos:
+            elif t in stops or (stop_at_line_end and line_complete(
+                    tok.decode(generated[b], skip_special_tokens=True))):
                 done[b] = True
         if all(done):
             break
-        next_ids = torch.where(torch.tensor(done, device=next_ids.device), eos, next_ids)
+        keep = [r for r, b in enumerate(rows) if not done[b]]
+        if len(keep) < len(rows) and hasattr(cache, "batch_select_indices"):
+            # finished rows leave the batch (their cache too): a step costs the rows still decoding, not B
+            index = torch.tensor(keep, device=next_ids.device)
+            cache.batch_select_indices(index)
+            next_ids, mask, pos, rows = next_ids[index], mask[index], pos[index], [rows[r] for r in keep]
+        else:
+            next_ids = torch.where(torch.tensor([done[b] for b in rows], device=next_ids.device), eos, next_ids)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         pos = pos + 1
         out = lm.model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=pos, use_cache=True,
@@ -170,8 +193,9 @@ def parse_generation(text: str, candidate_texts: list[str]) -> int | None:
 
 
 def rank(lm: HybridLM, batch: PromptBatch, mode: Mode = "score", max_new_tokens: int = MAX_NEW_TOKENS,
-         hybrid: bool = True) -> Ranking:
-    """Rank one batch of prompts in `mode`."""
+         hybrid: bool = True, stop_at_line_end: bool = True) -> Ranking:
+    """Rank one batch of prompts in `mode` (`stop_at_line_end`: see `greedy_decode`; the choices are the same
+    either way, only the decoding after the first line is saved)."""
     if mode == "score":
         scores = score_candidates(lm, batch, hybrid)
         best = scores.argmax(1)
@@ -180,7 +204,8 @@ def rank(lm: HybridLM, batch: PromptBatch, mode: Mode = "score", max_new_tokens:
         generated, chosen = greedy_decode(lm, batch, max_new_tokens, constrained=True, hybrid=hybrid)
         return Ranking(None, chosen, generated=generated)
     if mode == "generate":
-        generated, _ = greedy_decode(lm, batch, max_new_tokens, constrained=False, hybrid=hybrid)
+        generated, _ = greedy_decode(lm, batch, max_new_tokens, constrained=False, hybrid=hybrid,
+                                     stop_at_line_end=stop_at_line_end)
         tok = lm.builder.tokenizer
         texts = tok.batch_decode(generated, skip_special_tokens=True)
         chosen = []

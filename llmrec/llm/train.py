@@ -1,7 +1,7 @@
 """`llmrec train-llm`: fine-tune an LLM recommender with hybrid prompts, curriculum and LoRA (docs/design.md §5).
 
     llmrec train-llm --data DIR --encoder DIR --llm {tiny,PATH} [--curriculum linear|step|cosine|constant]
-                     [--prompt hybrid|text|hybrid+summary] [--config FILE] --out DIR
+                     [--prompt hybrid|text|hybrid+summary] [--prompt-format plain|chat] [--config FILE] --out DIR
 
 Writes a self-contained checkpoint folder (see `llmrec.llm.checkpoint`: trained weights, tokenizer, catalog, a
 copy of the encoder) with the resolved `config.yaml`, `metrics.json` (best valid `hr@1` and the test metrics of
@@ -103,6 +103,10 @@ class TrainLLMConfig:
         "sum", "how score mode ranks the candidates, in validation (checkpoint choice), test and every later use of "
                "the checkpoint (recorded in it): sum of each answer's token log-probs, or their mean (sum / answer "
                "length in tokens), which removes the sum's bias towards short titles")
+    prompt_format: Literal["plain", "chat"] = option(
+        "plain", "prompt text as written (plain), or as the user turn of the tokenizer's chat template, the answer "
+                 "being the assistant's turn closed by the template's end-of-turn token (chat; for instruct models, "
+                 "refused for a tokenizer without a chat template); recorded in the checkpoint")
     fairness_weights: Literal["none", "popularity", "genre"] = option(
         "none", "per-sample loss weights from item groups (IFairLRS, docs/design.md §7): each training sample's loss is "
                 "multiplied by its target group's weight, normalised to mean 1 over the training set")
@@ -174,7 +178,8 @@ def build_recommender(config: TrainLLMConfig, data: ProcessedDataset, encoder: S
         model = apply_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets,
                            trainable_tokens=[slots.history, slots.candidate, slots.text, slots.summary])
     lm = assemble_recommender(model, tokenizer, Catalog.from_dataset(data), config.prompt, encoder, max_length,
-                              config.seed, llm_hidden=llm_hidden, score_norm=config.score_norm)
+                              config.seed, llm_hidden=llm_hidden, score_norm=config.score_norm,
+                              prompt_format=config.prompt_format)
     facts = LLMFacts(finetune=finetune, prompt=config.prompt, score_norm=config.score_norm, domain=data.domain,
                      max_length=max_length, seed=config.seed, protocol=data.protocol,
                      catalog_fingerprint=data.catalog_fingerprint(), split=split_fingerprint(data),
@@ -185,7 +190,8 @@ def build_recommender(config: TrainLLMConfig, data: ProcessedDataset, encoder: S
                      first_new_row=min(slots.history, slots.candidate, slots.text, slots.summary),
                      embedding_rows=backbone.embedding_rows(model), vocab_size=len(tokenizer), llm_hidden=llm_hidden,
                      encoder_hidden=encoder.hidden_size if lm.projector is not None else None,
-                     encoder_fingerprint=encoder_fingerprint(encoder) if lm.projector is not None else None)
+                     encoder_fingerprint=encoder_fingerprint(encoder) if lm.projector is not None else None,
+                     prompt_format=config.prompt_format)
     return lm, facts
 
 

@@ -189,7 +189,8 @@ def _check_out(out: Path, sft: Path) -> None:
 
 
 def output_facts(sft: Path, facts: LLMFacts, out: Path, config: TrainSDPOConfig, negatives: int) -> LLMFacts:
-    """The checkpoint facts of the S-DPO output: the SFT's (same model layout, prompts, data fingerprints), where
+    """The checkpoint facts of the S-DPO output: the SFT's (same model layout, prompts and prompt format, data
+    fingerprints), where
     the base model of a LoRA checkpoint is found from `out`, the score-mode ranking rule (`--score-norm`, else the
     SFT's), `"stage": "sdpo"` and the S-DPO options."""
     base = facts.base
