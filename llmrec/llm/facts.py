@@ -8,10 +8,11 @@ them by attribute. On disk the JSON is exactly what earlier llmrec versions wrot
      "domain": ..., "max_length": ..., "seed": ..., "protocol": ..., "catalog_fingerprint": ..., "split": {...},
      "n_candidates": ..., "max_history": ..., "base": {"path", "relative", "tiny", "fingerprint"},
      "first_new_row": ..., "embedding_rows": ..., "vocab_size": ..., "llm_hidden": ..., "encoder_hidden": ...,
-     "encoder_fingerprint": ...[, "stage": "sdpo", "sdpo": {...}]}
+     "encoder_fingerprint": ...[, "llm_layers": K][, "stage": "sdpo", "sdpo": {...}]}
 
 Keys older checkpoints lack get their documented defaults (`score_norm` "sum", `domain` "generic", `stage`
-"sft"); `stage` and `sdpo` are written only for an S-DPO checkpoint, as before.
+"sft", `llm_layers` None = every layer of the base); `stage` and `sdpo` are written only for an S-DPO checkpoint,
+as before, and `llm_layers` only for a model cut to its first K decoder layers (`train-llm --llm-layers K`).
 """
 
 from __future__ import annotations
@@ -91,13 +92,16 @@ class LLMFacts:
     llm_hidden: int | None = None
     encoder_hidden: int | None = None               # None for text prompts
     encoder_fingerprint: str | None = None          # None for text prompts
+    # the first K decoder layers of the base were kept (`train-llm --llm-layers K`); None: all of them. A LoRA
+    # checkpoint's base is loaded whole, fingerprinted, then cut to K before the adapter goes on
+    llm_layers: int | None = field(default=None, metadata={OMIT_IF: None})
     stage: Literal["sft", "sdpo"] = field(default="sft", metadata={OMIT_IF: "sft"})
     sdpo: SdpoFacts | None = field(default=None, metadata={OMIT_IF: None})
 
     # the order `llmrec train-llm` has always written the keys in
     _ORDER = ("finetune", "prompt", "score_norm", "domain", "max_length", "seed", "protocol", "catalog_fingerprint",
               "split", "n_candidates", "max_history", "base", "first_new_row", "embedding_rows", "vocab_size",
-              "llm_hidden", "encoder_hidden", "encoder_fingerprint", "stage", "sdpo")
+              "llm_hidden", "encoder_hidden", "encoder_fingerprint", "llm_layers", "stage", "sdpo")
 
     @property
     def hybrid(self) -> bool:
