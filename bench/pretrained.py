@@ -4,6 +4,7 @@
     .venv/bin/python bench/pretrained.py quality --write         # every row not yet in the results file, in order
     .venv/bin/python bench/pretrained.py quality --write --rows zero_shot sft_hybrid_500_lora
     .venv/bin/python bench/pretrained.py quality --write --redo zero_shot   # measure a row again
+    .venv/bin/python bench/pretrained.py speed --write --full              # cost per sample, ours vs plain
 
 Everything is compared on the demo's data and samples: ML-100K, `llara` protocol, `all` eval positions, prepare
 seed 42 (`data/processed/ml-100k-llara-all`), and the SAME 1,000 seeded test samples (seed 42) that the demo's
