@@ -11,12 +11,13 @@ or choice, with the mode and split: `llmrec.evaluation.scores`), the fairness `r
 - LLM checkpoint: any mode; metrics keys in `llmrec.evaluation.ranked_metrics` (accuracy and fairness over
   popularity groups); in `score` mode also `score_norm`, the rule that ranked (the checkpoint's, or
   `--score-norm`). The checkpoint is self-contained (its encoder, catalog and tokenizer travel with it).
+  `--quantize int8` (CPU) ranks with dynamic int8 linear layers (`llmrec.llm.quantize`), recorded as `quantize`.
 - Encoder checkpoint: `score` mode only (an encoder scores; it does not decode). The stored candidates are scored
   and, since an encoder can, the whole catalog is ranked: metrics.json holds the same keys as an LLM's plus every
   key `train-encoder` reports for a split (`full/...`, `candidates/mgu@k`, ..., `llmrec.evaluation.evaluator`)
   and `model`, with exactly train-encoder's numbers for the whole split: the encoder reads the history, excludes
   seen items and batches as its recorded config.yaml says (`eval_history`, `exclude_seen`, `eval_batch_size`);
-  `--batch-size`, `--encoder`, `--llm` and `--score-norm` are LLM options.
+  `--batch-size`, `--encoder`, `--llm`, `--score-norm` and `--quantize` are LLM options.
 `--data` must be the prepared dataset the checkpoint was trained on (same catalog, same train/valid/test users).
 """
 
@@ -45,6 +46,7 @@ from llmrec.evaluation.scores import write_evaluation
 from llmrec.fairness.report import ReportEntry, write_report
 from llmrec.llm.checkpoint import is_llm_checkpoint, load_recommender, read_facts
 from llmrec.llm.facts import LLMFacts
+from llmrec.llm.quantize import check_quantize, quantized
 from llmrec.llm.ranker import evaluate_split
 from llmrec.llm.ranking import MAX_NEW_TOKENS
 
@@ -70,17 +72,24 @@ class EvaluateConfig:
     device: Literal["auto", "cpu", "gpu", "cuda"] = option("auto", "where to run (auto: a GPU if present)")
     dtype: Literal["float32", "bfloat16", "float16"] = option("float32", "weights dtype")
     seed: int = option(0, "seed of the sample subset", min=0, max=2**32 - 1)
+    quantize: Literal["none", "int8"] = option(
+        "none", "LLM checkpoints, CPU only: rank with dynamic int8 linear layers (LoRA adapters merged first); "
+                "metrics.json records it")
 
 
 def _evaluate_llm(config: EvaluateConfig, data: ProcessedDataset, facts: LLMFacts
                   ) -> tuple[dict[str, Any], pd.DataFrame, ItemGroups]:
+    check_quantize(config.quantize, torch_device(config.device), config.dtype)  # before the slow load
     encoder = load_encoder(config.encoder, data) if config.encoder is not None else None
     lm = load_recommender(config.ckpt, data, encoder, llm=config.llm, device=torch_device(config.device),
                           dtype=config.dtype, score_norm=config.score_norm, facts=facts)
+    lm = quantized(lm, config.quantize)
     metrics, ranked = evaluate_split(lm, data, config.split, config.mode, config.batch_size, config.max_samples,
                                      config.seed, config.max_new_tokens)
     if config.mode == "score":
         metrics["score_norm"] = lm.score_norm  # which rule ranked: the checkpoint's or --score-norm
+    if config.quantize != "none":
+        metrics["quantize"] = config.quantize
     groups = item_groups(data, "popularity")
     metrics.update(ranked_fairness(ranked, data, groups))
     return metrics, ranked, groups
@@ -93,6 +102,7 @@ def _evaluate_encoder(config: EvaluateConfig, data: ProcessedDataset) -> tuple[d
         raise ConfigError(f"{config.ckpt} is an encoder checkpoint: it ranks in `score` mode only (generate and "
                           f"constrained are LLM decoding modes); pass --mode score")
     given = [f"--{n.replace('_', '-')}" for n in ("encoder", "llm", "score_norm") if getattr(config, n) is not None]
+    given += ["--quantize"] if config.quantize != "none" else []
     if given:
         raise ConfigError(f"{config.ckpt} is an encoder checkpoint: {', '.join(given)} apply to LLM checkpoints only")
     encoder = load_encoder(config.ckpt, data, map_location=torch_device(config.device))

@@ -210,6 +210,38 @@ def load_causal_lm(path: Path, dtype: str = "float32", gradient_checkpointing: b
     return model
 
 
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder-layer stack of a (plain, not peft-wrapped) Hugging Face causal LM: `model.model.layers` for the
+    Llama family (Llama, Qwen2, Mistral ...), `transformer.h` for GPT-2."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    for stack in (getattr(decoder, "layers", None), getattr(decoder, "h", None)):
+        if isinstance(stack, torch.nn.ModuleList):
+            return stack
+    raise ConfigError(f"--llm-layers: cannot find the decoder layers of {type(model).__name__} (expected "
+                      f"`model.layers` or `transformer.h`); leave --llm-layers out for this model")
+
+
+def keep_first_layers(model: torch.nn.Module, layers: int, what: str = "the model") -> torch.nn.Module:
+    """Keep the first `layers` decoder layers of `model` (in place; returned): the rest are dropped, and the config
+    says `num_hidden_layers = layers` (and keeps the first `layers` of a per-layer `layer_types` list), so the
+    KV cache, `save_pretrained` and a reload all see the cut stack. A cut of all layers changes nothing.
+
+    A truncated stack (`train-llm --llm-layers K`) costs about K / L of the decoder's FLOPs per token; the
+    embeddings, final norm and LM head stay. `what` names the model in the error (`--llm-layers` out of range)."""
+    stack = decoder_layers(model)
+    total = len(stack)
+    if not 1 <= layers <= total:
+        raise ConfigError(f"option --llm-layers: got {layers}, expected 1..{total} (the decoder layers of {what})")
+    if layers == total:
+        return model
+    del stack[layers:]
+    config = model.config
+    config.num_hidden_layers = layers
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:layers]
+    return model
+
+
 def enable_checkpointing(model: torch.nn.Module) -> None:
     """Activation (gradient) checkpointing, non-reentrant so gradients reach LoRA weights although the frozen
     embeddings do not require grad. transformers 5 renamed the method; older releases only have the old name."""

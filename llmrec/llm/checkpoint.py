@@ -15,6 +15,10 @@ A checkpoint folder holds
     adapter/              LoRA adapter + trained slot-token rows (peft, safetensors)        -- finetune: lora
     new_token_rows.safetensors  input/output embedding rows from the first slot token on    -- finetune: lora
     base/                 the tiny Llama's base weights (a few MB)                           -- finetune: lora, --llm tiny
+A model trained on the first K decoder layers of its base (`train-llm --llm-layers K`, `llm_layers` in the facts)
+saves the cut model (full fine-tuning) or the adapter of the cut model (LoRA): loading then finds the WHOLE base,
+checks its fingerprint (always that of the base as it is on disk) and keeps its first K layers before the adapter
+goes on.
     metrics.json
 Nothing refers to a path outside the folder except the base model of a LoRA checkpoint on a real LLM, which is
 too large to copy: it is found at `--llm PATH`, else at its recorded path, else at its recorded path relative
@@ -193,7 +197,11 @@ def load_recommender(folder: Path, data: ProcessedDataset | None = None, encoder
     if facts.finetune == "full":
         if llm is not None and str(llm) != backbone.TINY:
             log.warning("--llm %s ignored: %s holds all weights of its model (full fine-tuning)", llm, folder)
-        model = backbone.load_causal_lm(folder / MODEL_DIR, dtype=dtype)
+        model = backbone.load_causal_lm(folder / MODEL_DIR, dtype=dtype)  # saved already cut (--llm-layers)
+        kept = len(backbone.decoder_layers(model)) if facts.llm_layers is not None else None
+        if kept is not None and kept != facts.llm_layers:
+            raise CheckpointError(f"{folder / MODEL_DIR} has {kept} decoder layers but {FACTS} records llm_layers "
+                                  f"{facts.llm_layers}; the folder is inconsistent")
     else:
         base_dir = base_folder(folder, facts, llm)
         model = backbone.load_causal_lm(base_dir, dtype=dtype)
@@ -203,6 +211,8 @@ def load_recommender(folder: Path, data: ProcessedDataset | None = None, encoder
         if why:
             raise CheckpointError(f"base model {base_dir} does not fit {folder}: {why} ({facts.base.path}); "
                                   f"pass that base model with --llm PATH")
+        if facts.llm_layers is not None:  # the fingerprint is the whole base's; the adapter fits its first K layers
+            backbone.keep_first_layers(model, facts.llm_layers, f"base model {base_dir}")
         rows = facts.embedding_rows
         if backbone.embedding_rows(model) < rows:  # never shrink: a padded vocabulary keeps its padding rows
             model.resize_token_embeddings(rows, mean_resizing=False)

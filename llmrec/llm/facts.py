@@ -8,11 +8,13 @@ them by attribute. On disk the JSON is exactly what earlier llmrec versions wrot
      "domain": ..., "max_length": ..., "seed": ..., "protocol": ..., "catalog_fingerprint": ..., "split": {...},
      "n_candidates": ..., "max_history": ..., "base": {"path", "relative", "tiny", "fingerprint"},
      "first_new_row": ..., "embedding_rows": ..., "vocab_size": ..., "llm_hidden": ..., "encoder_hidden": ...,
-     "encoder_fingerprint": ...[, "stage": "sdpo", "sdpo": {...}]}
+     "encoder_fingerprint": ...[, "llm_layers": K][, "stage": "sdpo", "sdpo": {...}][, "prompt_format": "chat"]}
 
 Keys older checkpoints lack get their documented defaults (`score_norm` "sum", `domain` "generic", `stage`
-"sft", `prompt_format` "plain"); `stage` and `sdpo` are written only for an S-DPO checkpoint, as before, and
-`prompt_format` only when it is `chat`, so a plain checkpoint's file is what earlier versions wrote.
+"sft", `prompt_format` "plain", `llm_layers` None = every layer of the base); `stage` and `sdpo` are written only
+for an S-DPO checkpoint, as before, `prompt_format` only when it is `chat` and `llm_layers` only for a model cut to
+its first K decoder layers (`train-llm --llm-layers K`), so a plain full-stack checkpoint's file is what earlier
+versions wrote.
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ class LLMFacts:
     llm_hidden: int | None = None
     encoder_hidden: int | None = None               # None for text prompts
     encoder_fingerprint: str | None = None          # None for text prompts
+    # the first K decoder layers of the base were kept (`train-llm --llm-layers K`); None: all of them. A LoRA
+    # checkpoint's base is loaded whole, fingerprinted, then cut to K before the adapter goes on
+    llm_layers: int | None = field(default=None, metadata={OMIT_IF: None})
     stage: Literal["sft", "sdpo"] = field(default="sft", metadata={OMIT_IF: "sft"})
     sdpo: SdpoFacts | None = field(default=None, metadata={OMIT_IF: None})
     # `chat`: prompts are the user turn of the tokenizer's chat template; absent (`plain`) before it was an option
@@ -100,7 +105,7 @@ class LLMFacts:
     # the order `llmrec train-llm` has always written the keys in
     _ORDER = ("finetune", "prompt", "score_norm", "domain", "max_length", "seed", "protocol", "catalog_fingerprint",
               "split", "n_candidates", "max_history", "base", "first_new_row", "embedding_rows", "vocab_size",
-              "llm_hidden", "encoder_hidden", "encoder_fingerprint", "stage", "sdpo", "prompt_format")
+              "llm_hidden", "encoder_hidden", "encoder_fingerprint", "llm_layers", "stage", "sdpo", "prompt_format")
 
     @property
     def hybrid(self) -> bool:

@@ -88,6 +88,9 @@ class TrainLLMConfig:
     lora_alpha: int = option(32, "LoRA alpha", min=1)
     lora_dropout: float = option(0.1, "LoRA dropout", min=0, max=1, max_exclusive=True)
     lora_targets: list[str] = option(None, "modules wrapped by LoRA", factory=lambda: list(DEFAULT_TARGETS))
+    llm_layers: int | None = option(None, "keep only the first K decoder layers of the LLM (the rest are dropped "
+                                          "before LoRA or full fine-tuning: about K/L of the decoder's compute; "
+                                          "recorded in the checkpoint); None: all layers", min=1)
     tiny_layers: int = option(4, "tiny Llama: decoder layers", min=1)
     tiny_hidden: int = option(256, "tiny Llama: hidden size", min=1)
     tiny_heads: int = option(4, "tiny Llama: attention heads", min=1)
@@ -162,7 +165,9 @@ def build_recommender(config: TrainLLMConfig, data: ProcessedDataset, encoder: S
     torch.manual_seed(config.seed)
     model = backbone.load_causal_lm(path, config.dtype, config.gradient_checkpointing, config.load_in_4bit)
     tokenizer = backbone.load_tokenizer(path)
-    base = backbone.base_fingerprint(path, model, tokenizer)
+    base = backbone.base_fingerprint(path, model, tokenizer)  # of the whole base, as it is on disk
+    if config.llm_layers is not None:  # after the fingerprint: a LoRA checkpoint's base is found whole, then cut
+        backbone.keep_first_layers(model, config.llm_layers, f"--llm {config.llm}")
     slots = backbone.add_slot_tokens(tokenizer, model)
     context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
     if not context and not config.max_length:
@@ -191,7 +196,7 @@ def build_recommender(config: TrainLLMConfig, data: ProcessedDataset, encoder: S
                      embedding_rows=backbone.embedding_rows(model), vocab_size=len(tokenizer), llm_hidden=llm_hidden,
                      encoder_hidden=encoder.hidden_size if lm.projector is not None else None,
                      encoder_fingerprint=encoder_fingerprint(encoder) if lm.projector is not None else None,
-                     prompt_format=config.prompt_format)
+                     prompt_format=config.prompt_format, llm_layers=config.llm_layers)
     return lm, facts
 
 

@@ -41,6 +41,8 @@ class PredictConfig:
                                    "one)")
     device: Literal["auto", "cpu", "gpu", "cuda"] = option("auto", "where to run (auto: a GPU if present)")
     dtype: Literal["float32", "bfloat16", "float16"] = option("float32", "weights dtype")
+    quantize: Literal["none", "int8"] = option("none", "CPU only: rank with dynamic int8 linear layers (LoRA "
+                                                       "adapters merged first)")
 
 
 def parse_items(values: list[str]) -> list[int | str]:
@@ -68,12 +70,15 @@ def run_predict(config: PredictConfig) -> int:
     check_config(config)
     if config.ckpt is None or not config.history:
         raise ConfigError("predict needs --ckpt DIR and --history ITEMS (ids like 50,172,133 or exact titles)")
+    from llmrec.llm.quantize import check_quantize, quantized
     from llmrec.serving.recommender import Recommender, RequestError
 
     history = parse_items(config.history)
     candidates = parse_items(config.candidates) if config.candidates is not None else None
+    check_quantize(config.quantize, torch_device(config.device), config.dtype)  # before the slow load
     rec = Recommender.from_pretrained(config.ckpt, torch_device(config.device), dtype=config.dtype, llm=config.llm,
                                       verify=config.verify, retrieve_n=config.retrieve_n)
+    rec.lm = quantized(rec.lm, config.quantize)  # the same builder, encoder and index: only the LM's linears change
     try:
         items = rec.recommend(history, candidates, config.k, config.exclude_history)
     except RequestError as e:

@@ -48,6 +48,8 @@ class ServeConfig:
                                    "one)")
     device: Literal["auto", "cpu", "gpu", "cuda"] = option("auto", "where to run (auto: a GPU if present)")
     dtype: Literal["float32", "bfloat16", "float16"] = option("float32", "weights dtype")
+    quantize: Literal["none", "int8"] = option("none", "CPU only: rank with dynamic int8 linear layers (LoRA "
+                                                       "adapters merged first)")
 
 
 def run_serve(config: ServeConfig) -> int:
@@ -60,6 +62,7 @@ def run_serve(config: ServeConfig) -> int:
     except ImportError:
         raise ConfigError("llmrec serve needs FastAPI and uvicorn: pip install 'llmrec[serve]'") from None
     from llmrec.base.device import torch_device
+    from llmrec.llm.quantize import check_quantize, quantized
     from llmrec.serving.recommender import Recommender
     from llmrec.serving.server import LOOPBACK, TOKEN_ENV, Limits, bind_socket, create_app, read_token, uvicorn_server
 
@@ -70,9 +73,11 @@ def run_serve(config: ServeConfig) -> int:
                     "(set $%s)", config.host, TOKEN_ENV)
     sock = bind_socket(config.host, config.port)  # before the slow load: a taken port fails at once
     try:
+        check_quantize(config.quantize, torch_device(config.device), config.dtype)  # before the slow load
         rec = Recommender.from_pretrained(config.ckpt, torch_device(config.device), dtype=config.dtype,
                                           llm=config.llm, verify=config.verify, retrieve_n=config.retrieve_n,
                                           batch_size=config.batch_size)
+        rec.lm = quantized(rec.lm, config.quantize)  # the same builder, encoder and index: only the linears change
         limits = Limits(config.max_body_bytes, config.max_history, config.max_candidates, config.max_batch_users,
                         config.max_k)
         app = create_app(rec, limits, token, config.batch_size, config.batch_wait_ms)
