@@ -182,7 +182,50 @@ def pretrained_section(r: dict) -> str:
                                                       "generate_hr@1")]
         cells.append(number(row.get("train_seconds"), ".0f"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    speed = r.get("speed")
+    if speed:
+        lines += ["", *speed_table(speed)]
     return "\n".join(lines) + "\n"
+
+
+def speed_table(s: dict) -> list[str]:
+    """The `speed` section of pretrained.json: ours vs the plain Hugging Face way, side by side in one run."""
+    machine, load = s.get("machine", {}), s.get("load_average", {})
+    loads = ", ".join(f"{part} {v[0]}-{v[1]}" for part, v in load.items() if isinstance(v, list) and len(v) == 2)
+    lines = [f"**Speed** (`{s.get('command', 'python bench/pretrained.py speed --write')}`, {s.get('measured', '?')}; "
+             f"{s.get('llm', '?')}, {s.get('n_samples', '?')} seeded samples, seed {s.get('seed', '?')}, batch "
+             f"{s.get('batch_size', '?')}, {s.get('threads', '?')} torch threads on {machine.get('cpu', '?')} "
+             f"({machine.get('cores', '?')} cores); prompts: {s.get('prompt', '?')}; {s.get('prompt_tokens_mean', 0):.0f} "
+             f"prompt and {s.get('answer_tokens_mean', 0):.1f} answer tokens a candidate on average). Matmul "
+             f"throughput measured in the same run at the model's layer shapes: {number(s.get('matmul_gflops'), '.0f')} "
+             f"GFLOPS for one decoder layer's mix at the start ({number(s.get('matmul_gflops_end'), '.0f')} at the end), {number(max((s.get('matmul_gflops_by_shape') or {'': None}).values(), default=None), '.0f')} "
+             f"for the best single shape; the share column is achieved FLOPs/s over the mix figure. FLOPs counted with "
+             f"`torch.utils.flop_counter` ({s.get('flops', '')}). 1-minute load average per part: {loads or '?'}.", "",
+             "| path | samples/s | GFLOP/sample | share of matmul | vs plain | check |",
+             "| --- | --- | --- | --- | --- | --- |"]
+
+    def row(label: str, key: str, speedup: str | None, check: str) -> None:
+        if s.get(f"{key}_samples_per_s") is None:
+            return
+        flops = s.get(f"{key}_flops_per_sample")
+        lines.append(f"| {label} | {number(s.get(f'{key}_samples_per_s'), '.3f')} | "
+                     f"{number(flops / 1e9 if flops is not None else None, ',.1f')} | "
+                     f"{number(s.get(f'{key}_matmul_share'), '.2f')} | "
+                     f"{number(s.get(speedup), '.1f') + 'x' if speedup and s.get(speedup) is not None else '1x' if speedup is None and key.startswith(('plain', 'full_plain')) else '—'} | {check} |")
+
+    row("score mode, shared prompt + packed answers (ours)", "score", "score_speedup",
+        f"same top-1 as plain on {number(s.get('score_vs_plain_same_top1'), '.0%')} of samples, max abs diff "
+        f"{number(s.get('score_vs_plain_max_abs_diff'), '.1e')}")
+    row("score mode, plain: a full forward per candidate", "plain_score", None, "")
+    row("score mode, dynamic int8 (ours)", "int8_score", None,
+        f"top-1 agreement with float {number(s.get('int8_top1_agreement'), '.2f')}; hr@1 {number(s.get('int8_hr@1'), '.3f')} "
+        f"vs float {number(s.get('float_hr@1'), '.3f')}")
+    row(f"score mode, first {s.get('cut_layers', '?')} layers (untrained: speed only)", "cut_score", None, "")
+    for prefix, what in (("", f"LoRA r {(s.get('lora') or {}).get('r', '?')}"), ("full_", "full fine-tuning")):
+        row(f"SFT {what}, windowed logits (ours)", f"{prefix}train", f"{prefix}train_speedup",
+            f"loss equal to plain within {number(s.get(f'{prefix}train_vs_plain_loss_abs_diff'), '.1e')}")
+        row(f"SFT {what}, plain `model(**batch).loss`", f"{prefix}plain_train", None, "")
+    return lines
 
 
 def replace(text: str, name: str, body: str) -> str:
