@@ -156,7 +156,7 @@ class DemoPreset:
 # The pretrained preset's whole run (data and encoders reused from the main demo), timed on the reference machine.
 # the shipped preset's wall time from a timed run on the reference machine (quiet 2-core CPU), e.g. "24m10s (2-core
 # AMD EPYC, 2026-12-07, commit abc1234)"; until one is recorded the line says so and the estimate stands alone
-PRETRAINED_MEASURED = "not measured yet on the reference machine (the estimate is per-sample costs x this run's counts)"
+PRETRAINED_MEASURED = "not recorded yet (the estimate above is per-sample costs x this run's counts)"
 
 DEMO_PRESETS: dict[str, DemoPreset] = {
     "main": DemoPreset("main", "the tiny Llama demo", {}, STAGES, "", share_encoders=False, examples=0, costs=None,
