@@ -86,3 +86,17 @@ def rec(ckpt: Path):
     from llmrec.serving.recommender import Recommender
 
     return Recommender.from_pretrained(ckpt, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(small_data, tmp_path_factory) -> Path:
+    """A saved GRU4Rec checkpoint on `small_data` (one per test module)."""
+    return saved_encoder(small_data, tmp_path_factory.mktemp("enc") / "gru4rec")
+
+
+@pytest.fixture(scope="module")
+def encoder(small_data, encoder_dir):
+    """That checkpoint's encoder, loaded."""
+    from llmrec.encoders.checkpoint import load_encoder
+
+    return load_encoder(encoder_dir, small_data)

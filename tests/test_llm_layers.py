@@ -14,7 +14,6 @@ from tiny import ONE_STEP, TINY_LLAMA, flags
 from llmrec.base.config import check_config
 from llmrec.base.errors import CheckpointError, ConfigError
 from llmrec.data.catalog import Catalog
-from llmrec.encoders.checkpoint import load_encoder
 from llmrec.llm import backbone
 from llmrec.llm.checkpoint import load_recommender, read_facts, save_checkpoint
 from llmrec.llm.datamodule import prompt_loader
@@ -23,16 +22,6 @@ from llmrec.llm.ranking import score_candidates
 from llmrec.llm.train import build_recommender
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def encoder_dir(small_data, tmp_path_factory):
-    return saved_encoder(small_data, tmp_path_factory.mktemp("enc") / "gru4rec")
-
-
-@pytest.fixture(scope="module")
-def encoder(small_data, encoder_dir):
-    return load_encoder(encoder_dir, small_data)
 
 
 def layers(lm) -> int:

@@ -19,16 +19,6 @@ from llmrec.llm.ranking import score_candidates
 from llmrec.llm.train import build_recommender, fit
 
 
-@pytest.fixture(scope="module")
-def encoder_dir(small_data, tmp_path_factory):
-    return saved_encoder(small_data, tmp_path_factory.mktemp("enc") / "gru4rec")
-
-
-@pytest.fixture(scope="module")
-def encoder(small_data, encoder_dir):
-    return load_encoder(encoder_dir, small_data)
-
-
 def save(folder, lm, facts, small_data, encoder_dir):
     return save_checkpoint(folder, lm, facts, Catalog.from_dataset(small_data), encoder_dir if lm.projector else None)
 
