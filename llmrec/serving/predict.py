@@ -129,10 +129,10 @@ def run_predict(config: PredictConfig) -> int:
         return 0
     where = (f"the whole catalog ({rec.n_items} items): {answer.llm_ranked} retrieved by the encoder, re-ranked by "
              f"the LLM" if candidates is None else f"{len(candidates)} given candidates")
+    if candidates is not None and answer.tail_by is not None:
+        where += f", {answer.llm_ranked} of them ranked by the LLM (as many as its prompt holds)"
     rest = [i["rank"] for i in items if i["ranked_by"] != "llm"]
     if rest:
-        if candidates is not None:
-            where += f", {answer.llm_ranked} of them ranked by the LLM (as many as its prompt holds)"
         order = "the encoder's order" if answer.tail_by == "encoder" else "the given order"
         where += f"; ranks {rest[0]}-{rest[-1]} follow {order}"
     print(f"top {len(items)} next items after a history of {len(history)} ({where}):")

@@ -206,7 +206,8 @@ class Recommender:
         self.titles: list[str] = list(self.builder.titles)  # by model index; 0 = padding
         self._ids = [i for i in range(1, len(self.titles)) if self.titles[i]]
         if raw_ids is None:
-            raw_ids = [str(i) if i in set(self._ids) else "" for i in range(len(self.titles))]
+            known = set(self._ids)
+            raw_ids = [str(i) if i in known else "" for i in range(len(self.titles))]
         if len(raw_ids) != len(self.titles) or any(not raw_ids[i] for i in self._ids):
             raise CheckpointError(f"the catalog's raw ids ({len(raw_ids)} rows) do not cover its "
                                   f"{len(self._ids)} titled items")
@@ -273,10 +274,8 @@ class Recommender:
     def item_id(self, ref: Any, field: str = "item") -> int:
         """The model index of an item given by the dataset's id or an exact title; `RequestError` naming `field`
         otherwise. Text is tried as an id first, then as a title."""
-        kind = "integer" if self.ids.integer else "text, like " + ", ".join(map(repr, self.ids.examples))
-        expected = f"expected an item id ({kind}) or an exact title (string)"
         if isinstance(ref, (bool, np.bool_)):
-            raise RequestError(f"{field}: got {ref!r}, {expected}", field)
+            raise RequestError(f"{field}: got {ref!r}, {self._expected()}", field)
         if isinstance(ref, (int, np.integer)):
             found = self.ids.find(int(ref))
             if found is None:
@@ -301,7 +300,11 @@ class Recommender:
                                    f"{', '.join(str(self.ids.public(i)) for i in indices)}; give the item id instead",
                                    field)
             return indices[0]
-        raise RequestError(f"{field}: got {type(ref).__name__} {ref!r}, {expected}", field)
+        raise RequestError(f"{field}: got {type(ref).__name__} {ref!r}, {self._expected()}", field)
+
+    def _expected(self) -> str:
+        kind = "integer" if self.ids.integer else "text, like " + ", ".join(map(repr, self.ids.examples))
+        return f"expected an item id ({kind}) or an exact title (string)"
 
     def _items(self, refs: Any, field: str) -> list[int]:
         if isinstance(refs, (str, bytes)) or not isinstance(refs, (Sequence, np.ndarray)):
