@@ -92,7 +92,7 @@ def format_table(items: list[dict[str, Any]]) -> str:
     for i in items:
         title = i["title"] if len(i["title"]) <= width else i["title"][:width - 3] + "..."
         score = f"{i['score']:>10.4f}" if i["score"] is not None else f"{'-':>10}"
-        lines.append(f"{i['rank']:>4}  {str(i['id']):>{id_width}}  {title:<{width}}  {score}")
+        lines.append(f"{i['rank']:>4}  {i['id']!s:>{id_width}}  {title:<{width}}  {score}")
     return "\n".join(lines)
 
 
