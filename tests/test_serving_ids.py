@@ -142,6 +142,7 @@ def test_http_takes_and_returns_the_logs_text_ids(text_rec):
             "history[0]: unknown item id 5 (the catalog has ids such as 'B00001', 'B00002')"
         spec = request(srv.port, "GET", "/openapi.json")[1]["components"]["schemas"]
         assert {s["type"] for s in spec["Item"]["properties"]["id"]["anyOf"]} == {"integer", "string"}
+        assert spec["RecommendRequest"]["examples"] == [{"history": ["B00001", "B00002", "B00003"], "k": 10}]
         assert request(srv.port, "GET", "/health")[1]["item_ids"] == "text"
     finally:
         srv.stop()

@@ -6,11 +6,11 @@ Endpoints (OpenAPI at `/openapi.json`, interactive docs at `/docs`):
                                  "retrieved": true}
     POST /recommend/batch    {"requests": [<as above>, ...]} -> {"results": [<as above>, ...]}
     GET  /items?query=heat&limit=20   title search -> {"items": [{"id", "index", "title"}], "total": n}
+    GET  /health             200 {"status": "ok", ...what is served} once the model is loaded
 
 Items are the dataset's own ids (`"B00001"`, or integers for logs whose ids are integers) or exact titles; answers
 give the id, the model's `index`, and who ranked the item (`llmrec.serving.recommender` has the rules: the LLM
 ranks what its prompt holds, the encoder or the request's order the rest; `k` only cuts the list).
-    GET  /health             200 {"status": "ok", ...what is served} once the model is loaded
 
 Errors are JSON `{"detail": "<one line naming the field>"}`: 400 malformed JSON; 401 missing or wrong bearer token;
 413 body larger than `max_body_bytes`; 422 a request the model cannot answer (unknown id or title, empty history,
@@ -175,11 +175,12 @@ def create_app(recommender: Recommender, limits: Limits = Limits(), token: str |
     batcher = MicroBatcher(rec.run, max_batch=batch_size, max_wait_ms=batch_wait_ms)
     ItemRef = StrictInt | Annotated[StrictStr, Field(max_length=limits.max_title_chars)]
     ids = ("integers" if rec.ids.integer else "text, e.g. " + ", ".join(map(repr, rec.ids.examples)))
+    example = [rec.item(i)["id"] for i in range(1, len(rec.titles)) if rec.titles[i]][:3]  # the catalog's own ids
 
     class RecommendRequest(BaseModel):
         """One user's history; without candidates the whole catalog is searched (retrieve, then re-rank)."""
 
-        model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"history": [1, 2, 3], "k": 10}]})
+        model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"history": example, "k": 10}]})
         history: list[ItemRef] = Field(max_length=limits.max_history, description=(
             f"items the user interacted with, oldest first: the dataset's item ids ({ids}) or exact titles; at "
             f"least one. The model sees the most recent {rec.history_window}; all count for exclude_history"))
