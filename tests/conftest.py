@@ -88,6 +88,30 @@ def rec(ckpt: Path):
     return Recommender.from_pretrained(ckpt, device="cpu")
 
 
+@pytest.fixture(scope="session")
+def text_id_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding `data/` (`data_fixtures.write_text_id_log`, 250 items whose ids are text like B00001,
+    prepared with `llmrec prepare --dataset custom`), `sasrec/` (one epoch) and `sft/` (a tiny hybrid SFT checkpoint
+    trained for one step, 20 candidates per prompt), built once per session through the CLI as a user would. Its
+    256-token prompt holds far fewer than 60 candidates. Read-only."""
+    from data_fixtures import write_text_id_log
+
+    from llmrec.commands.cli import main
+
+    root = tmp_path_factory.mktemp("text-ids")
+    with one_thread():
+        assert main(["prepare", "--dataset", "custom", "--raw", str(write_text_id_log(root / "logs")),
+                     "--user-column", "user", "--item-column", "item", "--time-column", "time", "--title-column",
+                     "title", "--domain", "movies", "--eval-positions", "all", "--out", str(root / "data")]) == 0
+        assert main(["train-encoder", "--data", str(root / "data"), "--model", "sasrec", "--hidden-size", "8",
+                     "--max-length", "10", "--max-epochs", "1", "--device", "cpu", "--no-progress-bar",
+                     "--out", str(root / "sasrec")]) == 0
+        assert main(["train-llm", "--data", str(root / "data"), "--encoder", str(root / "sasrec"), "--out",
+                     str(root / "sft"), "--cache-dir", str(root / "cache"), *flags(TINY_LLAMA), *flags(ONE_STEP),
+                     "--max-test-samples", "8", "--no-progress-bar"]) == 0
+    return root
+
+
 @pytest.fixture(scope="module")
 def encoder_dir(small_data, tmp_path_factory) -> Path:
     """A saved GRU4Rec checkpoint on `small_data` (one per test module)."""

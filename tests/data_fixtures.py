@@ -177,3 +177,19 @@ CUSTOM_COLUMNS = {"user_column": "uid", "item_column": "iid", "time_column": "wh
 def prepare_offline(dataset: str, raw: Path, out: Path, **options) -> ProcessedDataset:
     """`llmrec prepare` of the files in `raw` (never a download) into `out`, with any other `PrepareConfig` options."""
     return prepare(PrepareConfig(dataset=dataset, raw=raw, out=out, download=False, **options))
+
+
+def write_text_id_log(folder: Path, n_items: int = 250, n_users: int = 60, length: int = 10) -> Path:
+    """A custom log (interactions.csv, items.csv) whose item ids are text, `B00001` ... (never integers): n_users
+    users of `length` items each, movie titles (one with an accent). Item B00040 is titled "B00003", another
+    item's id, so that id-before-title resolution has something to decide."""
+    words = ["Red", "Blue", "Night", "River", "Storm", "Garden", "City", "Moon", "Fire", "Glass", "Stone", "Wolf"]
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["user,item,time"] + [f"u{u},B{(u * 7 + j * 3) % n_items + 1:05d},{1_000_000 + j * 3600}"
+                                 for u in range(n_users) for j in range(length)]
+    (folder / "interactions.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    titles = {i: f"{words[i % 12]} {words[(i * 5 + 3) % 12]} ({1900 + i})" for i in range(1, n_items + 1)}
+    titles.update({7: "Amélie (2001)", 40: "B00003"})
+    items = ["item,title"] + [f"B{i:05d},{t}" for i, t in titles.items()]
+    (folder / "items.csv").write_text("\n".join(items) + "\n", encoding="utf-8")
+    return folder

@@ -35,7 +35,7 @@ def tiny_dataset(n_users: int = 24, n_items: int = 30, seq_len: int = 9, n_candi
             rows[split[u]].append({"user_id": u, "position": p, "history": s[max(0, p - 10):p].astype(np.int64),
                                    "target": target, "candidates": cands})
     items = pd.DataFrame({"item_id": np.arange(1, n_items + 1), "title": titles,
-                          "genres": [["g"]] * n_items, "raw_id": [str(i) for i in range(n_items)]})
+                          "genres": [["g"]] * n_items, "raw_id": [str(i) for i in range(1, n_items + 1)]})
     inter = pd.DataFrame({"user_id": np.repeat(list(seqs), seq_len), "item_id": np.concatenate(list(seqs.values())),
                           "timestamp": np.tile(np.arange(seq_len), n_users)})
     users = pd.DataFrame({"user_id": list(seqs), "raw_id": [str(u) for u in seqs], "split": list(split.values())})

@@ -79,7 +79,8 @@ def test_batch_endpoint(server, rec):
 def test_title_search_endpoint(server, rec):
     status, body = request(server.port, "GET", "/items?query=" + urllib.parse.quote("RED") + "&limit=2")
     red = [i for i in range(1, 25) if "red" in rec.titles[i].lower()]
-    assert status == 200 and body == {"items": [{"id": i, "title": rec.titles[i]} for i in red[:2]], "total": 4}
+    assert status == 200 and body == {"items": [{"id": i, "index": i, "title": rec.titles[i]} for i in red[:2]],
+                                      "total": 4}
     assert request(server.port, "GET", "/items?query=zzz")[1] == {"items": [], "total": 0}
 
 

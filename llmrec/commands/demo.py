@@ -698,14 +698,16 @@ def _predict(config: DemoConfig, paths: DemoPaths) -> bool:
     if final is None:
         raise ConfigError(f"stage predict needs a trained LLM ({paths.sdpo} or {paths.llm}: the sdpo or llm stage)"
                           if has_sdpo(config) else f"stage predict needs a trained LLM ({paths.llm}: the llm stage)")
-    test = ProcessedDataset.load(paths.data).split("test")
+    data = ProcessedDataset.load(paths.data)
+    test = data.split("test")
     if not len(test):
         raise DataError(f"{paths.data}: the test split has no samples to predict for")
     user = test.iloc[len(test) // 2]  # a test user the models never trained on (llara holds test users out)
-    history = [int(i) for i in user["history"]]
+    raw = dict(zip(data.items["item_id"].tolist(), data.items["raw_id"].tolist()))  # predict takes the log's ids
+    history = [raw[int(i)] for i in user["history"]]
     print(f"  top 10 of the whole catalog for test user {int(user['user_id'])} ({final.name}), history of "
-          f"{len(history)} items (the true next item was {int(user['target'])})", flush=True)
-    run_predict(PredictConfig(ckpt=final, history=[",".join(map(str, history))], k=10, device="cpu"))
+          f"{len(history)} items (the true next item was {raw[int(user['target'])]})", flush=True)
+    run_predict(PredictConfig(ckpt=final, history=[",".join(history)], k=10, device="cpu"))
     return False  # prints only
 
 

@@ -24,7 +24,7 @@ from llmrec.base.errors import CheckpointError
 from llmrec.base.markers import check_fields, read_marker
 
 CHECKPOINT_COMMANDS: tuple[str, ...] = ("train-llm", "train-sdpo")
-_UNCHECKED = "retrain it, or load it without the check (Recommender.from_pretrained(..., verify=False))"
+_UNCHECKED = "retrain it, or load it without the check (`--no-verify`; from Python, `verify=False`)"
 
 
 def sha256_file(path: str | os.PathLike) -> str:

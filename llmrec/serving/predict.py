@@ -2,11 +2,15 @@
 
     llmrec predict --ckpt DIR --history 50,172,133 [--candidates 7,12 'Heat (1995)'] [--k 10] [--json]
 
-Items are item ids (a comma-separated list of numbers is a list of ids) or exact catalog titles, one title per
-argument (titles often hold commas: 'Usual Suspects, The (1995)'). Without `--candidates` the whole catalog is
-searched: the encoder retrieves as many items as the model was trained to rank, the LLM re-ranks them
-(`llmrec.serving.recommender`). Prints a table (rank, id, title, score) or, with `--json`, the same JSON as
-`POST /recommend` of `llmrec serve`. The flag is `--k` (the config layer makes one `--flag` per option).
+Items are the dataset's own item ids (`raw_id` of the prepared items.parquet: 50 in MovieLens, B00001 in a custom
+log) or exact catalog titles, one title per argument (titles often hold commas: 'Usual Suspects, The (1995)').
+A comma-separated list of numbers is a list of ids (so is `-5`: an id, never a title); other text is an id when
+the catalog has it, else a title, else a comma-separated list of ids (B00001,B00002). Without `--candidates` the
+whole catalog is searched: the encoder retrieves as many items as the model was trained to rank, the LLM re-ranks
+them, and ranks beyond them (a `--k` larger than that) follow the encoder's order (`llmrec.serving.recommender`
+has the rules). Prints a table (rank, id, title, score; `-` for an item the LLM did not score) or, with `--json`,
+the same JSON as `POST /recommend` of `llmrec serve`. The flag is `--k` (the config layer makes one `--flag` per
+option).
 """
 
 from __future__ import annotations
@@ -15,23 +19,28 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from llmrec.base.config import check_config, option
 from llmrec.base.device import torch_device
 from llmrec.base.errors import ConfigError
 
-ID_LIST = re.compile(r"^\s*\d+(\s*,\s*\d+)*\s*,?\s*$")
+if TYPE_CHECKING:  # imported when a command runs: `llmrec predict --help` does not pay for torch
+    from llmrec.serving.recommender import Recommender, RequestError
+
+ID_LIST = re.compile(r"^\s*[+-]?\d+(\s*,\s*[+-]?\d+)*\s*,?\s*$")
 
 
 @dataclass
 class PredictConfig:
     ckpt: Path | None = option(None, "checkpoint folder (a `llmrec train-llm` or `llmrec train-sdpo` output)")
-    history: list[str] = option(help="the user's items, oldest first: ids separated by commas (50,172,133) and/or "
-                                     "exact titles, one per argument", factory=list)
+    history: list[str] = option(help="the user's items, oldest first: the dataset's item ids separated by commas "
+                                     "(50,172,133 or B001,B002) and/or exact titles, one per argument",
+                                factory=list)
     candidates: list[str] | None = option(None, "items to rank, written like --history (default: the whole "
                                                 "catalog: retrieve with the encoder, re-rank with the LLM)")
-    k: int = option(10, "how many items to print (at most the catalog size)", min=1)
+    k: int = option(10, "how many items to print (at most the catalog size); the top items do not depend on it",
+                    min=1)
     json: bool = option(False, "print JSON (as `POST /recommend` answers) instead of a table")
     exclude_history: bool = option(True, "never recommend an item of the history")
     retrieve_n: int | None = option(None, "items retrieved from the whole catalog before re-ranking (default: as "
@@ -46,7 +55,8 @@ class PredictConfig:
 
 
 def parse_items(values: list[str]) -> list[int | str]:
-    """Command-line items: `"50,172"` -> [50, 172]; anything else is one exact title."""
+    """Command-line items: `"50,172"` -> [50, 172] (ids; `"-5"` too); anything else stays text, an id or a title
+    (`expand_id_lists` splits `"B001,B002"` once the catalog is known)."""
     out: list[int | str] = []
     for value in values:
         if ID_LIST.match(value):
@@ -56,14 +66,44 @@ def parse_items(values: list[str]) -> list[int | str]:
     return out
 
 
+def expand_id_lists(rec: Recommender, items: list[int | str]) -> list[int | str]:
+    """Text that is no item's id or title but a comma-separated list of ids (`"B001,B002"`) -> those ids."""
+    from llmrec.serving.recommender import RequestError
+
+    out: list[int | str] = []
+    for item in items:
+        if isinstance(item, str) and "," in item:
+            try:
+                rec.item_id(item)
+            except RequestError:
+                parts = [p.strip() for p in item.split(",") if p.strip()]
+                if parts and all(rec.ids.find(p) is not None for p in parts):
+                    out += parts
+                    continue
+        out.append(item)
+    return out
+
+
 def format_table(items: list[dict[str, Any]]) -> str:
-    """A fixed-width table: rank, id, title, score (titles cut at 60 characters)."""
+    """A fixed-width table: rank, id, title, score (titles cut at 60 characters; `-`: not scored by the LLM)."""
     width = min(max([len("title")] + [len(i["title"]) for i in items]), 60)
-    lines = [f"{'rank':>4}  {'id':>6}  {'title':<{width}}  {'score':>10}"]
+    id_width = max([6] + [len(str(i["id"])) for i in items])
+    lines = [f"{'rank':>4}  {'id':>{id_width}}  {'title':<{width}}  {'score':>10}"]
     for i in items:
         title = i["title"] if len(i["title"]) <= width else i["title"][:width - 3] + "..."
-        lines.append(f"{i['rank']:>4}  {i['id']:>6}  {title:<{width}}  {i['score']:>10.4f}")
+        score = f"{i['score']:>10.4f}" if i["score"] is not None else f"{'-':>10}"
+        lines.append(f"{i['rank']:>4}  {i['id']!s:>{id_width}}  {title:<{width}}  {score}")
     return "\n".join(lines)
+
+
+def option_error(e: RequestError) -> ConfigError:
+    """A request error as the command line says it: the flag at fault, the message in its words (`--no-...`)."""
+    field = e.field or "history"
+    name = field.split("[")[0].split(".")[0]
+    message = e.text("cli")
+    if field == name and message.startswith(f"{name}: "):  # `option --k: got 0, ...`, not `option --k: k: ...`
+        message = message[len(name) + 2:]
+    return ConfigError(f"option --{name.replace('_', '-')}: {message}")
 
 
 def run_predict(config: PredictConfig) -> int:
@@ -73,23 +113,28 @@ def run_predict(config: PredictConfig) -> int:
     from llmrec.llm.quantize import check_quantize, quantized
     from llmrec.serving.recommender import Recommender, RequestError
 
-    history = parse_items(config.history)
-    candidates = parse_items(config.candidates) if config.candidates is not None else None
     check_quantize(config.quantize, torch_device(config.device), config.dtype)  # before the slow load
     rec = Recommender.from_pretrained(config.ckpt, torch_device(config.device), dtype=config.dtype, llm=config.llm,
                                       verify=config.verify, retrieve_n=config.retrieve_n)
     rec.lm = quantized(rec.lm, config.quantize)  # the same builder, encoder and index: only the LM's linears change
+    history = expand_id_lists(rec, parse_items(config.history))
+    candidates = expand_id_lists(rec, parse_items(config.candidates)) if config.candidates is not None else None
     try:
-        items = rec.recommend(history, candidates, config.k, config.exclude_history)
+        answer = rec.answer_many([history], [candidates], config.k, config.exclude_history)[0]
     except RequestError as e:
-        flag = (e.field or "history").split("[")[0].replace("_", "-")
-        raise ConfigError(f"option --{flag}: {e}") from None
+        raise option_error(e) from None
+    items = answer.items
     if config.json:
         print(json.dumps({"items": items, "retrieved": candidates is None}, indent=2))
         return 0
-    where = (f"the whole catalog ({rec.n_items} items): {max(config.retrieve_n or rec.retrieve_n, config.k)} "
-             f"retrieved by the encoder, re-ranked by the LLM" if candidates is None else
-             f"{len(candidates)} given candidates")
+    where = (f"the whole catalog ({rec.n_items} items): {answer.llm_ranked} retrieved by the encoder, re-ranked by "
+             f"the LLM" if candidates is None else f"{len(candidates)} given candidates")
+    if candidates is not None and answer.tail_by is not None:
+        where += f", {answer.llm_ranked} of them ranked by the LLM (as many as its prompt holds)"
+    rest = [i["rank"] for i in items if i["ranked_by"] != "llm"]
+    if rest:
+        order = "the encoder's order" if answer.tail_by == "encoder" else "the given order"
+        where += f"; ranks {rest[0]}-{rest[-1]} follow {order}"
     print(f"top {len(items)} next items after a history of {len(history)} ({where}):")
     print(format_table(items))
     return 0

@@ -2,10 +2,15 @@
 
 Endpoints (OpenAPI at `/openapi.json`, interactive docs at `/docs`):
     POST /recommend          {"history": [50, "Heat (1995)"], "candidates": null, "k": 10, "exclude_history": true}
-                             -> {"items": [{"id", "title", "score", "rank"}, ...], "retrieved": true}
+                             -> {"items": [{"id", "index", "title", "score", "rank", "ranked_by"}, ...],
+                                 "retrieved": true}
     POST /recommend/batch    {"requests": [<as above>, ...]} -> {"results": [<as above>, ...]}
-    GET  /items?query=heat&limit=20   title search -> {"items": [{"id", "title"}], "total": n}
+    GET  /items?query=heat&limit=20   title search -> {"items": [{"id", "index", "title"}], "total": n}
     GET  /health             200 {"status": "ok", ...what is served} once the model is loaded
+
+Items are the dataset's own ids (`"B00001"`, or integers for logs whose ids are integers) or exact titles; answers
+give the id, the model's `index`, and who ranked the item (`llmrec.serving.recommender` has the rules: the LLM
+ranks what its prompt holds, the encoder or the request's order the rest; `k` only cuts the list).
 
 Errors are JSON `{"detail": "<one line naming the field>"}`: 400 malformed JSON; 401 missing or wrong bearer token;
 413 body larger than `max_body_bytes`; 422 a request the model cannot answer (unknown id or title, empty history,
@@ -36,7 +41,7 @@ from typing import Annotated, Any
 
 from llmrec.base.errors import ConfigError
 from llmrec.serving.batching import BatcherClosed, MicroBatcher
-from llmrec.serving.recommender import Recommender, RequestError
+from llmrec.serving.recommender import RankedBy, Recommender, RequestError
 
 log = logging.getLogger(__name__)
 TOKEN_ENV = "LLMREC_TOKEN"
@@ -169,25 +174,38 @@ def create_app(recommender: Recommender, limits: Limits = Limits(), token: str |
     max_k = min(limits.max_k, rec.n_items)
     batcher = MicroBatcher(rec.run, max_batch=batch_size, max_wait_ms=batch_wait_ms)
     ItemRef = StrictInt | Annotated[StrictStr, Field(max_length=limits.max_title_chars)]
+    ids = ("integers" if rec.ids.integer else "text, e.g. " + ", ".join(map(repr, rec.ids.examples)))
+    example = [rec.item(i)["id"] for i in range(1, len(rec.titles)) if rec.titles[i]][:3]  # the catalog's own ids
 
     class RecommendRequest(BaseModel):
         """One user's history; without candidates the whole catalog is searched (retrieve, then re-rank)."""
 
-        model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"history": [1, 2, 3], "k": 10}]})
+        model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"history": example, "k": 10}]})
         history: list[ItemRef] = Field(max_length=limits.max_history, description=(
-            f"items the user interacted with, oldest first: item ids or exact titles; at least one. The model sees "
-            f"the most recent {rec.history_window}; all count for exclude_history"))
+            f"items the user interacted with, oldest first: the dataset's item ids ({ids}) or exact titles; at "
+            f"least one. The model sees the most recent {rec.history_window}; all count for exclude_history"))
         candidates: list[ItemRef] | None = Field(None, max_length=limits.max_candidates, description=(
-            "items to rank (ids or exact titles); null: retrieve from the whole catalog" if rec.can_retrieve else
-            "items to rank (ids or exact titles); required: this model cannot retrieve from the whole catalog"))
-        k: StrictInt = Field(10, ge=1, le=max_k, description="how many items to return")
+            ("items to rank (ids or exact titles); null: retrieve from the whole catalog (the LLM re-ranks the "
+             f"encoder's top {rec.retrieve_n})" if rec.can_retrieve else
+             "items to rank (ids or exact titles); required: this model cannot retrieve from the whole catalog")
+            + ". The LLM ranks as many as its prompt holds; the others follow (ranked_by)"))
+        k: StrictInt = Field(10, ge=1, le=max_k, description=(
+            "how many items to return; the ranking does not depend on k (an answer is the first k items of the "
+            "answer for any larger k)"))
         exclude_history: StrictBool = Field(True, description="never recommend an item of the history")
 
     class Item(BaseModel):
-        id: int
+        id: StrictInt | StrictStr = Field(description=f"the dataset's own item id ({ids})")
+        index: int = Field(description="the model's item number (item_id of the prepared tables)")
         title: str
-        score: float = Field(description="the LLM's log-probability of the item's title as the answer")
+        score: float | None = Field(description="the LLM's log-probability of the item's title as the answer; "
+                                                "null for an item the LLM did not rank")
         rank: int
+        ranked_by: RankedBy = Field(description=(
+            "llm: ranked by score; encoder: after the LLM's items, in the sequential encoder's order (ranks past "
+            "the LLM's retrieved items, or candidates its prompt could not hold); request: after the LLM's "
+            "items, in the order the request listed them (a text-only model's candidates its prompt could not "
+            "hold)"))
 
     class RecommendResponse(BaseModel):
         items: list[Item]
@@ -201,7 +219,8 @@ def create_app(recommender: Recommender, limits: Limits = Limits(), token: str |
         results: list[RecommendResponse]
 
     class CatalogItem(BaseModel):
-        id: int
+        id: StrictInt | StrictStr = Field(description=f"the dataset's own item id ({ids})")
+        index: int = Field(description="the model's item number")
         title: str
 
     class ItemsResponse(BaseModel):
@@ -215,7 +234,7 @@ def create_app(recommender: Recommender, limits: Limits = Limits(), token: str |
         try:
             return rec.query(req.history, req.candidates, req.k, req.exclude_history)
         except RequestError as e:
-            raise RequestError(f"{prefix}{e}", f"{prefix}{e.field}") if prefix else e from None
+            raise e.prefixed(prefix) if prefix else e from None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -238,7 +257,7 @@ def create_app(recommender: Recommender, limits: Limits = Limits(), token: str |
 
     @app.exception_handler(RequestError)
     async def request_error(_, e: RequestError):
-        return JSONResponse({"detail": str(e)}, status_code=422)
+        return JSONResponse({"detail": e.text("http")}, status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_, e: RequestValidationError):
@@ -262,7 +281,7 @@ def create_app(recommender: Recommender, limits: Limits = Limits(), token: str |
         outcomes = await asyncio.gather(*(batcher.submit(q) for q in queries), return_exceptions=True)
         for i, outcome in enumerate(outcomes):
             if isinstance(outcome, RequestError):
-                raise RequestError(f"requests[{i}].{outcome}", f"requests[{i}].{outcome.field}")
+                raise outcome.prefixed(f"requests[{i}].")
             if isinstance(outcome, BaseException):
                 raise outcome
         return {"results": [{"items": items, "retrieved": r.candidates is None}
