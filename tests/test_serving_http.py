@@ -362,13 +362,12 @@ def test_llmrec_serve_finishes_requests_in_flight_on_sigterm(ckpt, rec):
         sender = threading.Thread(target=lambda: answer.update(
             zip(("status", "body"), request(port, "POST", "/recommend", {"history": [1, 2, 3], "k": 3}))))
         sender.start()
-        time.sleep(0.4)  # the request now waits in the 1.5 s micro-batch window
-        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.4)  # a lone request runs at once, whatever the window (requests in flight during a SIGTERM:
+        proc.send_signal(signal.SIGTERM)  # test_serving_shutdown.py)
         sender.join(timeout=30)
         assert answer.get("status") == 200, answer
         assert same_answer(answer["body"]["items"], rec.recommend([1, 2, 3], k=3))
-        # uvicorn re-raises the signal once it has shut down gracefully: killed by SIGTERM, after answering
-        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0  # a graceful stop is a normal end (uvicorn alone re-raised the signal)
         with pytest.raises(OSError):
             request(port, "GET", "/health", timeout=2)
     finally:
