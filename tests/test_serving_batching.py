@@ -1,21 +1,28 @@
 """The micro-batching rule (issue 20, defect 2; `llmrec.serving.batching`): a request that finds the model idle runs
 at once, however long the window; requests queued while the model is busy form the next batch at once; the one
 wait (after a pass of several requests, for their clients to come back) ends as soon as they are back and never
-lasts longer than the window; and over HTTP a lone client's latency does not include the window while concurrent
-requests are still batched together."""
+lasts longer than the window; over HTTP a lone client's latency does not include the window while concurrent
+requests are still batched together; and the `batching` part of bench/serving.py runs real servers side by side."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import json
+import os
 import statistics
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from test_serving_support import ServerThread, request, same_answer
 
+from llmrec.data.dataset import ProcessedDataset
 from llmrec.serving.batching import MicroBatcher
+from llmrec.serving.recommender import Recommender
 from llmrec.serving.server import create_app
 
 WINDOW_MS = 500  # far longer than any pass here: a request that waited for it would show
@@ -133,3 +140,35 @@ def test_over_http_a_lone_client_does_not_wait_while_concurrent_requests_share_b
         assert batcher.batched == 5 + 16 and batcher.batches - 5 < 16  # the 16 concurrent ones were grouped
     finally:
         srv.stop()
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_batching_benchmark_runs_servers_side_by_side_and_keeps_the_other_results(ckpt, tmp_path):
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    sys.path.insert(0, str(bench))  # the script imports bench/machine.py as the scripts do when run from bench/
+    try:
+        spec = importlib.util.spec_from_file_location("bench_serving_batching", bench / "serving.py")
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+    finally:
+        sys.path.remove(str(bench))
+    args = script.parse_args(["batching", "--ckpt", str(ckpt), "--results", str(tmp_path / "r.json")])
+    assert (args.requests, args.concurrency, args.batch_size, args.probe_requests) == (500, 16, 16, 96)
+    assert args.thread_choices == list(range(1, (os.cpu_count() or 1) + 1))
+    assert script.batching_label(ckpt) == "tiny"
+
+    data = ProcessedDataset.load(ckpt.parent / "data")
+    bodies = script.request_bodies(data, 6)
+    want = Recommender.from_pretrained(ckpt, device="cpu").recommend_many([b["history"] for b in bodies], k=10)
+    runs = script.run_against(ckpt, 4, 5.0, 1, [("concurrent", bodies, 3), ("lone", bodies, 1)],
+                              {"concurrent": want, "lone": want})  # a real `llmrec serve` subprocess
+    for name, concurrency in (("concurrent", 3), ("lone", 1)):
+        run = runs[name]
+        assert (run["requests"], run["errors"], run["mismatches"], run["concurrency"]) == (6, 0, 0, concurrency)
+        assert run["threads"] == 1 and run["rps"] > 0 and len(run["load_average"]["before"]) == 3
+
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps({"load": {"rps": 1.0}, "batching": {"pretrained": {"speedup": 1.6}}}))
+    script.write_batching(results, "tiny", {"speedup": 2.1})
+    assert json.loads(results.read_text()) == {"load": {"rps": 1.0},
+                                               "batching": {"pretrained": {"speedup": 1.6}, "tiny": {"speedup": 2.1}}}

@@ -129,7 +129,7 @@ class MicroBatcher(Generic[Q]):
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except asyncio.TimeoutError:  # the window closed
+            except asyncio.TimeoutError:  # the window closed (Python 3.10: not the builtin TimeoutError)
                 break
         batch = []
         while self._pending and len(batch) < self.max_batch:

@@ -191,8 +191,8 @@ class TimedH11Protocol(H11Protocol):
     def _header_timeout(self) -> None:
         self._header_timer = None
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            log.debug("%s: no complete request headers within %g s: connection closed",
-                      "%s:%d" % self.client if self.client else "a client", self.header_timeout_s)
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+            log.debug("%s: no complete request headers within %g s: connection closed", client, self.header_timeout_s)
             self.transport.close()
 
 
