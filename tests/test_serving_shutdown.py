@@ -2,12 +2,14 @@
 6; `llmrec.serving.lifecycle`): a silent connection is closed after the idle timeout, a client trickling header
 bytes after the header timeout, a stalled body gets 408 after the body timeout; SIGTERM under load answers every
 request in flight and refuses the rest cleanly (never a 5xx); a client stalled mid-body does not hold the shutdown
-for the graceful timeout, gets 408 (no 500, no traceback in the log); the process exits with status 0."""
+for the graceful timeout, gets 408 (no 500, no traceback in the log); the process exits with status 0; a request
+still unanswered when the graceful timeout runs out gets 503 and one log line, not a traceback."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import re
 import signal
@@ -16,15 +18,16 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from test_serving_support import request, same_answer
+from test_serving_support import ServerThread, request, same_answer
 
 from llmrec.serving.lifecycle import DRAIN_BODY_GRACE_S
-from llmrec.serving.server import TOKEN_ENV
+from llmrec.serving.server import TOKEN_ENV, create_app
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # `ckpt` and `rec` come from conftest.py
 
@@ -222,3 +225,38 @@ def test_a_client_stalled_mid_body_does_not_hold_the_shutdown(ckpt, tmp_path, st
     log = srv.log()
     assert "Traceback" not in log and "CancelledError" not in log and "500" not in log, log
     assert len([line for line in log.splitlines() if "408" in line]) == 1, log
+
+
+def test_a_request_still_unanswered_at_the_graceful_timeout_gets_503_and_one_log_line(rec):
+    app = create_app(rec, batch_size=4, batch_wait_ms=0)
+    batcher = app.app.state.batcher  # `app` is the Guard middleware around FastAPI
+    entered, gate, run = threading.Event(), threading.Event(), batcher.run
+
+    def held(queries):  # a model pass that outlasts the graceful timeout
+        entered.set()
+        assert gate.wait(30), "the test never opened the gate"
+        return run(queries)
+
+    batcher.run = held
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "llmrec.serving.lifecycle")]
+    srv = ServerThread(app)
+    srv.server.config.timeout_graceful_shutdown = 0.3
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(request, srv.port, "POST", "/recommend", {"history": [1, 2]})
+            assert entered.wait(30)
+            srv.server.should_exit = True  # what SIGTERM does
+            status, body = answer.result(timeout=30)
+    finally:
+        gate.set()  # the pass ends; the batcher then stops
+        srv.stop()
+        for logger in loggers:
+            logger.removeHandler(handler)
+    assert status == 503 and body == {"detail": "the server shut down before this request was answered"}
+    assert not [r for r in records if r.exc_info], [r.getMessage() for r in records]  # no traceback
+    assert len([r for r in records if "answered 503" in r.getMessage()]) == 1
