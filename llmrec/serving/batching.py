@@ -17,9 +17,10 @@ TorchServe with a delay of 0, plus a window that opens only when it pays):
    pass duration of its end (the same burst of traffic, not a new request after a lull), and fewer than
    `min(n, max_batch)` are queued. The worker then waits until that many are queued, for at most `max_wait_ms`
    after the oldest queued request arrived: the clients just answered are expected back (a closed-loop client
-   sends its next request on the answer), and one pass for all of them costs less than a small pass now and a
-   second one later. The window closes as soon as enough requests are queued; it never applies after a pass
-   of one request (a lone client), nor to a request arriving after a lull.
+   sends its next request on the answer), and one pass for all of them saves what each pass costs whatever its
+   size (one encoder and faiss call, the Python and dispatch overhead of every model call; with several torch
+   threads, small passes also use the cores poorly). The window closes as soon as enough requests are queued;
+   it never applies after a pass of one request (a lone client), nor to a request arriving after a lull.
 
 So no request waits in a window longer than `max_wait_ms`, a lone client's latency never includes it, and under
 concurrency the batch size follows the number of clients. `run` returns one outcome per query, in order: a
