@@ -4,6 +4,8 @@
     .venv/bin/python bench/serving.py full-catalog --write
     .venv/bin/python bench/serving.py load --write         # also measures the cold start
     .venv/bin/python bench/serving.py load --smoke         # a few requests: checks the script runs, writes nothing
+    .venv/bin/python bench/serving.py batching --ckpt checkpoints/demo/sdpo-hybrid-sasrec --write     # "tiny"
+    .venv/bin/python bench/serving.py batching --ckpt checkpoints/bench-pretrained/... --write       # "pretrained"
 
 Defaults: the demo-scale model `checkpoints/demo/llm-hybrid-sasrec` and the data it was trained on,
 `data/processed/ml-100k-llara-all` (`llmrec demo` builds both).
@@ -23,11 +25,24 @@ same history (same items and ranks; scores within 1e-3: a batch of other sizes p
 (`--batch-size`, `--batch-wait-ms`), then the same requests against a server with `--batch-size 1` in the same
 run (`rps_unbatched`). cold_start_s: `llmrec serve` start -> first 200 from /health (`serve_to_health`), and
 `Recommender.from_pretrained` -> first answer in this process (`from_pretrained_to_first_answer`).
+
+batching (issue 20): what micro-batching gains, measured side by side in one run on the same checkpoint, each
+server a real `llmrec serve` subprocess over loopback HTTP. First a short probe (`--probe-requests` at
+`--concurrency`) of the batch-size-1 server and of the batched one (`--batch-size`, `--batch-wait-ms`) at each
+torch thread count of `--thread-choices` (default 1 up to the cores): each kind of server then runs at ITS best
+thread count, so the baseline is not an unbatched server fighting itself for the cores. Then `--requests`
+requests at `--concurrency` against each (`speedup` = requests/s batched / batch size 1), and the same requests
+from one client (concurrency 1) against both at the baseline's thread count (`lone_client_ratio`: whether the
+batching machinery costs a lone client anything). Every answer is checked as in `load`; threads, the probe and
+the load average (1/5/15 min, before and after each run: the client runs on the same machine) are recorded under
+`batching.<label>` (`--label`; default `tiny` or `pretrained` from the checkpoint's facts), with machine, date and
+command; the other sections of the results file are kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import http.client
 import json
 import os
@@ -57,7 +72,7 @@ SCORE_TOLERANCE = 1e-3
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", choices=["full-catalog", "load", "all"])
+    parser.add_argument("mode", choices=["full-catalog", "load", "all", "batching"])
     parser.add_argument("--ckpt", type=Path, default=DEFAULT_CKPT, help="LLM checkpoint folder to serve")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the prepared dataset it was trained on")
     parser.add_argument("--max-users", type=int, default=None, help="full-catalog: at most this many test users")
@@ -65,13 +80,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=16, help="load: client threads")
     parser.add_argument("--batch-size", type=int, default=16, help="load: micro-batch size of the batched server")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0, help="load: micro-batch wait window")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (server and this process)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the server and this process "
+                                                                   "(batching: this process only; the servers "
+                                                                   "run at --thread-choices)")
+    parser.add_argument("--thread-choices", type=int, nargs="+", default=None,
+                        help="batching: torch thread counts probed for each server (default: 1 up to the cores)")
+    parser.add_argument("--probe-requests", type=int, default=96, help="batching: requests per thread probe")
+    parser.add_argument("--label", default=None, help="batching: key under `batching` (default: tiny or pretrained, "
+                                                      "from the checkpoint's facts)")
     parser.add_argument("--smoke", action="store_true", help="tiny scale (20 users, 24 requests); never written")
-    parser.add_argument("--write", action="store_true", help=f"update {RESULTS.relative_to(ROOT)}")
+    parser.add_argument("--write", action="store_true", help="update the results file")
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"results file (default: "
+                                                                      f"{RESULTS.relative_to(ROOT)})")
     args = parser.parse_args(argv)
     if args.smoke:
         args.max_users, args.requests, args.concurrency = min(args.max_users or 20, 20), 24, 4
-    for name in ("requests", "concurrency", "batch_size"):
+        args.probe_requests = 8
+    args.thread_choices = sorted(set(args.thread_choices or range(1, (os.cpu_count() or 1) + 1)))
+    if args.thread_choices[0] < 1:
+        parser.error("--thread-choices must be >= 1")
+    for name in ("requests", "concurrency", "batch_size", "probe_requests"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.smoke and args.write:
@@ -148,8 +176,8 @@ def request_bodies(data, n: int, seed: int = 0) -> list[dict[str, Any]]:
 def start_server(ckpt: Path, batch_size: int, batch_wait_ms: float, threads: int | None) -> tuple[Any, int, float]:
     """`llmrec serve` on 127.0.0.1 with a free port; (process, port, seconds from start to a healthy /health)."""
     env = {k: v for k, v in os.environ.items() if k != "LLMREC_TOKEN"}
-    cmd = [sys.executable, "-m", "llmrec", "serve", "--ckpt", str(ckpt), "--host", "127.0.0.1", "--port", "0",
-           "--batch-size", str(batch_size), "--batch-wait-ms", str(batch_wait_ms), "--device", "cpu"]
+    cmd = [sys.executable, "-m", "llmrec", "serve", "--ckpt", str(Path(ckpt).resolve()), "--host", "127.0.0.1",
+           "--port", "0", "--batch-size", str(batch_size), "--batch-wait-ms", str(batch_wait_ms), "--device", "cpu"]
     if threads:
         cmd += ["--threads", str(threads)]
     started = time.perf_counter()
@@ -271,6 +299,91 @@ def load(args: argparse.Namespace, rec, data, cold_python: float) -> tuple[dict[
     return section, {"serve_to_health": cold_serve, "from_pretrained_to_first_answer": cold_python}
 
 
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def run_against(ckpt: Path, batch_size: int, batch_wait_ms: float, threads: int,
+                plan: list[tuple[str, list[dict[str, Any]], int]], expected: dict[str, list]) -> dict[str, Any]:
+    """Start `llmrec serve` (batch size, wait, torch threads), warm it up, run each (name, bodies, concurrency) of
+    `plan` in turn, stop it; each run's summary (as `summarize`) with the threads and the load average."""
+    proc, port, _ = start_server(ckpt, batch_size, batch_wait_ms, threads)
+    out = {}
+    try:
+        warm = plan[0][1][:8]
+        drive(port, warm, 2)  # first-call allocations, connection setup
+        for name, bodies, concurrency in plan:
+            before = load_average()
+            out[name] = {**summarize(drive(port, bodies, concurrency), expected[name]), "concurrency": concurrency,
+                         "batch_size": batch_size, "threads": threads, "load_average": {"before": before,
+                                                                                         "after": load_average()}}
+            print(f"  batch size {batch_size}, {threads} threads, {name}: {json.dumps(out[name])}", flush=True)
+    finally:
+        stop_server(proc)
+    return out
+
+
+def batching(args: argparse.Namespace, data) -> dict[str, Any]:
+    """The `batching.<label>` section (see the module docstring)."""
+    from llmrec.serving.recommender import Recommender
+
+    bodies = request_bodies(data, args.requests)
+    probe = bodies[:min(args.probe_requests, len(bodies))]
+    rec = Recommender.from_pretrained(args.ckpt, device="cpu")  # the direct answers every HTTP one must equal
+    want: list[list[dict[str, Any]]] = []
+    for start in range(0, len(bodies), 32):
+        want += rec.recommend_many([b["history"] for b in bodies[start:start + 32]], k=10)
+    del rec  # this process is the client from now on: it must not hold the model's memory
+    gc.collect()
+    expected = {"probe": want[:len(probe)], "concurrent": want, "lone": want}
+    kinds = {"batched": args.batch_size, "batch1": 1}
+    started_load = load_average()
+    probes: dict[str, dict[str, float]] = {kind: {} for kind in kinds}
+    for kind, size in kinds.items():
+        for threads in args.thread_choices:
+            run = run_against(args.ckpt, size, args.batch_wait_ms, threads, [("probe", probe, args.concurrency)],
+                              expected)
+            probes[kind][str(threads)] = run["probe"]["rps"]
+    best = {kind: int(max(rps, key=rps.get)) for kind, rps in probes.items()}
+    runs: dict[str, dict[str, Any]] = {}
+    concurrent, lone = ("concurrent", bodies, args.concurrency), ("lone", bodies, 1)
+    same = best["batched"] == best["batch1"]
+    got = run_against(args.ckpt, args.batch_size, args.batch_wait_ms, best["batched"],
+                      [concurrent, lone] if same else [concurrent], expected)
+    runs["batched"] = got["concurrent"]
+    if same:
+        runs["lone_batched"] = got["lone"]
+    else:  # the lone client compares the two servers at the same (the baseline's) thread count
+        runs["lone_batched"] = run_against(args.ckpt, args.batch_size, args.batch_wait_ms, best["batch1"], [lone],
+                                           expected)["lone"]
+    got = run_against(args.ckpt, 1, args.batch_wait_ms, best["batch1"], [concurrent, lone], expected)
+    runs["batch1"], runs["lone_batch1"] = got["concurrent"], got["lone"]
+    return {"speedup": runs["batched"]["rps"] / runs["batch1"]["rps"],
+            "lone_client_ratio": runs["lone_batched"]["rps"] / runs["lone_batch1"]["rps"],
+            "rps_batched": runs["batched"]["rps"], "rps_batch1": runs["batch1"]["rps"],
+            "rps_lone_batched": runs["lone_batched"]["rps"], "rps_lone_batch1": runs["lone_batch1"]["rps"],
+            "concurrency": args.concurrency, "requests": len(bodies), "batch_size": args.batch_size,
+            "batch_wait_ms": args.batch_wait_ms, "threads_batched": best["batched"], "threads_batch1": best["batch1"],
+            "threads_lone": best["batch1"],
+            "thread_probe": {"requests": len(probe), "concurrency": args.concurrency, "rps": probes},
+            "errors": sum(r["errors"] for r in runs.values()),
+            "mismatches": sum(r["mismatches"] for r in runs.values()), "runs": runs,
+            "load_average": {"start": started_load, "end": load_average()}}
+
+
+def write_batching(path: Path, label: str, section: dict[str, Any]) -> None:
+    """Set `batching.<label>` of the results file, keeping the other labels and sections."""
+    current = json.loads(path.read_text()).get("batching", {}) if path.is_file() else {}
+    update_results(path, "batching", {**current, label: section})
+
+
+def batching_label(ckpt: Path) -> str:
+    """`tiny` for a checkpoint on a tiny base llmrec built, else `pretrained`."""
+    from llmrec.llm.checkpoint import read_facts
+
+    return "tiny" if read_facts(ckpt).base.tiny else "pretrained"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -279,6 +392,17 @@ def main(argv: list[str] | None = None) -> int:
     from llmrec.serving.recommender import Recommender
 
     data = ProcessedDataset.load(args.data)
+    command = "python bench/serving.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.mode == "batching":
+        label = args.label or batching_label(args.ckpt)
+        section = {**batching(args, data), "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+                   "command": command, "checkpoint": str(args.ckpt), "data": str(args.data)}
+        print(json.dumps({"batching": {label: {k: v for k, v in section.items() if k != "runs"}}}, indent=2),
+              flush=True)
+        if args.write:
+            write_batching(args.results, label, section)
+            print(f"wrote batching.{label} into {args.results}")
+        return 0
     started = time.perf_counter()
     rec = Recommender.from_pretrained(args.ckpt, device="cpu")
     rec.recommend(data.user_sequence(int(data.split("test")["user_id"].iloc[0]))[:5].astype(int).tolist())
@@ -291,12 +415,12 @@ def main(argv: list[str] | None = None) -> int:
         result["load"], result["cold_start_s"] = load(args, rec, data, cold_python)
         print(json.dumps({"load": result["load"], "cold_start_s": result["cold_start_s"]}, indent=2), flush=True)
     result.update({"machine": machine(), "date": time.strftime("%Y-%m-%d"),
-                   "command": "python bench/serving.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                   "command": command,
                    "checkpoint": str(args.ckpt), "data": str(args.data)})
     if args.write:
         for key, value in result.items():
-            update_results(RESULTS, key, value)
-        print(f"wrote {RESULTS}")
+            update_results(args.results, key, value)
+        print(f"wrote {args.results}")
     return 0
 
 

@@ -12,6 +12,7 @@ of silently meaning another option. Every command also takes `--threads N` (decl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable
@@ -132,6 +133,13 @@ class CommonOptions:
                                        "many times faster", min=1, max=4096)
 
 
+def _declares_common_options(config: type) -> bool:
+    """Whether a stage's config declares the common options itself, as YAML keys too (`serve` takes `threads`:
+    a server's thread count is part of its deployment); its own fields then make the flags."""
+    own = {f.name for f in dataclasses.fields(config)}
+    return all(f.name in own for f in dataclasses.fields(CommonOptions))
+
+
 class _Parser(argparse.ArgumentParser):
     """An argparse parser whose errors are one line with exit status 2, like every other user error."""
 
@@ -159,8 +167,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=cmd.help, description=cmd.help, allow_abbrev=False)
         parser.get_default("subparsers")[name] = p
         if name == command:
-            add_options(p, cmd.load().config)
-            add_options(p, CommonOptions, config_flag=False)
+            config = cmd.load().config
+            add_options(p, config)
+            if not _declares_common_options(config):
+                add_options(p, CommonOptions, config_flag=False)
     return parser
 
 

@@ -1,11 +1,18 @@
 """`llmrec serve`: answer next-item requests over HTTP (FastAPI + uvicorn, `pip install 'llmrec[serve]'`).
 
-    llmrec serve --ckpt DIR [--host 127.0.0.1] [--port 8000] [--batch-size 16] [--batch-wait-ms 5]
+    llmrec serve --ckpt DIR [--host 127.0.0.1] [--port 8000] [--batch-size 16] [--batch-wait-ms 5] [--threads N]
+    llmrec serve --config serve.yaml           # any option below as a YAML key (`threads` too); flags win
 
 Loads the checkpoint once (verifying its manifest), binds `--host:--port` (loopback by default; `--port 0` picks
 a free port), prints `llmrec serve: ... on http://HOST:PORT ...` and serves the API of
-`llmrec.serving.server` until SIGINT/SIGTERM, which answers the requests in flight and then exits. Set
-`$LLMREC_TOKEN` to require `Authorization: Bearer <token>` on every endpoint but `/health` and the docs.
+`llmrec.serving.server` until SIGINT/SIGTERM, which answers the requests in flight and then exits with status 0
+(timeouts and shutdown: `llmrec.serving.lifecycle`). Set `$LLMREC_TOKEN` to require
+`Authorization: Bearer <token>` on every endpoint but `/health` and the docs.
+
+`threads` is an option of this command (a YAML key too), not only the flag every command shares: how many CPU
+threads the model uses is part of how a server is deployed. One model pass runs at a time, in one worker thread
+beside the event loop that parses HTTP; on a machine shared with the clients, fewer torch threads than cores can
+serve more requests per second (`bench/serving.py batching` measures it).
 """
 
 from __future__ import annotations
@@ -42,6 +49,14 @@ class ServeConfig:
                                           "many candidates as the model was trained with)", min=1)
     graceful_timeout_s: float = option(30.0, "on SIGINT/SIGTERM, how long requests in flight may take to finish",
                                        min=0, max=86400)
+    idle_timeout_s: float = option(5.0, "close a connection with no request under way (new, or kept alive after an "
+                                        "answer) after this many seconds of silence", min=0, min_exclusive=True,
+                                   max=86400)
+    header_timeout_s: float = option(10.0, "close a connection whose request line and headers are not complete "
+                                           "this many seconds after it opened (or after the previous answer)",
+                                     min=0, min_exclusive=True, max=86400)
+    body_timeout_s: float = option(30.0, "answer 408 and close when a request body has not fully arrived this "
+                                         "many seconds after its headers", min=0, min_exclusive=True, max=86400)
     access_log: bool = option(False, "log every request (uvicorn's access log)")
     verify: bool = option(True, "check every file of the checkpoint against its manifest before loading")
     llm: str | None = option(None, "base model folder of a LoRA checkpoint whose base moved (default: the recorded "
@@ -50,6 +65,9 @@ class ServeConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = option("float32", "weights dtype")
     quantize: Literal["none", "int8"] = option("none", "CPU only: rank with dynamic int8 linear layers (LoRA "
                                                        "adapters merged first)")
+    threads: int | None = option(None, "CPU threads torch may use for the model (unset: torch's own choice, one "
+                                       "per core; on a machine shared with the clients, fewer can serve more "
+                                       "requests/s)", min=1, max=4096)
 
 
 def run_serve(config: ServeConfig) -> int:
@@ -61,11 +79,15 @@ def run_serve(config: ServeConfig) -> int:
         import uvicorn  # noqa: F401
     except ImportError:
         raise ConfigError("llmrec serve needs FastAPI and uvicorn: pip install 'llmrec[serve]'") from None
-    from llmrec.base.device import torch_device
+    import torch
+
+    from llmrec.base.device import set_threads, torch_device
     from llmrec.llm.quantize import check_quantize, quantized
+    from llmrec.serving.lifecycle import Timeouts
     from llmrec.serving.recommender import Recommender
     from llmrec.serving.server import LOOPBACK, TOKEN_ENV, Limits, bind_socket, create_app, read_token, uvicorn_server
 
+    set_threads(config.threads)  # (the `--threads` flag sets it too; from a YAML file only this does)
     started = time.perf_counter()
     token = read_token()
     if config.host not in LOOPBACK and token is None:
@@ -81,7 +103,9 @@ def run_serve(config: ServeConfig) -> int:
         limits = Limits(config.max_body_bytes, config.max_history, config.max_candidates, config.max_batch_users,
                         config.max_k)
         app = create_app(rec, limits, token, config.batch_size, config.batch_wait_ms)
-        server = uvicorn_server(app, config.graceful_timeout_s, config.access_log)
+        server = uvicorn_server(app, config.graceful_timeout_s, config.access_log,
+                                timeouts=Timeouts(config.idle_timeout_s, config.header_timeout_s,
+                                                  config.body_timeout_s))
     except BaseException:
         sock.close()
         raise
@@ -89,6 +113,7 @@ def run_serve(config: ServeConfig) -> int:
     shown = f"[{host}]" if ":" in host else host
     print(f"llmrec serve: {config.ckpt} on http://{shown}:{port} (API docs /docs, health /health; loaded in "
           f"{time.perf_counter() - started:.1f} s; micro-batches of up to {config.batch_size}, "
-          f"{config.batch_wait_ms:g} ms wait{'; bearer token required' if token else ''})", flush=True)
-    server.run(sockets=[sock])
+          f"{config.batch_wait_ms:g} ms wait at most; {torch.get_num_threads()} torch threads"
+          f"{'; bearer token required' if token else ''})", flush=True)
+    server.run(sockets=[sock])  # returns after a graceful stop on SIGINT/SIGTERM
     return 0

@@ -22,8 +22,10 @@ in constant time (`hmac.compare_digest`) before the body is read.
 
 Micro-batching (`llmrec.serving.batching`): every request is validated on its own first (so a bad request fails
 alone, before it can join a batch), then queued; one worker runs up to `batch_size` queued requests per model
-pass after waiting at most `batch_wait_ms` for the batch to fill, and hands each request its own answer. On
-SIGINT/SIGTERM uvicorn stops accepting connections, requests in flight are answered, then the worker stops.
+pass (a request that finds the model idle runs at once; `batch_wait_ms` bounds the one wait, for the clients of a
+pass of several requests to come back), and hands each request its own answer. Timeouts and shutdown
+(`llmrec.serving.lifecycle`): silent, slow-header and slow-body clients are cut off; on SIGINT/SIGTERM uvicorn
+stops accepting connections, requests in flight are answered, then the worker stops and the process exits 0.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run time, and the
@@ -37,11 +39,14 @@ import socket
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from llmrec.base.errors import ConfigError
 from llmrec.serving.batching import BatcherClosed, MicroBatcher
 from llmrec.serving.recommender import RankedBy, Recommender, RequestError
+
+if TYPE_CHECKING:
+    from llmrec.serving.lifecycle import Timeouts
 
 log = logging.getLogger(__name__)
 TOKEN_ENV = "LLMREC_TOKEN"
@@ -336,10 +341,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def uvicorn_server(app: Any, graceful_timeout_s: float = 30.0, access_log: bool = False,
-                   log_level: str = "info") -> Any:
-    """A `uvicorn.Server` for `app`; run it with `server.run(sockets=[bind_socket(...)])`."""
-    import uvicorn
+                   log_level: str = "info", timeouts: "Timeouts | None" = None) -> Any:
+    """A `uvicorn.Server` for `app`; run it with `server.run(sockets=[bind_socket(...)])`.
 
-    config = uvicorn.Config(app, lifespan="on", access_log=access_log, log_level=log_level,
-                            timeout_graceful_shutdown=graceful_timeout_s)
-    return uvicorn.Server(config)
+    Idle, header and body timeouts (`llmrec.serving.lifecycle.Timeouts`, its defaults when None) and a shutdown
+    that answers what is in flight, refuses stalled bodies quickly and returns normally after SIGINT/SIGTERM
+    (`llmrec.serving.lifecycle`)."""
+    from llmrec.serving.lifecycle import Timeouts, graceful_server
+
+    return graceful_server(app, timeouts or Timeouts(), graceful_timeout_s, access_log, log_level)
