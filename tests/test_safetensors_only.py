@@ -257,3 +257,14 @@ def test_mismatch_phrases_by_hand():
         "1 tensor(s) of the model are missing (b); 1 tensor(s) are not the model's (c); 1 tensor(s) have another "
         "shape (a: [5], the model needs [2])")
     assert describe_mismatch(missing=["d", "c", "b", "a"]) == "4 tensor(s) of the model are missing (a, b, c and 1 more)"
+
+
+# ------------------------------------------------------------------------------------------------ --ckpt
+@pytest.mark.parametrize("verify", [True, False], ids=["verify", "no-verify"])
+def test_a_checkpoint_path_that_is_a_file_is_named_as_a_file_not_as_missing(tmp_path, capsys, verify):
+    (tmp_path / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    for path, kind in ((tmp_path / "passwd", "a file"), (Path("/dev/null"), "not a folder")):
+        message = refused(path, capsys, verify=verify)
+        assert message == (f"checkpoint folder {path} is {kind}; expected the folder that `llmrec train-llm` or "
+                           f"`llmrec train-sdpo` wrote (holding checkpoint.json)")
+    assert "does not exist" in refused(tmp_path / "nowhere", capsys, verify=verify)

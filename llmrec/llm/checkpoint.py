@@ -23,8 +23,12 @@ goes on.
 Nothing refers to a path outside the folder except the base model of a LoRA checkpoint on a real LLM, which is
 too large to copy: it is found at `--llm PATH`, else at its recorded path, else at its recorded path relative
 to the checkpoint folder, and it must have the recorded fingerprint. Loading never unpickles: safetensors,
-JSON, YAML and parquet only. `checkpoint.json` is read once per load: callers that already hold the facts pass
-them (`load_recommender(..., facts=...)`).
+JSON, YAML and parquet only, whether or not the bundle manifest was checked first (`--no-verify`): a pickled
+stand-in for a weights file (`pytorch_model.bin`, `adapter_model.bin`) is refused naming it, a damaged weights
+file is one `CheckpointError` naming it (`llmrec.base.weights`), and every weights file must hold exactly the
+tensors of its part of the model (base or fine-tuned LM, adapter, slot-token rows, projector, encoder), so a
+file without them never leaves randomly initialised weights behind. `checkpoint.json` is read once per load:
+callers that already hold the facts pass them (`load_recommender(..., facts=...)`).
 """
 
 from __future__ import annotations
@@ -111,7 +115,8 @@ def _unshown(texts: tuple[str, ...]) -> Iterator[None]:
     resets Python's record of warnings already shown, so every library warning seen before would be shown again."""
     shown = warnings.showwarning
 
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 (warnings' signature)
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file=None,
+             line: str | None = None) -> None:
         if not any(text in str(message) for text in texts):
             shown(message, category, filename, lineno, file, line)
 
