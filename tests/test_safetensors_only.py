@@ -151,7 +151,7 @@ def test_a_pickled_stand_in_is_refused_never_unpickled(kinds, kind, rel, stand_i
 # ------------------------------------------------------------------------------------------------ strict loading
 def drop_last(path: Path) -> str:
     tensors = load_file(str(path))
-    name = sorted(tensors)[-1]
+    name = max(tensors)
     del tensors[name]
     save_file(tensors, str(path))
     return f"1 tensor(s) of the model are missing ({name})"
@@ -170,7 +170,7 @@ def only_junk(path: Path) -> str:
 
 def reshape_first(path: Path) -> str:
     tensors = load_file(str(path))
-    name = sorted(tensors)[0]
+    name = min(tensors)
     shape = list(tensors[name].shape)
     tensors[name] = torch.zeros(shape[0] + 1, *shape[1:])
     save_file(tensors, str(path))
@@ -210,7 +210,7 @@ def test_sharded_safetensors_load_and_pickled_or_outside_shards_are_refused(llam
     again = backbone.load_causal_lm(sharded)
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), again.state_dict().values()))
 
-    first = sorted(set(index["weight_map"].values()))[0]
+    first = min(index["weight_map"].values())
     for bad in ("pytorch_model-00001-of-00002.bin", "../elsewhere.safetensors"):
         (sharded / backbone.SAFE_INDEX).write_text(json.dumps({"weight_map": {**index["weight_map"], "x": bad}}))
         with pytest.raises(CheckpointError, match=rf"model.safetensors.index.json: shard '{bad}' is not a "

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from test_serving_support import ServerThread, request
@@ -80,15 +81,16 @@ def test_behind_a_proxy_prefix_the_pages_point_under_it(rec):
     import asyncio
 
     app = create_app(rec, Limits())
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
     for page in ("/docs", "/redoc"):
-        sent: list[dict] = []
-
-        async def receive() -> dict:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
+        sent.clear()
         scope = {"type": "http", "method": "GET", "path": page, "raw_path": page.encode(), "root_path": "/api",
                  "query_string": b"", "headers": [], "http_version": "1.1", "scheme": "http",
                  "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1)}
@@ -102,11 +104,9 @@ def test_a_missing_assets_package_is_a_one_line_error(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match=r"need the `fastapi-offline` package, .*pip install 'llmrec\[serve\]'$"):
         docs.assets_folder()
 
-    class Spec:
-        submodule_search_locations = [str(tmp_path)]
-
     (tmp_path / "static").mkdir()
-    monkeypatch.setattr(docs.importlib.util, "find_spec", lambda name: Spec())
+    monkeypatch.setattr(docs.importlib.util, "find_spec",
+                        lambda name: SimpleNamespace(submodule_search_locations=[str(tmp_path)]))
     with pytest.raises(ConfigError, match=r"lacks static/swagger-ui-bundle.js; reinstall it"):
         docs.assets_folder()
 
@@ -123,7 +123,7 @@ def rendered(url: str, profile: Path) -> str:
                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run", "--no-default-browser-check",
                "--virtual-time-budget=20000", "--dump-dom", url]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 

@@ -81,8 +81,8 @@ def test_every_json_content_type_is_read(server, rec, content_type):
 
 NESTED = b"[" * 100_000 + b"]" * 100_000
 UNPARSABLE = [  # (raw body, the whole message)
-    (NESTED, "malformed JSON body: nested too deeply to parse (a request nests at most 4 levels: "
-             '{"requests": [{"history": [...]}]})'),
+    (NESTED, ("malformed JSON body: nested too deeply to parse (a request nests at most 4 levels: "
+              '{"requests": [{"history": [...]}]})')),
     (b'{"history": ' + NESTED + b"}", None),
     (b"[" * 100_000, None),  # unterminated, and too deep to find out
     (b'{"history": ["\xff"]}', "malformed JSON body: not UTF-8 text (byte 0xff at position 14)"),
@@ -113,9 +113,9 @@ def test_messages_by_hand():
     assert validation_message(alone) == (422, "query: text of 201 characters is too long (at most 200 characters)")
     listed = [{"type": "int_type", "loc": ("body", "history", 0, "int"), "input": list(range(500))},
               {"type": "string_type", "loc": ("body", "history", 0, "constrained-str"), "input": list(range(500))}]
-    status, message = validation_message(listed)  # a 500-item value is cut, the line stays short
-    assert message == ("history[0]: got [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16..., "
-                       "expected an item id (integer) or an exact title (string)")
+    cut = ("history[0]: got [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16..., expected an item id "
+           "(integer) or an exact title (string)")
+    assert validation_message(listed) == (422, cut)  # a 500-item value is cut: the line stays short
     assert body_error_message(ValueError("x")) == "malformed JSON body: could not parse it (ValueError)"
     assert [json_content_type(v) for v in (b"application/json", b"application/problem+json; charset=utf-8",
                                            b"text/plain", b"application/jsonx", b"", None)] == \

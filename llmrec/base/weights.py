@@ -120,7 +120,7 @@ def describe_mismatch(missing: Iterable[str] = (), unexpected: Iterable[str] = (
     if unexpected:
         parts.append(f"{len(unexpected)} tensor(s) are not the model's ({_listed(unexpected)})")
     if reshaped:
-        name = sorted(reshaped)[0]
+        name = min(reshaped)
         found, needed = reshaped[name]
         more = f" and {len(reshaped) - 1} more" if len(reshaped) > 1 else ""
         parts.append(f"{len(reshaped)} tensor(s) have another shape ({name}: {list(found)}, the model needs "
