@@ -17,8 +17,7 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from llmrec.base.atomic import (
     LegacyOutput,
@@ -28,6 +27,7 @@ from llmrec.base.atomic import (
     output_directory,
 )
 from llmrec.base.config import config_to_dict, save_config
+from llmrec.base.weights import read_safetensors, refuse_pickled, tensor_mismatch
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.fingerprint import split_fingerprint, split_mismatch
 from llmrec.encoders.base import SequentialEncoder
@@ -146,16 +146,18 @@ def load_encoder(path: str | os.PathLike, data: ProcessedDataset | None = None,
                                   f"train an encoder on it: `llmrec train-encoder --data {data.root or 'DATA'} "
                                   f"--out DIR`")
     weights = path / WEIGHTS_FILE
-    if not weights.is_file():
+    if not (weights.exists() or weights.is_symlink()):
+        refuse_pickled(path, WEIGHTS_FILE)  # never unpickled: a `.pt`/`.bin` stand-in is named and refused
         raise CheckpointError(f"{path}: {WEIGHTS_FILE} is missing")
     try:
         encoder = build_encoder(facts.model, facts.n_items, **facts.hparams)
     except ConfigError as e:
         raise CheckpointError(f"{path / CONFIG_FILE}: {e}") from None
-    try:
-        state = load_file(str(weights), device=str(map_location))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{weights}: not a readable safetensors file ({e})") from None
+    state = read_safetensors(weights, device=str(map_location))  # a damaged file: one line naming it
+    why = tensor_mismatch({k: tuple(v.shape) for k, v in encoder.state_dict().items()},
+                          {k: tuple(v.shape) for k, v in state.items()})
+    if why:
+        raise CheckpointError(f"{weights} does not match the {facts.model} described in {CONFIG_FILE}: {why}")
     try:
         encoder.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -20,15 +20,19 @@ import hashlib
 import importlib.util
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers.utils import logging as hf_logging
 
 from llmrec.base.atomic import atomic_directory
 from llmrec.base.errors import CheckpointError, ConfigError
+from llmrec.base.weights import describe_mismatch, refuse_pickled, safetensors_shapes
 from llmrec.llm.backbone_presets import PRESETS, preset_file
 from llmrec.llm.gguf import gguf_folder
 from llmrec.llm.prompts import SLOT_TOKENS, SlotIds, template_corpus
@@ -188,22 +192,108 @@ def load_tokenizer(path: Path):
     return tok
 
 
+SAFE_WEIGHTS, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
+
+
+def model_weight_files(path: Path) -> list[Path]:
+    """The safetensors weight files of the Hugging Face model folder `path`, each header checked: `model.safetensors`,
+    or the shards `model.safetensors.index.json` lists. A folder whose weights are pickled (`pytorch_model.bin`
+    ...) is refused naming that file, and so is a folder holding a LoRA adapter (`adapter_config.json`: transformers
+    would load the adapter too, from `adapter_model.bin` if that is what it finds); a damaged file is named
+    (`llmrec.base.weights`)."""
+    path = Path(path)
+    if (path / "adapter_config.json").exists():
+        raise CheckpointError(f"{path}: holds a LoRA adapter (adapter_config.json), not a whole model; expected a "
+                              f"folder written by `save_pretrained` of the model itself (config.json + "
+                              f"{SAFE_WEIGHTS})")
+    single = path / SAFE_WEIGHTS
+    if single.exists() or single.is_symlink():  # a dangling link is named as missing by the header check
+        files = [single]
+    elif (path / SAFE_INDEX).exists():
+        files = _shards(path / SAFE_INDEX)
+    else:
+        refuse_pickled(path, SAFE_WEIGHTS)
+        raise CheckpointError(f"{path}: could not load a causal LM: no weights (expected {SAFE_WEIGHTS}, or "
+                              f"{SAFE_INDEX} and its shards, as `save_pretrained` writes them)")
+    for f in files:
+        safetensors_shapes(f)  # a damaged file is one line naming it, before transformers reads it
+    return files
+
+
+def _shards(index: Path) -> list[Path]:
+    """The shard files a `model.safetensors.index.json` lists (each a file name in the same folder)."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise CheckpointError(f"{index}: not a readable safetensors index ({e}); expected a JSON object with a "
+                              f"`weight_map`") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: no `weight_map` object (tensor name -> shard file)")
+    names = sorted(set(weight_map.values()))
+    bad = [n for n in names if not isinstance(n, str) or Path(n).name != n or not n.endswith(".safetensors")]
+    if bad:
+        raise CheckpointError(f"{index}: shard {bad[0]!r} is not a .safetensors file in {index.parent}; llmrec "
+                              f"reads safetensors only")
+    return [index.parent / n for n in names]
+
+
+@contextmanager
+def _held_warnings() -> Iterator[list[logging.LogRecord]]:
+    """Hold back what transformers' model loader logs during the block: its multi-line report of missing or
+    unexpected tensors, and warnings such as "this checkpoint seems corrupted". `load_causal_lm` refuses such a
+    model in one line of its own, so the held records are dropped then; a model it accepts has them replayed
+    (`_replay`). A filter holds them: raising the logger's level would make transformers run an extra check
+    that logs warnings of its own."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        held.append(record)
+        return False
+
+    logger.addFilter(hold)
+    try:
+        yield held
+    finally:
+        logger.removeFilter(hold)
+
+
+def _replay(held: list[logging.LogRecord]) -> None:
+    logger = logging.getLogger("transformers.modeling_utils")
+    for record in held:
+        logger.handle(record)
+
+
 def load_causal_lm(path: Path, dtype: str = "float32", gradient_checkpointing: bool = False,
                    load_in_4bit: bool = False) -> torch.nn.Module:
-    """`AutoModelForCausalLM` from a local folder, with the GPU options of docs/design.md §10."""
+    """`AutoModelForCausalLM` from a local folder, with the GPU options of docs/design.md §10.
+
+    Safetensors only (`model_weight_files`), and strict: a weights file lacking some of the model's tensors, or
+    holding others or of other shapes, is refused in one line naming it rather than loaded with random values."""
     from transformers import AutoModelForCausalLM
 
     path = check_model_folder(path)
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
-    kwargs: dict = {"dtype": DTYPES[dtype], "local_files_only": True}
+    files = model_weight_files(path)
+    kwargs: dict = {"dtype": DTYPES[dtype], "local_files_only": True, "use_safetensors": True,
+                    "output_loading_info": True, "ignore_mismatched_sizes": True}  # mismatches: refused below
     if load_in_4bit:
         kwargs["quantization_config"] = four_bit_config(DTYPES[dtype])
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    except (OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"--llm {path}: could not load a causal LM ({str(e).splitlines()[0]}); expected "
-                              f"a folder written by `save_pretrained` (config.json + *.safetensors)") from None
+        with _held_warnings() as held:
+            model, info = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+        reason = " ".join(str(e).split())[:300] or type(e).__name__
+        raise CheckpointError(f"--llm {path}: could not load a causal LM ({reason}); expected a folder written by "
+                              f"`save_pretrained` (config.json + *.safetensors)") from None
+    why = describe_mismatch(info.get("missing_keys", ()), info.get("unexpected_keys", ()),
+                            {k: (tuple(found), tuple(needed)) for k, found, needed in info.get("mismatched_keys", ())})
+    if why:
+        where = files[0] if len(files) == 1 else path / SAFE_INDEX
+        raise CheckpointError(f"{where} does not hold the weights of the model its config.json describes: {why}; "
+                              f"the file is damaged or belongs to another model")
+    _replay(held)
     if gradient_checkpointing:
         enable_checkpointing(model)
         model.config.use_cache = False

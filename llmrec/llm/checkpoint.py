@@ -23,8 +23,12 @@ goes on.
 Nothing refers to a path outside the folder except the base model of a LoRA checkpoint on a real LLM, which is
 too large to copy: it is found at `--llm PATH`, else at its recorded path, else at its recorded path relative
 to the checkpoint folder, and it must have the recorded fingerprint. Loading never unpickles: safetensors,
-JSON, YAML and parquet only. `checkpoint.json` is read once per load: callers that already hold the facts pass
-them (`load_recommender(..., facts=...)`).
+JSON, YAML and parquet only, whether or not the bundle manifest was checked first (`--no-verify`): a pickled
+stand-in for a weights file (`pytorch_model.bin`, `adapter_model.bin`) is refused naming it, a damaged weights
+file is one `CheckpointError` naming it (`llmrec.base.weights`), and every weights file must hold exactly the
+tensors of its part of the model (base or fine-tuned LM, adapter, slot-token rows, projector, encoder), so a
+file without them never leaves randomly initialised weights behind. `checkpoint.json` is read once per load:
+callers that already hold the facts pass them (`load_recommender(..., facts=...)`).
 """
 
 from __future__ import annotations
@@ -33,10 +37,14 @@ import hashlib
 import logging
 import os
 import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from llmrec.base.markers import write_marker
 from llmrec.data.catalog import Catalog
@@ -45,11 +53,13 @@ from llmrec.data.fingerprint import split_mismatch
 from llmrec.encoders.base import SequentialEncoder
 from llmrec.encoders.checkpoint import load_encoder
 from llmrec.base.errors import CheckpointError, ConfigError
+from llmrec.base.weights import check_tensors, read_safetensors, refuse_pickled, safetensors_shapes
 from llmrec.llm import backbone
 from llmrec.llm.backbone_presets import PRESETS
 from llmrec.llm.facts import FACTS_FILE, SPEC, LLMFacts, read_llm_facts
 from llmrec.llm.hybrid import SCORE_NORMS, HybridLM, ScoreNorm
 from llmrec.llm.lora import load_lora
+from llmrec.llm.projector import Projector
 from llmrec.llm.recommender import assemble_recommender
 
 MARKER, FORMAT_VERSION, FACTS = SPEC.kind, SPEC.version, FACTS_FILE
@@ -57,6 +67,7 @@ NEW_ROWS = "new_token_rows.safetensors"
 PROJECTOR = "projector.safetensors"
 ENCODER_DIR, BASE_DIR, MODEL_DIR, ADAPTER_DIR, TOKENIZER_DIR = "encoder", "base", "model", "adapter", "tokenizer"
 ENCODER_FILES = ("encoder.safetensors", "config.yaml", "items.faiss", "metrics.json")
+ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"  # peft's file names
 log = logging.getLogger(__name__)
 
 
@@ -81,13 +92,71 @@ def encoder_fingerprint(encoder: SequentialEncoder) -> str:
 
 
 def _safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
+        refuse_pickled(path.parent, path.name)
         raise CheckpointError(f"{path} is missing; the checkpoint folder {path.parent} is incomplete")
+    return read_safetensors(path)
+
+
+def _shapes(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(t.shape) for name, t in tensors.items()}
+
+
+# warnings of peft's adapter loading that are not shown: missing tensors (refused instead, naming the file), and
+# transformers' deprecation of the property peft reads (nothing a user can act on)
+PEFT_NOISE = ("Found missing adapter keys", "`is_gradient_checkpointing` is deprecated")
+
+
+@contextmanager
+def _unshown(texts: tuple[str, ...]) -> Iterator[None]:
+    """Warnings whose message contains one of `texts` are not shown during the block; the others are, as usual.
+
+    `warnings.showwarning` is swapped for the block rather than a filter added: adding and removing a filter
+    resets Python's record of warnings already shown, so every library warning seen before would be shown again."""
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file=None,
+             line: str | None = None) -> None:
+        if not any(text in str(message) for text in texts):
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: damaged or not a safetensors file ({e}); re-run the command that wrote "
-                              f"{path.parent}") from None
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
+def _load_adapter(model: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
+    """`load_lora`, reading safetensors only and strictly: peft would read a pickled `adapter_model.bin` in place
+    of a missing `adapter_model.safetensors`, and loads an adapter file lacking some of its tensors with a
+    warning (the missing LoRA weights then keep their initial values); both are refused here, naming the file."""
+    weights = adapter_dir / ADAPTER_WEIGHTS
+    if not (weights.exists() or weights.is_symlink()):
+        refuse_pickled(adapter_dir, ADAPTER_WEIGHTS)
+    saved = safetensors_shapes(weights)
+    if not (adapter_dir / ADAPTER_CONFIG).is_file():
+        raise CheckpointError(f"{adapter_dir / ADAPTER_CONFIG} is missing; the checkpoint folder "
+                              f"{adapter_dir.parent} is incomplete")
+    from peft import get_peft_model_state_dict
+
+    try:
+        with _unshown(PEFT_NOISE):  # peft warns of missing tensors and goes on: refused below instead
+            model = load_lora(model, adapter_dir)
+    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+        reason = f"no tensor {e.args[0]}" if isinstance(e, KeyError) and e.args else " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{weights} does not fit the base model ({reason}); the file is damaged or belongs "
+                              f"to another model: copy the checkpoint folder again") from None
+    expected = _shapes(get_peft_model_state_dict(model, save_embedding_layers=False))  # what save_pretrained wrote
+    check_tensors(weights, expected, saved, "the LoRA adapter")
+    return model
+
+
+def _check_projector(path: Path, state: dict[str, torch.Tensor], encoder_hidden: int, llm_hidden: int) -> None:
+    """Refuse a projector file that does not hold exactly the projector's tensors, naming the file."""
+    with torch.device("meta"):  # shapes only: no values, no draw from the random generator
+        expected = _shapes(Projector(encoder_hidden, llm_hidden).state_dict())
+    check_tensors(path, expected, _shapes(state), "the projector")
 
 
 def save_checkpoint(folder: Path, lm: HybridLM, facts: LLMFacts, catalog: Catalog,
@@ -127,8 +196,18 @@ def save_checkpoint(folder: Path, lm: HybridLM, facts: LLMFacts, catalog: Catalo
     return folder
 
 
+def check_is_folder(folder: Path) -> None:
+    """A checkpoint path that exists but is a file (`--ckpt /etc/passwd`) is named as what it is, not as missing."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        kind = "a file" if folder.is_file() else "not a folder"
+        raise CheckpointError(f"checkpoint folder {folder} is {kind}; expected the folder that `llmrec train-llm` "
+                              f"or `llmrec train-sdpo` wrote (holding {FACTS})")
+
+
 def read_facts(folder: Path) -> LLMFacts:
     """The facts (`checkpoint.json`) of LLM checkpoint `folder`; one-line `CheckpointError` when it is not one."""
+    check_is_folder(folder)
     return read_llm_facts(folder)
 
 
@@ -217,11 +296,14 @@ def load_recommender(folder: Path, data: ProcessedDataset | None = None, encoder
         if backbone.embedding_rows(model) < rows:  # never shrink: a padded vocabulary keeps its padding rows
             model.resize_token_embeddings(rows, mean_resizing=False)
         saved = _safetensors(folder / NEW_ROWS)
+        targets = {"input": embedding_weight(model.get_input_embeddings()),
+                   "output": embedding_weight(model.get_output_embeddings())}
+        check_tensors(folder / NEW_ROWS, {k: tuple(w[facts.first_new_row:].shape) for k, w in targets.items()},
+                      _shapes(saved), "the slot-token embedding rows")
         with torch.no_grad():
-            for key, emb in (("input", model.get_input_embeddings()), ("output", model.get_output_embeddings())):
-                w = embedding_weight(emb)
+            for key, w in targets.items():
                 w[facts.first_new_row:] = saved[key].to(w.dtype)
-        model = load_lora(model, folder / ADAPTER_DIR)
+        model = _load_adapter(model, folder / ADAPTER_DIR)
     if len(tokenizer) != facts.vocab_size or backbone.embedding_rows(model) != facts.embedding_rows:
         raise CheckpointError(f"{folder}: tokenizer has {len(tokenizer)} tokens and the model "
                               f"{backbone.embedding_rows(model)} embedding rows, the checkpoint records "
@@ -233,6 +315,8 @@ def load_recommender(folder: Path, data: ProcessedDataset | None = None, encoder
             raise CheckpointError(f"{folder}: the given encoder's weights differ from those it was trained with "
                                   f"(bundled in {folder / ENCODER_DIR}); leave --encoder out to use the bundled one")
     projector = _safetensors(folder / PROJECTOR) if facts.hybrid else None
+    if projector is not None:
+        _check_projector(folder / PROJECTOR, projector, encoder.hidden_size, backbone.hidden_size(model))
     lm = assemble_recommender(model, tokenizer, catalog, facts.prompt, encoder, facts.max_length,
                               facts.seed, projector, score_norm=score_norm or facts.score_norm,
                               prompt_format=facts.prompt_format)

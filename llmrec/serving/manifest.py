@@ -22,6 +22,7 @@ from typing import Any
 from llmrec.base.atomic import OUTPUT_MARKER, OUTPUT_SPEC
 from llmrec.base.errors import CheckpointError
 from llmrec.base.markers import check_fields, read_marker
+from llmrec.llm.checkpoint import check_is_folder
 
 CHECKPOINT_COMMANDS: tuple[str, ...] = ("train-llm", "train-sdpo")
 _UNCHECKED = "retrain it, or load it without the check (`--no-verify`; from Python, `verify=False`)"
@@ -62,6 +63,7 @@ def verify_bundle(folder: str | os.PathLike) -> dict[str, Any]:
     another command, or a listed file is missing or altered.
     """
     folder = Path(folder)
+    check_is_folder(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist; train one with `llmrec train-llm`")
     marker = folder / OUTPUT_MARKER

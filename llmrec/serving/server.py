@@ -1,6 +1,7 @@
 """The HTTP API of a `Recommender` (FastAPI + uvicorn, the `serve` extra): `llmrec serve` runs it.
 
-Endpoints (OpenAPI at `/openapi.json`, interactive docs at `/docs`):
+Endpoints (OpenAPI at `/openapi.json`, interactive docs at `/docs` and `/redoc`, which load their scripts and
+styles from this server only: `llmrec.serving.docs`):
     POST /recommend          {"history": [50, "Heat (1995)"], "candidates": null, "k": 10, "exclude_history": true}
                              -> {"items": [{"id", "index", "title", "score", "rank", "ranked_by"}, ...],
                                  "retrieved": true}
@@ -12,9 +13,11 @@ Items are the dataset's own ids (`"B00001"`, or integers for logs whose ids are 
 give the id, the model's `index`, and who ranked the item (`llmrec.serving.recommender` has the rules: the LLM
 ranks what its prompt holds, the encoder or the request's order the rest; `k` only cuts the list).
 
-Errors are JSON `{"detail": "<one line naming the field>"}`: 400 malformed JSON; 401 missing or wrong bearer token;
-413 body larger than `max_body_bytes`; 422 a request the model cannot answer (unknown id or title, empty history,
-too many items, k out of 1..min(max_k, catalog size), unknown fields); 503 while shutting down.
+Errors are JSON `{"detail": "<one line naming the field>"}`: 400 malformed JSON (not JSON, not UTF-8, or nested
+too deeply to parse); 401 missing or wrong bearer token; 413 body larger than `max_body_bytes`; 415 a body sent
+without `Content-Type: application/json` (or another `application/*+json` type); 422 a request the model cannot
+answer (unknown id or title, a title too long or not valid Unicode, empty history, too many items, k out of
+1..min(max_k, catalog size), unknown fields); 503 while shutting down.
 
 Security: the server binds 127.0.0.1 unless told otherwise. When the environment variable `LLMREC_TOKEN` is set
 (non-empty) at start, every endpoint but `/health` and the docs needs `Authorization: Bearer <token>`, compared
@@ -43,6 +46,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from llmrec.base.errors import ConfigError
 from llmrec.serving.batching import BatcherClosed, MicroBatcher
+from llmrec.serving.docs import DOCS_PATHS, add_offline_docs
 from llmrec.serving.recommender import RankedBy, Recommender, RequestError
 
 if TYPE_CHECKING:
@@ -50,7 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 TOKEN_ENV = "LLMREC_TOKEN"
-OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PATHS = frozenset({"/health", "/openapi.json"}) | DOCS_PATHS  # the docs' pages and their scripts and styles
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -76,11 +80,27 @@ async def _json_response(send: Callable, status: int, detail: str, headers: tupl
     await send({"type": "http.response.body", "body": body})
 
 
+def json_content_type(value: bytes | None) -> bool:
+    """Whether a Content-Type header value is one FastAPI parses as JSON: `application/json` or
+    `application/<anything>+json`, parameters (`; charset=utf-8`) ignored."""
+    if not value:
+        return False
+    kind = value.decode("latin-1").split(";", 1)[0].strip().lower()
+    main, _, sub = kind.partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))
+
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
 class Guard:
-    """ASGI middleware run before FastAPI: the bearer token (401), then the body size (413).
+    """ASGI middleware run before FastAPI: the bearer token (401), then the body size (413), then the body's
+    content type (415).
 
     The body is read here, up to `limit` bytes, and handed on unchanged; a body announced or found larger is
-    refused without being read further."""
+    refused without being read further. FastAPI reads a body as JSON only when its Content-Type says JSON; any
+    other body would reach validation as raw bytes and be reported as "Input should be a valid dictionary", so it
+    is refused here naming the content type expected."""
 
     def __init__(self, app: Any, token: str | None, limit: int):
         self.app, self.limit = app, limit
@@ -116,6 +136,12 @@ class Guard:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body, replayed = b"".join(chunks), False
+        content_type = dict(scope.get("headers") or []).get(b"content-type")
+        if body and scope.get("method") in BODY_METHODS and not json_content_type(content_type):
+            given = (f"Content-Type {content_type.decode('latin-1')!r}" if content_type else
+                     "no Content-Type header")
+            return await _json_response(send, 415, f"{given}: the request body must be JSON, sent with the header "
+                                                   f"`Content-Type: application/json`")
 
         async def replay() -> dict:
             nonlocal replayed
@@ -145,10 +171,34 @@ def _location(loc: tuple) -> str:
 
 
 _UNION_TAGS = frozenset({"int", "str", "constrained-str", "bool", "float", "none", "list", "dict"})
+SHOWN_INPUT = 60  # characters of a bad value repeated in a message
+
+
+def _shown(value: Any) -> str:
+    """`repr(value)`, cut to `SHOWN_INPUT` characters (a 500-item list or a 100 kB string stays one short line)."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_INPUT else text[:SHOWN_INPUT - 3] + "..."
+
+
+def _text_problem(e: dict, what: str) -> str | None:
+    """The message for a string too long or not valid Unicode (None for other errors). `what` names the text:
+    `a title` for an item given by title, `text` elsewhere."""
+    kind, value, ctx = e.get("type", ""), e.get("input"), e.get("ctx") or {}
+    if kind == "string_too_long":
+        length = f" of {len(value)} characters" if isinstance(value, str) else ""
+        return f"{what}{length} is too long (at most {ctx.get('max_length', '?')} characters)"
+    if kind == "string_unicode":
+        return (f"{what} that is not valid Unicode (a lone surrogate such as \\ud800 without its pair); send "
+                f"valid text")
+    return None
 
 
 def validation_message(errors: list[dict]) -> tuple[int, str]:
-    """(status, one-line message) for FastAPI's request validation errors: 400 for malformed JSON, else 422."""
+    """(status, one-line message) for FastAPI's request validation errors: 400 for malformed JSON, else 422.
+
+    An item is an id (integer) or an exact title (string): pydantic reports both failed union members, the
+    integer one first. A string that is a string but too long or not valid Unicode is reported as the title it
+    is ("a title of 501 characters is too long"), not as "Input should be a valid integer"."""
     for e in errors:
         if e.get("type") == "json_invalid":
             where = e.get("loc", ())
@@ -158,11 +208,31 @@ def validation_message(errors: list[dict]) -> tuple[int, str]:
     first = errors[0]
     where = _location(tuple(first.get("loc", ())))
     same = [e for e in errors if _location(tuple(e.get("loc", ()))) == where]
-    if len(same) > 1 and all(e.get("type", "").endswith(("int_type", "string_type")) for e in same):
-        message = f"got {first.get('input')!r}, expected an item id (integer) or an exact title (string)"
+    union = len(same) > 1
+    for e in same:
+        problem = _text_problem(e, "a title" if union else "text")
+        if problem is not None:
+            return 422, f"{where}: {problem}"
+    specific = [e for e in same if not e.get("type", "").endswith("_type")]  # a constraint, not a wrong type
+    if union and specific:
+        message = specific[0].get("msg", "invalid value")
+    elif union and all(e.get("type", "").endswith(("int_type", "string_type")) for e in same):
+        message = f"got {_shown(first.get('input'))}, expected an item id (integer) or an exact title (string)"
     else:
         message = first.get("msg", "invalid value")
     return 422, f"{where}: {message}"
+
+
+def body_error_message(cause: BaseException) -> str:
+    """The one-line 400 message for a body FastAPI could not parse for a reason other than a JSON syntax error
+    (it then answers "There was an error parsing the body"): `cause` is what its JSON parser raised."""
+    if isinstance(cause, RecursionError):
+        return ("malformed JSON body: nested too deeply to parse (a request nests at most 4 levels: "
+                "{\"requests\": [{\"history\": [...]}]})")
+    if isinstance(cause, UnicodeDecodeError):
+        return (f"malformed JSON body: not UTF-8 text (byte 0x{cause.object[cause.start]:02x} at position "
+                f"{cause.start})")
+    return f"malformed JSON body: could not parse it ({type(cause).__name__})"
 
 
 def create_app(recommender: Recommender, limits: Limits = Limits(), token: str | None = None,
@@ -170,10 +240,12 @@ def create_app(recommender: Recommender, limits: Limits = Limits(), token: str |
     """The ASGI app (FastAPI behind the `Guard` middleware) serving `recommender`."""
     from fastapi import Depends, FastAPI
     from fastapi import Query as QueryParam
+    from fastapi.exception_handlers import http_exception_handler
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from fastapi.security import HTTPBearer
     from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     rec = recommender
     max_k = min(limits.max_k, rec.n_items)
@@ -253,11 +325,13 @@ def create_app(recommender: Recommender, limits: Limits = Limits(), token: str |
     errors = {400: {"model": Problem, "description": "malformed JSON"},
               401: {"model": Problem, "description": f"missing or wrong bearer token (when ${TOKEN_ENV} is set)"},
               413: {"model": Problem, "description": f"body larger than {limits.max_body_bytes} bytes"},
+              415: {"model": Problem, "description": "a body sent without `Content-Type: application/json`"},
               422: {"model": Problem, "description": "a request the model cannot answer; the message names the field"}}
     bearer = [Depends(HTTPBearer(auto_error=False))] if token else []  # documents the scheme; `Guard` enforces it
-    app = FastAPI(title="llmrec", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="llmrec", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Next-item recommendations from an llmrec LLM checkpoint. Items are given as ids or "
                               "exact titles; see GET /items to find titles.")
+    add_offline_docs(app)  # /docs and /redoc with their scripts and styles served from here: they work offline
     app.state.batcher, app.state.recommender = batcher, rec
 
     @app.exception_handler(RequestError)
@@ -268,6 +342,12 @@ def create_app(recommender: Recommender, limits: Limits = Limits(), token: str |
     async def invalid(_, e: RequestValidationError):
         status, message = validation_message(list(e.errors()))
         return JSONResponse({"detail": message}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def unparsable(request, e: StarletteHTTPException):
+        if e.status_code == 400 and e.__cause__ is not None:  # FastAPI's "There was an error parsing the body"
+            return JSONResponse({"detail": body_error_message(e.__cause__)}, status_code=400)
+        return await http_exception_handler(request, e)
 
     @app.exception_handler(BatcherClosed)
     async def closing(_, e: BatcherClosed):
