@@ -4,7 +4,8 @@
   prompt, or, when the model's `score_norm` is `mean`, that sum divided by the answer's length
   (`normalise_scores`). The prompt runs ONCE; its KV cache is shared (not copied) by the C candidates, whose
   answers are packed into one row per prompt behind a block-diagonal causal mask, so all B*C answers go through
-  the model in one pass. Gives a full ordering; always valid.
+  the model in one pass; the vocabulary projection runs on their real tokens only, a chunk at a time. Gives a
+  full ordering; always valid.
 - `generate`: greedy decoding of up to 64 tokens, first line, lowercase substring match against each
   candidate's answer text; valid iff exactly one candidate matches (LLaRA's rule). A row stops at the answer's
   terminator, the tokenizer's EOS, or as soon as its first line is complete (`line_complete`): what follows
