@@ -14,7 +14,8 @@ Two entry points share the packing:
 - `sequence_logprobs` (with gradients): one forward pass over prompt + packed answers with a 4-D mask; works
   with LoRA, gradient checkpointing (no KV cache needed) and the projector's slot embeddings;
 - `llmrec.llm.ranking.score_candidates` (inference): the prompt pass fills a KV cache that the packed answers
-  attend to in a second pass (see there).
+  attend to in a second pass (see there); the vocabulary projection runs on the real answer tokens only, a few
+  hundred at a time (`head_logprobs`).
 An answer's tokens are the item's answer ids (title + terminator, `PromptBuilder.answer_ids`); the first answer
 token is predicted by the prompt's last position, every later one by the answer token before it.
 """
@@ -90,14 +91,46 @@ def answer_positions(prompt_mask: torch.Tensor, packed: PackedAnswers) -> torch.
 def gather_logprobs(first_logits: torch.Tensor, answer_logits: torch.Tensor, packed: PackedAnswers) -> torch.Tensor:
     """[B, K] summed answer log-probs from the prompt's last-position logits [B, V] and the packed tokens'
     logits [B, W, V] (log-softmax normalisers taken at those positions only, in float32)."""
-    first = first_logits.float().log_softmax(-1)
-    scores = first.gather(1, packed.ids[:, :, 0])  # [B, K]: the first answer token, predicted by the prompt
     if packed.ids.shape[2] == 1:
-        return scores
+        return summed_logprobs(first_logits, None, packed)
     logits = answer_logits.float()
     tok = logits.gather(2, packed.target[..., None]).squeeze(2) - logits.logsumexp(-1)  # [B, W]
-    tok = tok.masked_fill(packed.block < 0, 0.0)
-    return scores.scatter_add(1, packed.block.clamp(min=0), tok)
+    return summed_logprobs(first_logits, tok, packed)
+
+
+def summed_logprobs(first_logits: torch.Tensor, tokens: torch.Tensor | None, packed: PackedAnswers) -> torch.Tensor:
+    """[B, K] summed answer log-probs from the prompt's last-position logits [B, V] (they predict every answer's
+    first token) and the log-prob of each packed token's target `tokens` [B, W] (None: one-token answers);
+    row padding (block -1) adds nothing."""
+    first = first_logits.float().log_softmax(-1)
+    scores = first.gather(1, packed.ids[:, :, 0])  # [B, K]: the first answer token, predicted by the prompt
+    if tokens is None:
+        return scores
+    return scores.scatter_add(1, packed.block.clamp(min=0), tokens.masked_fill(packed.block < 0, 0.0))
+
+
+# Packed positions whose vocabulary logits exist at once in `head_logprobs`: with batches of 16 prompts and 20
+# answers each, the whole [B, W, V] logits tensor (and logsumexp's temporaries of the same size) is 23 MB for the
+# tiny model's 2,576 tokens and ~500 MB for SmolLM2's 49,152; 256 rows are 2.6 MB and 50 MB, enough rows for the
+# vocabulary matmul to run at full speed.
+HEAD_ROWS = 256
+
+
+def head_logprobs(hidden: torch.Tensor, head: torch.nn.Module, packed: PackedAnswers,
+                  rows: int | None = None) -> torch.Tensor:
+    """[B, W] log-prob of each packed token's target (0 on row padding) from the decoder's last hidden states
+    `hidden` [B, W, H] and the LM head `head` (hidden -> vocabulary logits): the head runs on the real answer
+    tokens only (not on row padding), `rows` (default `HEAD_ROWS`) positions at a time, each chunk's logits
+    [rows, V] normalised in float32 and dropped before the next (never the whole [B, W, V] tensor)."""
+    rows = rows or HEAD_ROWS
+    real = packed.block >= 0  # [B, W]
+    states, target = hidden[real], packed.target[real]  # [N, H], [N]
+    out = torch.empty(target.shape, dtype=torch.float32, device=hidden.device)
+    for start in range(0, target.shape[0], rows):
+        logits = head(states[start:start + rows]).float()  # [rows, V]
+        out[start:start + rows] = (logits.gather(1, target[start:start + rows, None]).squeeze(1)
+                                   - logits.logsumexp(-1))
+    return torch.zeros(real.shape, dtype=torch.float32, device=hidden.device).masked_scatter(real, out)
 
 
 def sequence_logprobs(lm: HybridLM, batch: PromptBatch, items: torch.Tensor, hybrid: bool = True) -> torch.Tensor:

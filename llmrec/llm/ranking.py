@@ -4,7 +4,8 @@
   prompt, or, when the model's `score_norm` is `mean`, that sum divided by the answer's length
   (`normalise_scores`). The prompt runs ONCE; its KV cache is shared (not copied) by the C candidates, whose
   answers are packed into one row per prompt behind a block-diagonal causal mask, so all B*C answers go through
-  the model in one pass. Gives a full ordering; always valid.
+  the model in one pass; the vocabulary projection runs on their real tokens only, a chunk at a time. Gives a
+  full ordering; always valid.
 - `generate`: greedy decoding of up to 64 tokens, first line, lowercase substring match against each
   candidate's answer text; valid iff exactly one candidate matches (LLaRA's rule). A row stops at the answer's
   terminator, the tokenizer's EOS, or as soon as its first line is complete (`line_complete`): what follows
@@ -16,7 +17,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
+from torch import nn
 
 from llmrec.evaluation.scores import MODES, Mode
 from llmrec.llm.hybrid import (
@@ -24,6 +27,7 @@ from llmrec.llm.hybrid import (
     HybridLM,
     PromptBatch,
     ScoreNorm,
+    cache_keyword,
     position_ids,
     returned_cache,
 )
@@ -32,7 +36,9 @@ from llmrec.llm.logprobs import (
     answer_positions,
     answers_see,
     gather_logprobs,
+    head_logprobs,
     pack_answers,
+    summed_logprobs,
 )
 
 MAX_NEW_TOKENS = 64
@@ -70,6 +76,22 @@ def normalise_scores(summed: torch.Tensor, lengths: torch.Tensor, how: ScoreNorm
     raise ValueError(f"unknown score normalisation {how!r}; expected one of {', '.join(SCORE_NORMS)}")
 
 
+# Causal LMs whose logits are exactly `get_output_embeddings()(get_decoder()(...).last_hidden_state)` (checked in
+# their transformers sources: no scaling, soft-capping or bias added after the head), so score mode may run the
+# decoder and the head itself. Other models are scored through their own forward (full [B, W, V] logits).
+PLAIN_HEAD_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen3", "gpt2"})
+
+
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """(decoder, LM head) of a (possibly peft-wrapped) causal LM in `PLAIN_HEAD_MODELS`, else None. A LoRA
+    model's adapters live inside the decoder's and head's layers, so calling them directly runs the adapters."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(getattr(base, "config", None), "model_type", None) not in PLAIN_HEAD_MODELS:
+        return None
+    decoder, head = base.get_decoder(), base.get_output_embeddings()
+    return None if head is None or decoder is base else (decoder, head)
+
+
 @torch.inference_mode()
 def score_candidates(lm: HybridLM, batch: PromptBatch, hybrid: bool = True) -> torch.Tensor:
     """[B, C] score per candidate: its answer-token log-probs summed, or averaged when `lm.score_norm` is `mean`
@@ -77,19 +99,29 @@ def score_candidates(lm: HybridLM, batch: PromptBatch, hybrid: bool = True) -> t
 
     Two model passes per batch: the prompts (left-padded, logits of the last position only), then all B*C
     answers at once, packed per prompt (`llmrec.llm.logprobs.pack_answers`) on top of the prompts' cache, which
-    is neither copied nor repeated per candidate; a block-diagonal causal mask keeps candidates apart.
+    is neither copied nor repeated per candidate; a block-diagonal causal mask keeps candidates apart. The
+    answers' vocabulary logits are computed for their real tokens only (not the row padding of the packed
+    layout), a few hundred positions at a time (`llmrec.llm.logprobs.head_logprobs`), when the model's head
+    allows it (`decoder_and_head`); they are never held for the whole batch at once.
     With `score_norm` `sum`, equal to `sequence_logprobs(lm, batch, batch.candidates)` (which runs one pass,
     with gradients, and always sums).
     """
     out = lm(batch, hybrid, use_cache=True, **_last_logits_only(lm))
+    first = out.logits[:, -1]  # [B, V]: predicts every answer's first token
     packed = pack_answers(lm, batch.candidates)
     if packed.ids.shape[2] == 1:
-        return normalise_scores(gather_logprobs(out.logits[:, -1], None, packed), packed.lengths, lm.score_norm)
-    dtype = lm.model.get_input_embeddings().weight.dtype
-    mask = additive_mask(answers_see(batch.attention_mask, packed), dtype)
-    logits = lm.model(input_ids=packed.fed, attention_mask=mask, position_ids=answer_positions(batch.attention_mask,
-                      packed), use_cache=True, **{lm.cache_keyword: returned_cache(out)}).logits  # [B, W, V]
-    return normalise_scores(gather_logprobs(out.logits[:, -1], logits, packed), packed.lengths, lm.score_norm)
+        return normalise_scores(summed_logprobs(first, None, packed), packed.lengths, lm.score_norm)
+    mask = additive_mask(answers_see(batch.attention_mask, packed), lm.model.get_input_embeddings().weight.dtype)
+    inputs = {"input_ids": packed.fed, "attention_mask": mask, "use_cache": True,
+              "position_ids": answer_positions(batch.attention_mask, packed)}
+    split = decoder_and_head(lm.model)
+    if split is None:
+        logits = lm.model(**inputs, **{lm.cache_keyword: returned_cache(out)}).logits  # [B, W, V]
+        return normalise_scores(gather_logprobs(first, logits, packed), packed.lengths, lm.score_norm)
+    decoder, head = split
+    hidden = decoder(**inputs, **{cache_keyword(decoder): returned_cache(out)}).last_hidden_state  # [B, W, H]
+    summed = summed_logprobs(first, head_logprobs(hidden, head, packed), packed)
+    return normalise_scores(summed, packed.lengths, lm.score_norm)
 
 
 def line_complete(text: str) -> bool:
