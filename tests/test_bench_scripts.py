@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -230,3 +233,103 @@ def test_each_pretrained_ablation_is_a_valid_train_llm_run_changing_only_its_set
     sdpo = resolve_config(TrainSDPOConfig, {"sft": tmp_path / "sft", **bench.SDPO})
     assert (sdpo.negatives, sdpo.loss, sdpo.epochs) == (3, "sdpo", 1)
     assert bench.ORDER.index("curriculum") > bench.ORDER.index("sft_hybrid_1000_lora")  # it reuses that run
+
+
+# ------------------------------------------------------------------------------------------------ bench/serving.py
+def _serving_bench():
+    sys.path.insert(0, str(BENCH))  # the script imports bench/machine.py as a sibling
+    try:
+        spec = importlib.util.spec_from_file_location("bench_serving", BENCH / "serving.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+def test_serving_bench_reads_memory_figures_from_proc_status():
+    bench = _serving_bench()
+    text = ("Name:\tpython\nState:\tS (sleeping)\nVmPeak:\t 1234568 kB\nVmHWM:\t  618949 kB\nVmRSS:\t  532242 kB\n"
+            "RssAnon:\t  400000 kB\nThreads:\t3\nSigQ:\t0/95000\nvoluntary_ctxt_switches:\t12\n")
+    status = bench.proc_status(text)
+    assert status == {"VmPeak": 1234568 * 1024, "VmHWM": 618949 * 1024, "VmRSS": 532242 * 1024,
+                      "RssAnon": 400000 * 1024}  # kB lines only: Threads and the counters are left out
+    mine = bench.process_memory(os.getpid())  # this process, from the real /proc
+    assert 10 < mine["rss_mb"] <= mine["peak_mb"]
+
+
+def _answer(*ids_scores):
+    return [{"id": i, "score": s} for i, s in ids_scores]
+
+
+def test_serving_bench_agreement_figures_by_hand():
+    bench = _serving_bench()
+    reference = [_answer((1, -0.5), (2, -0.7), (3, -0.9)),
+                 _answer((4, -0.1), (5, -0.2), (6, None)),
+                 _answer((7, -1.0), (8, -2.0), (9, -3.0))]
+    other = [_answer((1, -0.5), (2, -0.7), (3, -0.9)),        # the same: no change
+             _answer((5, -0.15), (4, -0.12), (6, None)),      # top 1 swapped, the same three items
+             _answer((7, -1.25), (8, -2.0), (10, -2.5))]      # item 9 replaced by 10
+    got = bench.agreement(reference, other, k=3)
+    assert got["answers"] == 3 and got["k"] == 3
+    assert got["top1_agreement"] == 2 / 3
+    assert abs(got["topk_overlap"] - (1 + 1 + 2 / 3) / 3) < 1e-12
+    assert got["rankings_changed"] == 2
+    assert abs(got["max_score_diff"] - 0.25) < 1e-12  # item 7; unscored and one-sided items are not compared
+    top2 = bench.agreement(reference, other, k=2)  # the last answer's top 2 is unchanged
+    assert top2["rankings_changed"] == 1 and top2["topk_overlap"] == 1.0
+    assert bench.agreement(reference, reference)["top1_agreement"] == 1.0
+    with pytest.raises(ValueError, match="as many answers"):
+        bench.agreement(reference, other[:2])
+
+
+def test_serving_bench_keeps_int8_only_within_tolerance_and_faster():
+    bench = _serving_bench()
+    close = {"top1_agreement": 0.995, "topk_overlap": 0.99}
+    far = {"top1_agreement": 0.98, "topk_overlap": 0.99}
+    kept = bench.int8_verdict({"lone": close, "batched": close}, speedup=1.5)
+    assert kept["keep"] and kept["within_tolerance"] and kept["faster"] and "0.99" in kept["rule"]
+    assert bench.int8_verdict({"lone": close, "batched": far}, speedup=1.5) == {**kept, "keep": False,
+                                                                             "within_tolerance": False}
+    assert bench.int8_verdict({"lone": close, "batched": close}, speedup=1.05) == {**kept, "keep": False,
+                                                                                "faster": False}
+    assert not bench.int8_verdict({"lone": {"top1_agreement": 1.0, "topk_overlap": 0.97}}, 2.0)["keep"]
+
+
+def test_serving_bench_sizes_a_checkpoint_on_disk(tmp_path):
+    bench = _serving_bench()
+    ckpt = tmp_path / "ckpt"
+    for rel, size in (("model/model.safetensors", 3000), ("projector.safetensors", 100), ("catalog.parquet", 50),
+                      ("encoder/encoder.safetensors", 800), ("encoder/items.faiss", 400),
+                      ("reference_logprobs.safetensors", 200), ("eval-test-score/scores.parquet", 70)):
+        (ckpt / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ckpt / rel).write_bytes(b"x" * size)
+    (ckpt / ".llmrec-output.json").write_text(json.dumps({"files": {"model/model.safetensors": {"size": 3000},
+                                                                    "catalog.parquet": {"size": 50}}}))
+    outside = tmp_path / "big"
+    outside.write_bytes(b"x" * 10_000)
+    (ckpt / "link").symlink_to(outside)  # not followed
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "model.safetensors").write_bytes(b"x" * 5000)
+    mib = 1 << 20
+    sizes = bench.disk_sizes(ckpt, base)
+    marker = len((ckpt / ".llmrec-output.json").read_bytes())
+    assert sizes["folder_mb"] * mib == 3000 + 100 + 50 + 800 + 400 + 200 + 70 + marker
+    assert sizes["bundle_mb"] * mib == 3050
+    assert sizes["weights_files_mb"] == {"model/model.safetensors": 3000 / mib, "projector.safetensors": 100 / mib,
+                                         "encoder/encoder.safetensors": 800 / mib}  # not the reference log-probs
+    assert sizes["weights_mb"] * mib == 3900 and sizes["faiss_file_mb"] * mib == 400
+    assert sizes["base_folder"] == str(base) and sizes["base_weights_mb"] * mib == 5000
+    assert "base_weights_mb" not in bench.disk_sizes(ckpt, None)
+
+
+def test_serving_bench_takes_several_checkpoints_only_for_models():
+    bench = _serving_bench()
+    args = bench.parse_args(["models", "--ckpt", "a", "--ckpt", "b"])
+    assert args.ckpts == [Path("a"), Path("b")] and args.requests is None  # per-label defaults
+    assert bench.parse_args(["load"]).requests == 500 and bench.parse_args(["load"]).ckpt == bench.DEFAULT_CKPT
+    for argv in (["load", "--ckpt", "a", "--ckpt", "b"], ["models", "--ckpt", "a", "--ckpt", "b", "--label", "x"],
+                 ["models", "--agreement-samples", "0"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
