@@ -6,8 +6,9 @@ declared in `TrainerOptions` (type, default, help text, accepted range); a stage
 default epochs, what its seed seeds). `TrainerOptions.of(config)` then reads them back from a stage config by name,
 and `llmrec.training.trainer.build_trainer` turns them into the one `pl.Trainer` of every stage.
 
-Adding a trainer option (e.g. `devices`, `num_nodes`, `strategy` for multi-process training) is: a field here,
-its use in `build_trainer`, and one `trainer_option(...)` line in each stage config that offers the flag.
+Adding a trainer option is: a field here, its use in `build_trainer`, and one `trainer_option(...)` line in each
+stage config that offers the flag. The multi-process options (`devices`, `num_nodes`, `strategy`) are checked by
+`llmrec.training.distributed`, which also says what each process does.
 
 This module imports neither torch nor Lightning, so a config class can use it without paying for them.
 """
@@ -21,6 +22,10 @@ from typing import Any, Literal
 from llmrec.base.config import option
 
 Device = Literal["auto", "cpu", "gpu", "cuda"]
+# Lightning's strategy names offered on the command line; `llmrec.training.distributed.check_strategy` refuses, in
+# one line, the ones the accelerator or the installed packages cannot run (FSDP on CPU, DeepSpeed without a GPU)
+Strategy = Literal["auto", "ddp", "ddp_find_unused_parameters_true", "fsdp", "deepspeed"]
+STRATEGIES: tuple[str, ...] = ("auto", "ddp", "ddp_find_unused_parameters_true", "fsdp", "deepspeed")
 PRECISIONS: tuple[str, ...] = ("32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true",
                                "64-true", "64", "transformer-engine", "transformer-engine-float16")
 
@@ -44,6 +49,11 @@ class TrainerOptions:
                                        min_exclusive=True)
     resume: bool = option(False, "continue an interrupted run from its saved state in <out>.resume (same options "
                                  "required)")
+    devices: int = option(1, "processes per machine, one per device (CPU: gloo processes; GPU: one per GPU)", min=1)
+    num_nodes: int = option(1, "machines taking part (each runs --devices processes: torchrun, SLURM)", min=1)
+    strategy: Strategy = option("auto", "Lightning's distribution strategy (auto: ddp when more than one process)")
+    accumulate_grad_batches: int = option(1, "optimiser step every this many batches (effective batch = batch "
+                                             "size x processes x this)", min=1)
     resume_every: int = option(50, "save the state to resume from every this many optimiser steps (and after "
                                    "each validation)", min=1)
     # --- loop options each stage sets in code (not flags)
