@@ -4,13 +4,12 @@ section without touching the others."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from bench_scripts import load_bench_script
 from test_llm_support import tiny_config
 
 from llmrec.llm.datamodule import prompt_loader
@@ -25,14 +24,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))  # the bench scripts import their shared `machine` module from there
-    try:
-        spec = importlib.util.spec_from_file_location("bench_pretrained", BENCH / "pretrained.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(BENCH))
+    return load_bench_script("pretrained")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ repository whose `make install` / `make demo` stand in for the real ones.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench_scripts import load_bench_script
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -139,9 +139,7 @@ def test_demo_benchmark_keeps_the_runs_it_replaces_and_the_readme_lists_them(tmp
                         "hr@1": {"SFT LLM": 0.25, "S-DPO LLM": 0.3, "MostPop": 0.29}}
     assert older == [{"date": "older", "wall_seconds": 60.0}] * 3
 
-    spec = importlib.util.spec_from_file_location("bench_tables", BENCH / "tables.py")
-    tables = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tables)
+    tables = load_bench_script("tables")
     rows = tables.demo_section(r).split("Earlier runs of the same benchmark")[1].splitlines()
     assert "| 2026-01-02 | `0000000000` | Old CPU | 10.0 | 90 | — | 300 | — | 0.250 / 0.300 / 0.290 |" in rows
     assert "| older | `?` | ? | 1.0 | — | — | — | — | — / — / — |" in rows
@@ -184,12 +182,8 @@ def test_demo_benchmark_deletes_the_clone_prints_without_write_and_fails_with_ma
 def test_result_tables_are_rendered_from_the_committed_results():
     """No page quotes a stale figure: the result sections of README.md and docs/benchmarks.md equal what
     bench/tables.py renders from bench/results, and every section is on some page (none was lost in a move)."""
-    import importlib.util
-
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("bench_tables", root / "bench" / "tables.py")
-    tables = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tables)
+    tables = load_bench_script("tables")
     assert {page.relative_to(root).as_posix() for page in tables.DOCUMENTS} == {"README.md", "docs/benchmarks.md"}
     pages = {page.name: page.read_text(encoding="utf-8") for page in tables.DOCUMENTS}
     for name, text in pages.items():
@@ -201,14 +195,7 @@ def test_result_tables_are_rendered_from_the_committed_results():
 
 # ------------------------------------------------------------------------------------------------ bench/pretrained.py
 def _pretrained_bench():
-    sys.path.insert(0, str(BENCH))  # the script imports bench/machine.py as a sibling
-    try:
-        spec = importlib.util.spec_from_file_location("bench_pretrained", BENCH / "pretrained.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+    return load_bench_script("pretrained")
 
 
 def test_each_pretrained_ablation_is_a_valid_train_llm_run_changing_only_its_setting(tmp_path):
@@ -237,14 +224,7 @@ def test_each_pretrained_ablation_is_a_valid_train_llm_run_changing_only_its_set
 
 # ------------------------------------------------------------------------------------------------ bench/serving.py
 def _serving_bench():
-    sys.path.insert(0, str(BENCH))  # the script imports bench/machine.py as a sibling
-    try:
-        spec = importlib.util.spec_from_file_location("bench_serving", BENCH / "serving.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+    return load_bench_script("serving")
 
 
 def test_serving_bench_reads_memory_figures_from_proc_status():

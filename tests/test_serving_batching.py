@@ -7,17 +7,15 @@ requests are still batched together; and the `batching` part of bench/serving.py
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import statistics
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
+from bench_scripts import load_bench_script
 from test_serving_support import ServerThread, request, same_answer
 
 from llmrec.data.dataset import ProcessedDataset
@@ -144,14 +142,7 @@ def test_over_http_a_lone_client_does_not_wait_while_concurrent_requests_share_b
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_the_batching_benchmark_runs_servers_side_by_side_and_keeps_the_other_results(ckpt, tmp_path):
-    bench = Path(__file__).resolve().parents[1] / "bench"
-    sys.path.insert(0, str(bench))  # the script imports bench/machine.py as the scripts do when run from bench/
-    try:
-        spec = importlib.util.spec_from_file_location("bench_serving_batching", bench / "serving.py")
-        script = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(script)
-    finally:
-        sys.path.remove(str(bench))
+    script = load_bench_script("serving")
     args = script.parse_args(["batching", "--ckpt", str(ckpt), "--results", str(tmp_path / "r.json")])
     assert (args.requests, args.concurrency, args.batch_size, args.probe_requests) == (500, 16, 16, 96)
     assert args.thread_choices == list(range(1, (os.cpu_count() or 1) + 1))

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from bench_scripts import load_bench_script
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_serving_support import ServerThread, request, same_answer
@@ -379,19 +380,9 @@ def test_llmrec_serve_finishes_requests_in_flight_on_sigterm(ckpt, rec):
 
 # ------------------------------------------------------------------------------------------------ bench script
 def test_the_serving_benchmark_runs_its_parts_at_tiny_scale(rec, server, ckpt):
-    import importlib.util
-    from pathlib import Path
-
     from llmrec.data.dataset import ProcessedDataset
 
-    bench = Path(__file__).resolve().parents[1] / "bench"
-    sys.path.insert(0, str(bench))  # the script imports bench/machine.py as the scripts do when run from bench/
-    try:
-        spec = importlib.util.spec_from_file_location("bench_serving", bench / "serving.py")
-        script = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(script)
-    finally:
-        sys.path.remove(str(bench))
+    script = load_bench_script("serving")
     args = script.parse_args(["load", "--smoke", "--ckpt", str(ckpt)])
     assert (args.requests, args.concurrency, args.max_users, args.write) == (24, 4, 20, False)
     with pytest.raises(SystemExit):
