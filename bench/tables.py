@@ -92,13 +92,82 @@ def serving_section(r: dict) -> str:
                       f"direct `recommend` call; p50 {load.get('p50_ms', float('nan')):.0f} ms, p99 "
                       f"{load.get('p99_ms', float('nan')):.0f} ms; {load.get('rps', float('nan')):.1f} requests/s with "
                       f"micro-batching vs {load.get('rps_unbatched', float('nan')):.1f} one at a time (x"
-                      f"{load.get('rps', 0) / max(load.get('rps_unbatched') or 1e-9, 1e-9):.2f})."]
+                      f"{load.get('rps', 0) / max(load.get('rps_unbatched') or 1e-9, 1e-9):.2f}; both servers at "
+                      f"{machine.get('torch_threads', '?')} torch threads, so the one-at-a-time server's threads fought "
+                      f"each other for the cores: not a measure of what batching saves -- the micro-batching table "
+                      f"below is)."]
     cold = r.get("cold_start_s")
     if cold is not None:
         lines += ["", f"**Cold start**: {cold.get('serve_to_health', float('nan')):.1f} s from `llmrec serve` to the "
                       f"first healthy `/health`; {cold.get('from_pretrained_to_first_answer', float('nan')):.1f} s from "
                       f"`Recommender.from_pretrained` to the first answer."]
+    if r.get("batching"):
+        lines += ["", *batching_table(r["batching"])]
+    if r.get("models"):
+        lines += ["", *models_table(r["models"])]
     return "\n".join(lines) + "\n"
+
+
+def load_text(load: dict | None) -> str:
+    """`1.2 -> 1.4`: the 1-minute load average at the start and the end of a measurement."""
+    if not load:
+        return "?"
+    start, end = load.get("start") or load.get("before"), load.get("end") or load.get("after")
+    return f"{start[0]:.1f} -> {end[0]:.1f}" if start and end else "?"
+
+
+def batching_table(batching: dict) -> list[str]:
+    """`batching.<label>` of bench/serving.py: the same server with micro-batches of 16 vs batch size 1, side by side
+    in one run, each at its best thread count (probed in the same run)."""
+    lines = ["**Micro-batching** (`bench/serving.py batching`: the same server and checkpoint with micro-batches vs "
+             "batch size 1, side by side in one run; each at the torch thread count that served it best in a probe "
+             "of the same run; lone client: concurrency 1, both servers at the baseline's thread count):", "",
+             "| model | requests | concurrency | batched req/s (threads) | batch 1 req/s (threads) | speedup | "
+             "lone client batched / batch 1 req/s | lone ratio | errors / mismatches | load | date, machine |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label, b in batching.items():
+        m = b.get("machine", {})
+        lines.append(f"| {label} (`{Path(b.get('checkpoint', '?')).name}`) | {b['requests']} | {b['concurrency']} | "
+                     f"{b['rps_batched']:.1f} ({b['threads_batched']}) | {b['rps_batch1']:.1f} ({b['threads_batch1']}) "
+                     f"| **{b['speedup']:.2f}x** | {b['rps_lone_batched']:.1f} / {b['rps_lone_batch1']:.1f} | "
+                     f"{b['lone_client_ratio']:.3f} | {b['errors']} / {b['mismatches']} | "
+                     f"{load_text(b.get('load_average'))} | {b.get('date', '?')}, {m.get('cpu', '?')} "
+                     f"{m.get('cores', '?')} cores |")
+    return lines
+
+
+def models_table(models: dict) -> list[str]:
+    """`models.<label>` of bench/serving.py: cold start, latency, requests/s and memory per served model, and the
+    int8 ranking path beside float32 with its keep rule."""
+    lines = ["**Served models** (`bench/serving.py models`: `llmrec serve` with its defaults, k = 10, on loopback; "
+             "memory is the server process's resident set):", "",
+             "| model | cold start to /health, first answer (s) | c1 p50 / p99 (ms) | c1 req/s | c16 p50 / p99 (ms) | "
+             "c16 req/s | RSS start / first answer / peak (MiB) | checkpoint / weights (MiB) | errors / mismatches | "
+             "load |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label, s in models.items():
+        lat, mem, disk, cold = s["latency"], s["memory"]["server"], s["memory"]["disk"], s["cold_start_s"]
+        c1, cn = lat["c1"], lat[f"c{s['concurrency'][-1]}"]
+        base = f" + base {disk['base_weights_mb']:.0f}" if "base_weights_mb" in disk else ""
+        lines.append(f"| {label} ({s['requests']} requests) | {cold['to_health']:.1f}, {cold['to_first_answer']:.1f} | "
+                     f"{c1['p50_ms']:.0f} / {c1['p99_ms']:.0f} | {c1['rps']:.1f} | {cn['p50_ms']:.0f} / "
+                     f"{cn['p99_ms']:.0f} | {cn['rps']:.1f} | {mem['after_start_mb']:.0f} / "
+                     f"{mem['after_first_answer_mb']:.0f} / {mem['peak_mb']:.0f} | {disk['folder_mb']:.1f} / "
+                     f"{disk['weights_mb']:.1f}{base} | {s['errors']} / {s['mismatches']} | "
+                     f"{load_text(s.get('load_average'))} |")
+    lines += ["", "| model | int8 c1 req/s (x float32) | top-1 agreement lone / batched | top-10 overlap lone / batched "
+                  "| max score difference | kept |", "| --- | --- | --- | --- | --- | --- |"]
+    for label, s in models.items():
+        q = s["int8"]
+        a = q["agreement"]
+        lines.append(f"| {label} ({q['agreement_samples']} histories) | {q['rps_c1']:.1f} (x{q['rps_ratio']:.2f}) | "
+                     f"{a['lone']['top1_agreement']:.3f} / {a['batched']['top1_agreement']:.3f} | "
+                     f"{a['lone']['topk_overlap']:.3f} / {a['batched']['topk_overlap']:.3f} | "
+                     f"{max(a['lone']['max_score_diff'], a['batched']['max_score_diff']):.3f} | "
+                     f"{'yes' if q.get('keep') else 'no'} |")
+    rule = next(iter(models.values()))["int8"].get("rule")
+    if rule:
+        lines += ["", f"Rule: {rule}."]
+    return lines
 
 
 def fairness_section(r: dict) -> str:
