@@ -1,0 +1,96 @@
+"""`llmrec evaluate --devices 2`: the samples split over two real processes (Lightning's DDP launcher, gloo on
+the CPU) give the one-process metrics.json and scores.parquet (`llmrec.training.sharding`), in score and
+generate mode; only rank 0 writes; the options that cannot shard are refused in one line before any work.
+
+The two-process runs are real subprocesses (`python -m llmrec evaluate ... --devices 2`: Lightning re-runs that
+command line for rank 1), each bounded by a timeout; the one-process reference runs in this process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from tiny import one_thread
+
+from llmrec.commands.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMING = ("seconds", "users_per_second")  # the only metrics that may differ between the runs
+SCORE_TOLERANCE = 1e-6  # absolute: 1 thread per process vs this process's 1 thread; measured equal bit for bit
+
+
+def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """`python -m llmrec ARGS` in a fresh process with this checkout first on the path."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.pop("OMP_NUM_THREADS", None)  # the command sets each process's threads itself
+    return subprocess.run([sys.executable, "-m", "llmrec", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def evaluate_both(sft_run: Path, tmp: Path, mode: str) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """(one-process output, two-process output, the two-process run) of `--mode mode` on the whole test split."""
+    common = ["--ckpt", str(sft_run / "sft"), "--data", str(sft_run / "data"), "--mode", mode, "--batch-size",
+              "3", "--device", "cpu"]
+    one, two = tmp / f"one-{mode}", tmp / f"two-{mode}"
+    with one_thread():
+        assert main(["evaluate", *common, "--out", str(one)]) == 0
+    done = cli("evaluate", *common, "--out", str(two), "--devices", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return one, two, done
+
+
+def assert_same_evaluation(one: Path, two: Path) -> None:
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    assert list(m1) == list(m2)
+    assert {k: v for k, v in m1.items() if k not in TIMING} == {k: v for k, v in m2.items() if k not in TIMING}
+    s1, s2 = pd.read_parquet(one / "scores.parquet"), pd.read_parquet(two / "scores.parquet")
+    assert list(s1.columns) == list(s2.columns) and len(s1) == len(s2) > 0
+    exact = [c for c in s1.columns if c != "scores"]
+    pd.testing.assert_frame_equal(s1[exact], s2[exact])  # same rows, same order on disk
+    for a, b in zip(s1["scores"], s2["scores"]):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            assert len(a) == len(b) and max(abs(x - y) for x, y in zip(a, b)) <= SCORE_TOLERANCE
+
+
+def test_two_processes_rank_like_one_in_score_mode(sft_run, tmp_path):
+    one, two, done = evaluate_both(sft_run, tmp_path, "score")
+    assert_same_evaluation(one, two)
+    # both ranks ranked a share (batches of 3 of the 12 samples, none twice) and only rank 0 printed the metrics
+    assert "(rank 0/2)" in done.stderr and "(rank 1/2)" in done.stderr
+    assert done.stdout.count('"hr@1"') == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one-score", "two-score"]  # nothing else written
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+
+
+def test_two_processes_rank_like_one_in_generate_mode(sft_run, tmp_path):
+    one, two, _ = evaluate_both(sft_run, tmp_path, "generate")
+    assert_same_evaluation(one, two)
+    assert pd.read_parquet(two / "scores.parquet")["scores"].isna().all()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--strategy", "fsdp"], "option --strategy fsdp: `llmrec evaluate` splits the samples"),
+    (["--strategy", "deepspeed"], "option --strategy deepspeed: `llmrec evaluate` splits the samples"),
+])
+def test_weight_sharding_strategies_are_refused_in_one_line(sft_run, tmp_path, capsys, extra, message):
+    assert main(["evaluate", "--ckpt", str(sft_run / "sft"), "--data", str(sft_run / "data"), "--out",
+                 str(tmp_path / "out"), "--devices", "2", "--device", "cpu", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_encoder_checkpoints_rank_in_one_process(small_data, encoder_dir, tmp_path, capsys):
+    data = small_data.save(tmp_path / "data")
+    assert main(["evaluate", "--ckpt", str(encoder_dir), "--data", str(data), "--out", str(tmp_path / "out"),
+                 "--devices", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is an encoder checkpoint: it ranks in one process" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
