@@ -138,12 +138,12 @@ def check_all_users(config: PredictConfig) -> None:
     """One line for an option that does not go with `--all-users` (or that needs it), before any loading."""
     defaults = PredictConfig()
     if config.all_users:
-        if config.ckpt is None or config.out is None:
-            raise ConfigError("predict --all-users needs --ckpt DIR and --out FILE.parquet")
         for name in ("history", "candidates", "json"):
             if getattr(config, name) != getattr(defaults, name):
                 raise ConfigError(f"option --{name}: applies to one history, not to --all-users (which answers "
                                   f"every user of --data)")
+        if config.ckpt is None or config.out is None:
+            raise ConfigError("predict --all-users needs --ckpt DIR and --out FILE.parquet")
         return
     for name in ("data", "split", "out", "part_size", "batch_size", "devices", "num_nodes", "strategy"):
         if getattr(config, name) != getattr(defaults, name):
