@@ -1,8 +1,8 @@
-"""Batch prediction for every user (`llmrec predict --all-users`, `Recommender.recommend_all_users`,
-`llmrec.serving.all_users`): which users and histories each split answers, answers equal to `recommend` for the
-same history, the table's columns, the same file from one and from two real processes, a run killed after its
-first part resumed to the uninterrupted run's table without recomputing the kept part, and one-line refusals of
-options that do not fit. Multi-process and killed runs are real subprocesses, bounded by timeouts."""
+"""Batch prediction for every user (`llmrec predict --all-users`, `llmrec.serving.all_users.recommend_all_users`):
+which users and histories each split answers, answers equal to `recommend` for the same history, the table's
+columns, the same file from one and from two real processes, a run killed after its first part resumed to the
+uninterrupted run's table without recomputing the kept part, and one-line refusals of options that do not fit.
+Multi-process and killed runs are real subprocesses, bounded by timeouts."""
 
 from __future__ import annotations
 
@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tiny import one_thread
 
 from llmrec.commands.cli import main
 from llmrec.data.dataset import ProcessedDataset
-from llmrec.serving.all_users import COLUMNS, read_all_users, user_histories
+from llmrec.serving.all_users import COLUMNS, read_all_users, recommend_all_users, user_histories
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -72,7 +71,7 @@ def test_which_users_and_which_history_each_split_answers(data):
 
 
 def test_each_user_is_answered_as_recommend_answers_the_history(rec, data):
-    table = rec.recommend_all_users(data, split="test", k=5, part_size=2)
+    table = recommend_all_users(rec, data, split="test", k=5, part_size=2)
     assert list(table.columns) == list(COLUMNS)
     users = user_histories(data, "test")
     assert table["user_index"].unique().tolist() == users["user_index"].tolist()  # user order, then rank
@@ -90,7 +89,7 @@ def test_each_user_is_answered_as_recommend_answers_the_history(rec, data):
 
 
 def test_the_python_api_writes_the_same_table_as_the_command(rec, data, sft_run, tmp_path, capsys):
-    via_api = rec.recommend_all_users(sft_run / "data", split="all", k=3, out=tmp_path / "api.parquet")
+    via_api = recommend_all_users(rec, sft_run / "data", split="all", k=3, out=tmp_path / "api.parquet")
     assert via_api.attrs["llmrec"]["format"] == "llmrec-all-users"
     assert via_api.attrs["llmrec"]["users"] == len(data.users) == via_api["user"].nunique()
     assert main(["predict", "--ckpt", str(sft_run / "sft"), "--all-users", "--split", "all", "--k", "3", "--out",
@@ -104,8 +103,9 @@ def test_two_processes_write_the_one_process_table(sft_run, tmp_path):
     common = ["predict", "--ckpt", str(sft_run / "sft"), "--all-users", "--split", "all", "--part-size", "4",
               "--device", "cpu"]
     assert main([*common, "--out", str(tmp_path / "one.parquet")]) == 0
-    done = subprocess.run(cli(*common, "--out", str(tmp_path / "two.parquet"), "--devices", "2"), cwd=ROOT,
-                          env=child_env(), capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
+    done = subprocess.run(cli(*common, "--out", str(tmp_path / "two.parquet"), "--devices", "2"), check=False,
+                          cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=240,
+                          stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "(rank 0/2)" in done.stderr and "(rank 1/2)" in done.stderr  # 18 users in 5 parts: both ranks worked
     assert done.stdout.strip() == f"wrote {tmp_path / 'two.parquet'}"  # rank 0 alone wrote and printed
@@ -172,9 +172,12 @@ def test_a_killed_run_resumes_from_its_finished_parts(sft_run, many_users, tmp_p
     assert not parts.exists()
 
 
+ONE_HISTORY = "applies to one history, not to --all-users (which answers every user of --data)"
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--all-users", "--history", "1,2"], "option --history: applies to one history, not to --all-users (which answers every user of --data)"),
-    (["--all-users", "--json"], "option --json: applies to one history, not to --all-users (which answers every user of --data)"),
+    (["--all-users", "--history", "1,2"], f"option --history: {ONE_HISTORY}"),
+    (["--all-users", "--json"], f"option --json: {ONE_HISTORY}"),
     (["--all-users"], "predict --all-users needs --ckpt DIR and --out FILE.parquet"),
     (["--history", "1,2", "--out", "x.parquet"], "option --out: applies to --all-users only"),
     (["--history", "1,2", "--split", "test"], "option --split: applies to --all-users only"),

@@ -28,8 +28,8 @@ def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     """`python -m llmrec ARGS` in a fresh process with this checkout first on the path."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.pop("OMP_NUM_THREADS", None)  # the command sets each process's threads itself
-    return subprocess.run([sys.executable, "-m", "llmrec", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run([sys.executable, "-m", "llmrec", *args], check=False, cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def evaluate_both(sft_run: Path, tmp: Path, mode: str) -> tuple[Path, Path, subprocess.CompletedProcess]:

@@ -1,9 +1,10 @@
 """Batch prediction for every user of a prepared dataset: the top-k of the whole catalog for each, as one parquet
-table (`llmrec predict --all-users`, `Recommender.recommend_all_users`).
+table (`llmrec predict --all-users`, `recommend_all_users` from Python).
 
     llmrec predict --ckpt DIR --all-users --split test --out recs.parquet [--k 10] [--devices 2]
-    rec.recommend_all_users(data, split="all", k=10)                   # a DataFrame, in this process
-    predict_all_users(rec, data, "test", "recs.parquet", k=10)         # written in parts, resumable
+    rec = Recommender.from_pretrained("checkpoints/demo/sdpo-hybrid-sasrec")
+    recommend_all_users(rec, "data/processed/ml-100k-llara-all", split="all", k=10)   # a DataFrame
+    recommend_all_users(rec, data, split="test", out="recs.parquet")   # also written in parts, resumable
 
 Which users and which history (`user_histories`):
 - `test`: every user with a sample in the test split; the history is the user's whole sequence before their
@@ -44,7 +45,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -54,10 +55,8 @@ from llmrec.base.errors import CheckpointError, ConfigError, DataError
 from llmrec.base.files import file_sha256, read_parquet
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.sampling import final_position_mask
+from llmrec.serving.recommender import Recommender, RequestError
 from llmrec.training.sharding import Launch, global_rank, shard_map
-
-if TYPE_CHECKING:
-    from llmrec.serving.recommender import Recommender
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +120,6 @@ def recommend_users(rec: Recommender, users: pd.DataFrame, k: int = 10, exclude_
                     ) -> pd.DataFrame:
     """The top-k rows (`COLUMNS`) of `users` (`user_histories` rows), each answered as `rec.recommend` answers its
     history: one `rec.rank` call (one encoder pass, LLM passes of `rec.batch_size` prompts)."""
-    from llmrec.serving.recommender import RequestError
-
     rec.device = next(rec.lm.parameters()).device  # a sharded run may have moved the model to its rank's GPU
     queries = [rec.query([rec.ids.public(i) for i in h], None, k, exclude_history) for h in users["history"]]
     rows: list[dict[str, Any]] = []
@@ -306,3 +303,20 @@ def predict_all_users(rec: Recommender, data: ProcessedDataset, split: UserSplit
         log.warning("kept %s: it holds files this run did not write", folder)
     log.info("wrote %s: %d rows, top %d of %d users", out, len(table), k, facts["users_answered"])
     return out
+
+
+def recommend_all_users(rec: Recommender, data: ProcessedDataset | str | Path, split: UserSplit = "test",
+                        k: int = 10, exclude_history: bool = True, out: str | Path | None = None,
+                        part_size: int = DEFAULT_PART_SIZE) -> pd.DataFrame:
+    """The Python API: the top `k` of every user of a prepared dataset (`data`: its folder or the loaded dataset,
+    with the checkpoint's catalog), one row per user and rank (`COLUMNS`; which users and histories: module
+    docstring); each user's rows are `rec.recommend(history, k=k)`. With `out` (a .parquet path) the table is
+    also written there in parts, atomically and resumably, as `llmrec predict --all-users` does. One process
+    (several: the command's `--devices`)."""
+    if not isinstance(data, ProcessedDataset):
+        data = ProcessedDataset.load(data)
+    if out is None:
+        return all_users_table(rec, data, split, k, exclude_history, part_size)
+    written = predict_all_users(rec, data, split, out, k, exclude_history, part_size)
+    assert written is not None  # one process: rank 0
+    return read_all_users(written)

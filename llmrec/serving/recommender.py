@@ -4,7 +4,7 @@
     rec.recommend([50, 172, 133], k=10)                      # whole catalog: retrieve top-N, re-rank with the LLM
     rec.recommend(["Heat (1995)", 17], candidates=[3, 9, 12])  # rank the given candidates only
     rec.recommend_many([[50, 172], [3, 4, 5]])                # many users, one model pass per batch
-    rec.recommend_all_users(data, split="test", k=10)         # every user of a prepared dataset: a DataFrame
+    recommend_all_users(rec, data, split="test", k=10)        # every user of a dataset (llmrec.serving.all_users)
 
 Each answer is a list of `{"id", "index", "title", "score", "rank", "ranked_by"}`, best first:
 - `id` is the dataset's own item id (`raw_id` of the prepared items.parquet, carried in the checkpoint's
@@ -65,12 +65,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 import torch
 
 from llmrec.base.device import torch_device
 from llmrec.data.catalog import Catalog, ItemIds
-from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.protocols import DEFAULT_MAX_HISTORY
 from llmrec.encoders.index import INDEX_FILE, ItemIndex, faiss_available
 from llmrec.base.errors import CheckpointError, DataError, LlmrecError
@@ -547,31 +545,6 @@ class Recommender:
         """`recommend` for many users at once (`candidates[u]` None = retrieve for user u), batched: one encoder
         pass, one LLM pass per `batch_size` prompts. Raises the first user's `RequestError` (`user u: ...`)."""
         return [a.items for a in self.answer_many(histories, candidates, k, exclude_history)]
-
-    def recommend_all_users(self, data: ProcessedDataset | str | os.PathLike, split: Literal["test", "all"] = "test",
-                            k: int = 10, exclude_history: bool = True, out: str | os.PathLike | None = None,
-                            part_size: int | None = None) -> pd.DataFrame:
-        """The top `k` of every user of a prepared dataset (`data`: the folder or the loaded dataset, with the
-        checkpoint's catalog), one row per user and rank: `split="test"` answers each user with a test sample
-        from their history before their last one, `"all"` every user from their whole history
-        (`llmrec.serving.all_users` has the rules and the columns). Each user's rows are `recommend(history,
-        k=k)`. With `out` (a .parquet path) the table is also written there in parts, atomically and resumably,
-        as `llmrec predict --all-users` does; one process (several: the command's `--devices`)."""
-        from llmrec.serving.all_users import (
-            DEFAULT_PART_SIZE,
-            all_users_table,
-            predict_all_users,
-            read_all_users,
-        )
-
-        if not isinstance(data, ProcessedDataset):
-            data = ProcessedDataset.load(data)
-        size = part_size or DEFAULT_PART_SIZE
-        if out is None:
-            return all_users_table(self, data, split, k, exclude_history, size)
-        written = predict_all_users(self, data, split, out, k, exclude_history, size)
-        assert written is not None  # one process: rank 0
-        return read_all_users(written)
 
     def answer_many(self, histories: Sequence[Sequence[ItemRef]],
                     candidates: Sequence[Sequence[ItemRef] | None] | None = None, k: int = 10,
