@@ -15,9 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from tiny import one_thread
 
+from llmrec.base import device
 from llmrec.commands.cli import main
+from llmrec.training.distributed import threads_per_process
+from llmrec.training.sharding import Launch, set_process_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = ("seconds", "users_per_second")  # the only metrics that may differ between the runs
@@ -65,6 +69,8 @@ def test_two_processes_rank_like_one_in_score_mode(sft_run, tmp_path):
     # both ranks ranked a share (batches of 3 of the 12 samples, none twice) and only rank 0 printed the metrics
     assert "(rank 0/2)" in done.stderr and "(rank 1/2)" in done.stderr
     assert done.stdout.count('"hr@1"') == 1
+    share = f"2 processes share this machine's CPU: {threads_per_process(2)} torch threads each"
+    assert done.stderr.count(share) == 2  # no --threads: each process took its share of the cores
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one-score", "two-score"]  # nothing else written
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
 
@@ -94,3 +100,17 @@ def test_encoder_checkpoints_rank_in_one_process(small_data, encoder_dir, tmp_pa
     err = capsys.readouterr().err.strip()
     assert "is an encoder checkpoint: it ranks in one process" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_each_of_several_processes_takes_its_share_of_the_cores_unless_threads_is_given(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setattr(device, "_requested_threads", None)  # (restored after the test)
+    try:
+        torch.set_num_threads(5)
+        assert set_process_threads(Launch("cpu", devices=1)) == 5  # one process: torch's (or --threads') count
+        assert set_process_threads(Launch("cpu", devices=2)) == threads_per_process(2)
+        device.set_threads(3)  # what `--threads 3` does
+        assert device.requested_threads() == 3
+        assert set_process_threads(Launch("cpu", devices=2)) == 3
+    finally:
+        torch.set_num_threads(before)

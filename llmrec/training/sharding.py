@@ -81,6 +81,8 @@ def set_process_threads(launch: Launch) -> int:
     `--threads` was given (2 processes on 2 cores: 1 thread each); returns the torch threads it now uses."""
     if launch.devices > 1 and requested_threads() is None and lightning_accelerator(launch.device) == "cpu":
         torch.set_num_threads(threads_per_process(launch.devices))
+        log.info("%d processes share this machine's CPU: %d torch threads each (--threads sets another number)",
+                 launch.devices, torch.get_num_threads())
     return torch.get_num_threads()
 
 
