@@ -114,3 +114,15 @@ def test_each_of_several_processes_takes_its_share_of_the_cores_unless_threads_i
         assert set_process_threads(Launch("cpu", devices=2)) == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_each_process_loads_its_model_onto_its_own_gpu(monkeypatch):
+    from llmrec.training import sharding
+
+    assert Launch("cpu", devices=2).torch_device() == "cpu"
+    monkeypatch.setattr(sharding, "torch_device", lambda device: "cuda")  # a GPU machine, as torch would say
+    monkeypatch.setenv("LOCAL_RANK", "1")  # set by Lightning's launcher and torchrun in the second process
+    assert Launch("gpu", devices=2).torch_device() == "cuda:1"
+    assert Launch("gpu", devices=1).torch_device() == "cuda"  # one process: where it always loaded
+    monkeypatch.delenv("LOCAL_RANK")
+    assert Launch("gpu", devices=2).torch_device() == "cuda:0"  # the launching process is local rank 0

@@ -100,7 +100,7 @@ def _evaluate_llm(config: EvaluateConfig, data: ProcessedDataset, facts: LLMFact
                   ) -> tuple[dict[str, Any], pd.DataFrame, ItemGroups]:
     check_quantize(config.quantize, torch_device(config.device), config.dtype)  # before the slow load
     encoder = load_encoder(config.encoder, data) if config.encoder is not None else None
-    lm = load_recommender(config.ckpt, data, encoder, llm=config.llm, device=torch_device(config.device),
+    lm = load_recommender(config.ckpt, data, encoder, llm=config.llm, device=_launch(config).torch_device(),
                           dtype=config.dtype, score_norm=config.score_norm, facts=facts)
     lm = quantized(lm, config.quantize)
     metrics, ranked = evaluate_split(lm, data, config.split, config.mode, config.batch_size, config.max_samples,

@@ -176,7 +176,7 @@ def run_all_users(config: PredictConfig) -> int:
         set_process_threads(launch)
     check_quantize(config.quantize, torch_device(config.device), config.dtype)
     data = ProcessedDataset.load(config.data if config.data is not None else recorded_data(config.ckpt))
-    rec = Recommender.from_pretrained(config.ckpt, torch_device(config.device), dtype=config.dtype, llm=config.llm,
+    rec = Recommender.from_pretrained(config.ckpt, launch.torch_device(), dtype=config.dtype, llm=config.llm,
                                       verify=config.verify, retrieve_n=config.retrieve_n,
                                       batch_size=config.batch_size)
     rec.lm = quantized(rec.lm, config.quantize)

@@ -26,6 +26,7 @@ own samples, so `check_launch` accepts `auto` and the DDP family only.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from llmrec.base.device import lightning_accelerator, requested_threads
+from llmrec.base.device import lightning_accelerator, requested_threads, torch_device
 from llmrec.base.errors import ConfigError
 from llmrec.base.progress import DEFAULT_EVERY, progress_line, track
 from llmrec.evaluation.ranker import CandidateRanking
@@ -65,6 +66,16 @@ class Launch:
     def sharded(self) -> bool:
         """Whether the work is split over several processes (else it runs in this process, without Lightning)."""
         return self.processes > 1
+
+    def torch_device(self) -> str:
+        """Where this process loads its model: `cpu`, `cuda`, or, for several processes on a GPU machine, this
+        process's own GPU (`cuda:LOCAL_RANK`, the variable Lightning's launcher and torchrun set; SLURM's
+        `SLURM_LOCALID`), so that N processes do not all load onto the first GPU first. Lightning's strategy
+        moves the model there too; this only avoids the detour."""
+        device = torch_device(self.device)
+        if device != "cuda" or not self.sharded:
+            return device
+        return f"cuda:{int(os.environ.get('LOCAL_RANK') or os.environ.get('SLURM_LOCALID') or 0)}"
 
 
 def check_launch(launch: Launch, command: str) -> str:
