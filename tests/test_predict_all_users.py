@@ -219,3 +219,22 @@ def test_the_run_file_records_what_decides_the_output(sft_run, tmp_path):
     assert not (parts_folder(out) / RUN_FILE).exists()
     facts = read_all_users(out).attrs["llmrec"]
     assert facts["split"] == "test" and facts["k"] == 10 and json.dumps(facts)
+
+
+def test_a_user_the_model_cannot_answer_gets_no_rows_and_the_others_do(rec, caplog):
+    from llmrec.serving.all_users import recommend_users
+
+    users = pd.DataFrame({"user": ["a", "b"], "user_index": [1, 2], "history": [[], [1, 2, 3]]})
+    with caplog.at_level("WARNING"):
+        table = recommend_users(rec, users, k=3)
+    assert table["user"].tolist() == ["b"] * 3 and table["rank"].tolist() == [1, 2, 3]
+    assert "1 users have no answer (no rows), e.g. user a: history is empty" in caplog.text
+
+
+def test_a_k_larger_than_the_catalog_is_refused_before_any_user(ckpt, tmp_path, capsys):
+    out = tmp_path / "r.parquet"
+    assert main(["predict", "--ckpt", str(ckpt), "--all-users", "--out", str(out), "--k", "999", "--device",
+                 "cpu"]) == 2
+    assert capsys.readouterr().err.strip() == ("llmrec predict: error: option --k: got 999, expected an integer in "
+                                               "1..24 (the catalog size)")
+    assert not out.exists() and not (tmp_path / "r.parquet.parts").exists()

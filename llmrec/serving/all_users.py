@@ -116,20 +116,35 @@ def check_catalog(rec: Recommender, data: ProcessedDataset) -> None:
                         f"{rec.facts.catalog_fingerprint[:12]}); pass the prepared folder it was trained on")
 
 
+def check_sizes(rec: Recommender, k: int, part_size: int) -> None:
+    """One line for a `k` or `part_size` no user could be answered with, before any user is."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= rec.n_items:
+        raise ConfigError(f"option --k: got {k!r}, expected an integer in 1..{rec.n_items} (the catalog size)")
+    if isinstance(part_size, bool) or not isinstance(part_size, (int, np.integer)) or part_size < 1:
+        raise ConfigError(f"option --part-size: got {part_size!r}, expected an integer >= 1")
+
+
 def recommend_users(rec: Recommender, users: pd.DataFrame, k: int = 10, exclude_history: bool = True
                     ) -> pd.DataFrame:
     """The top-k rows (`COLUMNS`) of `users` (`user_histories` rows), each answered as `rec.recommend` answers its
     history: one `rec.rank` call (one encoder pass, LLM passes of `rec.batch_size` prompts)."""
     rec.device = next(rec.lm.parameters()).device  # a sharded run may have moved the model to its rank's GPU
-    queries = [rec.query([rec.ids.public(i) for i in h], None, k, exclude_history) for h in users["history"]]
     rows: list[dict[str, Any]] = []
     unanswered: list[str] = []
-    for user, index, history, answer in zip(users["user"], users["user_index"], users["history"], rec.rank(queries)):
+    asked: list[tuple[Any, int, list[int]]] = []
+    queries = []
+    for user, index, history in zip(users["user"], users["user_index"], users["history"]):
+        try:  # (an empty history, say: that user gets no rows, the others still do)
+            queries.append(rec.query([rec.ids.public(i) for i in history], None, k, exclude_history))
+            asked.append((user, int(index), list(history)))
+        except RequestError as e:
+            unanswered.append(f"user {user}: {e}")
+    for (user, index, history), answer in zip(asked, rec.rank(queries)):
         if isinstance(answer, RequestError):
             unanswered.append(f"user {user}: {answer}")
             continue
         for item in answer.items:
-            rows.append({"user": user, "user_index": int(index), "history_length": len(history), **item})
+            rows.append({"user": user, "user_index": index, "history_length": len(history), **item})
     if unanswered:
         log.warning("%d users have no answer (no rows), e.g. %s", len(unanswered), unanswered[0])
     return rows_table(rows)
@@ -249,6 +264,7 @@ def all_users_table(rec: Recommender, data: ProcessedDataset, split: UserSplit =
                     exclude_history: bool = True, part_size: int = DEFAULT_PART_SIZE) -> pd.DataFrame:
     """The table `predict_all_users` writes, made in this process and returned (nothing written): the users of
     `split` in parts of `part_size`, with a progress line."""
+    check_sizes(rec, k, part_size)
     check_catalog(rec, data)
     users = user_histories(data, split)
     starts = list(range(0, len(users), part_size))
@@ -265,8 +281,7 @@ def predict_all_users(rec: Recommender, data: ProcessedDataset, split: UserSplit
     process other than rank 0 of a sharded `launch` (which writes its parts, not `out`). `options` are the
     loading options recorded for resuming (dtype, quantize, base model)."""
     out, launch = Path(out), launch or Launch()
-    if part_size < 1:
-        raise ConfigError(f"option --part-size: got {part_size}, expected an integer >= 1")
+    check_sizes(rec, k, part_size)
     _check_out(out)
     check_catalog(rec, data)
     users = user_histories(data, split)
