@@ -126,3 +126,15 @@ def test_each_process_loads_its_model_onto_its_own_gpu(monkeypatch):
     assert Launch("gpu", devices=1).torch_device() == "cuda"  # one process: where it always loaded
     monkeypatch.delenv("LOCAL_RANK")
     assert Launch("gpu", devices=2).torch_device() == "cuda:0"  # the launching process is local rank 0
+
+
+def test_more_processes_than_gpus_are_refused_in_one_line(monkeypatch):
+    from llmrec.base.errors import ConfigError
+    from llmrec.training import sharding
+
+    monkeypatch.setattr(sharding, "lightning_accelerator", lambda device: "gpu")  # a machine with one GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"^option --devices 2: this machine has 1 GPU\(s\) and `llmrec evaluate` "
+                                          r"runs one process per GPU; pass --devices 1 or fewer \(or --device cpu\)$"):
+        sharding.check_launch(Launch("gpu", devices=2), "evaluate")
+    assert sharding.check_launch(Launch("gpu", devices=1, num_nodes=2), "evaluate") == "ddp"

@@ -84,7 +84,12 @@ def check_launch(launch: Launch, command: str) -> str:
     if launch.strategy in SHARDED_STRATEGIES:
         raise ConfigError(f"option --strategy {launch.strategy}: `llmrec {command}` splits the samples over "
                           f"processes that each hold the whole model; use --strategy ddp (or auto)")
-    return check_strategy(launch.strategy, lightning_accelerator(launch.device), launch.devices, launch.num_nodes)
+    accelerator = lightning_accelerator(launch.device)
+    if accelerator == "gpu" and launch.devices > torch.cuda.device_count():
+        raise ConfigError(f"option --devices {launch.devices}: this machine has {torch.cuda.device_count()} GPU(s) "
+                          f"and `llmrec {command}` runs one process per GPU; pass --devices "
+                          f"{torch.cuda.device_count()} or fewer (or --device cpu)")
+    return check_strategy(launch.strategy, accelerator, launch.devices, launch.num_nodes)
 
 
 def set_process_threads(launch: Launch) -> int:
