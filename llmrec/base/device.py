@@ -15,6 +15,7 @@ from llmrec.base.errors import ConfigError
 log = logging.getLogger(__name__)
 
 GPU_DEVICES: tuple[str, ...] = ("gpu", "cuda")
+_requested_threads: int | None = None  # what `--threads` asked for in this process (None: not given)
 
 
 def check_device(device: str) -> None:
@@ -58,8 +59,18 @@ def set_threads(threads: int | None) -> None:
         raise ConfigError(f"option --threads: got {threads}, expected an integer >= 1")
     import torch
 
+    global _requested_threads
+    _requested_threads = threads
+
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(threads)
     except RuntimeError:  # only settable once, before any inter-op parallel work has started in this process
         log.debug("torch inter-op threads already fixed at %d", torch.get_num_interop_threads())
+
+
+def requested_threads() -> int | None:
+    """The thread count `set_threads` was given in this process (the `--threads` flag), None when none was: a
+    command running several processes on one machine then picks a share of the cores for each
+    (`llmrec.training.distributed.threads_per_process`) instead of torch's one thread per core."""
+    return _requested_threads

@@ -2,6 +2,7 @@
 evaluator (`llmrec.evaluation.evaluator`).
 
     llmrec evaluate --ckpt DIR --data DIR [--mode {score,generate,constrained}] [--split test] [--out DIR]
+    llmrec evaluate --ckpt DIR --data DIR --devices 2            # the samples split over 2 processes (Lightning DDP)
 
 `--ckpt` is an LLM checkpoint (`train-llm`, `train-sdpo`) or an encoder checkpoint (`train-encoder`: SASRec,
 GRU4Rec, Caser or MostPop). Writes `metrics.json`, `scores.parquet` (every ranked sample's candidates and scores
@@ -19,6 +20,15 @@ or choice, with the mode and split: `llmrec.evaluation.scores`), the fairness `r
   seen items and batches as its recorded config.yaml says (`eval_history`, `exclude_seen`, `eval_batch_size`);
   `--batch-size`, `--encoder`, `--llm`, `--score-norm` and `--quantize` are LLM options.
 `--data` must be the prepared dataset the checkpoint was trained on (same catalog, same train/valid/test users).
+
+Several processes (LLM checkpoints, every mode): `--devices N [--num-nodes M] [--strategy ddp]` splits the
+samples over N x M processes with Lightning's predict loop (`llmrec.training.sharding`: its own launcher re-runs
+this command line in N-1 child processes; torchrun and SLURM work too): each process ranks whole batches of
+`--batch-size` consecutive samples (the batches one process ranks), none twice, and the rankings are gathered in
+sample order, so metrics.json and scores.parquet are those of a one-process run (the same rows in the same order,
+the same scores up to float rounding; only `seconds` and `users_per_second` differ). Only rank 0 writes `--out`.
+On a CPU, each of the N processes of a machine uses its share of the cores unless `--threads` is given. Encoder
+checkpoints rank in one process (a whole-catalog ranking is fast there): `--devices` > 1 is refused for them.
 """
 
 from __future__ import annotations
@@ -49,6 +59,8 @@ from llmrec.llm.facts import LLMFacts
 from llmrec.llm.quantize import check_quantize, quantized
 from llmrec.llm.ranker import evaluate_split
 from llmrec.llm.ranking import MAX_NEW_TOKENS
+from llmrec.training.options import Strategy, trainer_option
+from llmrec.training.sharding import Launch, check_launch, global_rank, set_process_threads
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +87,24 @@ class EvaluateConfig:
     quantize: Literal["none", "int8"] = option(
         "none", "LLM checkpoints, CPU only: rank with dynamic int8 linear layers (LoRA adapters merged first); "
                 "metrics.json records it")
+    devices: int = trainer_option("devices", help="processes per machine the samples are split over (LLM "
+                                                  "checkpoints; CPU: gloo processes, GPU: one per GPU); the "
+                                                  "outputs equal a one-process run's")
+    num_nodes: int = trainer_option("num_nodes")
+    strategy: Strategy = trainer_option("strategy", help="Lightning's distribution strategy (auto: ddp when more "
+                                                         "than one process; fsdp/deepspeed are refused: every "
+                                                         "process holds the whole model)")
 
 
 def _evaluate_llm(config: EvaluateConfig, data: ProcessedDataset, facts: LLMFacts
                   ) -> tuple[dict[str, Any], pd.DataFrame, ItemGroups]:
     check_quantize(config.quantize, torch_device(config.device), config.dtype)  # before the slow load
     encoder = load_encoder(config.encoder, data) if config.encoder is not None else None
-    lm = load_recommender(config.ckpt, data, encoder, llm=config.llm, device=torch_device(config.device),
+    lm = load_recommender(config.ckpt, data, encoder, llm=config.llm, device=_launch(config).torch_device(),
                           dtype=config.dtype, score_norm=config.score_norm, facts=facts)
     lm = quantized(lm, config.quantize)
     metrics, ranked = evaluate_split(lm, data, config.split, config.mode, config.batch_size, config.max_samples,
-                                     config.seed, config.max_new_tokens)
+                                     config.seed, config.max_new_tokens, launch=_launch(config))
     if config.mode == "score":
         metrics["score_norm"] = lm.score_norm  # which rule ranked: the checkpoint's or --score-norm
     if config.quantize != "none":
@@ -120,11 +139,22 @@ def _evaluate_encoder(config: EvaluateConfig, data: ProcessedDataset) -> tuple[d
     return metrics, evaluation.table, groups
 
 
+def _launch(config: EvaluateConfig) -> Launch:
+    return Launch(config.device, config.devices, config.num_nodes, config.strategy)
+
+
 def run_evaluate(config: EvaluateConfig) -> int:
     check_config(config)
     if config.ckpt is None or config.data is None:
         raise ConfigError("evaluate needs --ckpt DIR and --data DIR")
     encoder_ckpt = not is_llm_checkpoint(config.ckpt) and is_encoder_checkpoint(config.ckpt)
+    launch = _launch(config)
+    if launch.sharded:
+        if encoder_ckpt:
+            raise ConfigError(f"{config.ckpt} is an encoder checkpoint: it ranks in one process (--devices 1, "
+                              f"--num-nodes 1); --devices and --num-nodes split an LLM checkpoint's samples")
+        check_launch(launch, "evaluate")  # one line before the slow load (FSDP on CPU, ...)
+        set_process_threads(launch)
     # read once: a clear error first when it is neither kind of checkpoint
     facts = None if encoder_ckpt else read_facts(config.ckpt)
     out = Path(config.out) if config.out else Path(config.ckpt) / f"eval-{config.split}-{config.mode}"
@@ -134,6 +164,8 @@ def run_evaluate(config: EvaluateConfig) -> int:
         metrics, ranked, groups = _evaluate_encoder(config, data)
     else:
         metrics, ranked, groups = _evaluate_llm(config, data, facts)
+    if launch.sharded and global_rank() != 0:  # every process holds the whole table; rank 0 alone writes it
+        return 0
     with output_directory(out, "evaluate") as tmp:
         write_evaluation(tmp, metrics, ranked)
         save_config(config, tmp)

@@ -8,7 +8,9 @@ the decoded text is kept in generate mode). An LLM cannot rank the whole catalog
 prompt shows), so it is no `CatalogRanker`: its metrics are those of the ranked table.
 
 `evaluate_split` is what train-llm, train-sdpo and `llmrec evaluate` report for a checkpoint: `rank_split` with
-an `LLMRanker`, then `ranking_metrics` (keys in `llmrec.evaluation.ranked_metrics` and `.evaluator`).
+an `LLMRanker`, then `ranking_metrics` (keys in `llmrec.evaluation.ranked_metrics` and `.evaluator`); given a
+`Launch` of several processes (`llmrec evaluate --devices N`), the ranker is sharded over them
+(`llmrec.training.sharding`) and the table is the one a single process makes.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import pandas as pd
 from llmrec.base.progress import track
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.evaluation.evaluator import ranking_metrics, rank_split
-from llmrec.evaluation.ranker import CandidateRanking
+from llmrec.evaluation.ranker import CandidateRanking, Ranker
 from llmrec.evaluation.scores import INVALID, Mode
 from llmrec.llm.datamodule import prompt_loader
 from llmrec.llm.hybrid import HybridLM
 from llmrec.llm.ranking import MAX_NEW_TOKENS, rank
+from llmrec.training.sharding import Launch, ShardedRanker
 
 
 class LLMRanker:
@@ -36,6 +39,14 @@ class LLMRanker:
         self.lm, self.mode, self.batch_size, self.max_new_tokens = lm, mode, batch_size, max_new_tokens
 
     def score_candidates(self, samples: pd.DataFrame, label: str = "ranking") -> CandidateRanking:
+        return self._rank(samples, label)
+
+    def rank_rows(self, samples: pd.DataFrame) -> CandidateRanking:
+        """`score_candidates` without progress lines: one work item of a sharded ranking
+        (`llmrec.training.sharding.ShardedRanker`), `batch_size` consecutive samples at most."""
+        return self._rank(samples, None)
+
+    def _rank(self, samples: pd.DataFrame, label: str | None) -> CandidateRanking:
         lm = self.lm
         device = next(lm.parameters()).device
         loader = prompt_loader(samples, lm.builder, self.batch_size, with_answer=False,
@@ -44,7 +55,9 @@ class LLMRanker:
         scores: list[list[float]] = []
         texts: list[str] = []
         lm.eval()
-        for batch in track(loader, label, total=len(samples), unit="samples", size=lambda b: b.input_ids.shape[0]):
+        batches = loader if label is None else track(loader, label, total=len(samples), unit="samples",
+                                                     size=lambda b: b.input_ids.shape[0])
+        for batch in batches:
             result = rank(lm, batch.to(device), self.mode, max_new_tokens=self.max_new_tokens)
             chosen += [INVALID if c is None else int(c) for c in result.chosen]
             if result.scores is not None:
@@ -56,8 +69,13 @@ class LLMRanker:
 
 def evaluate_split(lm: HybridLM, data: ProcessedDataset, split: str, mode: Mode = "score", batch_size: int = 8,
                    max_samples: int | None = None, seed: int = 0, max_new_tokens: int = MAX_NEW_TOKENS,
-                   ) -> tuple[dict[str, Any], pd.DataFrame]:
+                   launch: Launch | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
     """(metrics, ranked table) of (a seeded subset of `max_samples` samples of) `split`; the metrics also carry
-    seed, protocol, mode, split, time and users/s."""
-    evaluation = rank_split(LLMRanker(lm, mode, batch_size, max_new_tokens), data, split, max_samples, seed)
+    seed, protocol, mode, split, time and users/s. With a `launch` of several processes the samples are split
+    over them in batches of `batch_size` (`llmrec.training.sharding.ShardedRanker`) and every process returns
+    the whole table, equal to one process's."""
+    ranker: Ranker = LLMRanker(lm, mode, batch_size, max_new_tokens)
+    if launch is not None and launch.sharded:
+        ranker = ShardedRanker(ranker, batch_size, launch, model=lm)
+    evaluation = rank_split(ranker, data, split, max_samples, seed)
     return ranking_metrics(evaluation, data, seed), evaluation.table

@@ -1,6 +1,7 @@
 """`llmrec predict`: the next items for one history, from the shell (docs/design.md §9).
 
     llmrec predict --ckpt DIR --history 50,172,133 [--candidates 7,12 'Heat (1995)'] [--k 10] [--json]
+    llmrec predict --ckpt DIR --all-users --split test|all --out recs.parquet [--k 10] [--devices N]
 
 Items are the dataset's own item ids (`raw_id` of the prepared items.parquet: 50 in MovieLens, B00001 in a custom
 log) or exact catalog titles, one title per argument (titles often hold commas: 'Usual Suspects, The (1995)').
@@ -11,6 +12,14 @@ them, and ranks beyond them (a `--k` larger than that) follow the encoder's orde
 has the rules). Prints a table (rank, id, title, score; `-` for an item the LLM did not score) or, with `--json`,
 the same JSON as `POST /recommend` of `llmrec serve`. The flag is `--k` (the config layer makes one `--flag` per
 option).
+
+`--all-users` answers every user of a prepared dataset (`--data`, default: the one the checkpoint's config.yaml
+records) instead of one history: `--split test` (each user with a test sample, their history before their last
+one) or `--split all` (every user, their whole history); one row per user and rank in `--out` (a .parquet
+file), written in parts of `--part-size` users that a rerun after a kill keeps, optionally over `--devices N`
+processes: `llmrec.serving.all_users` has the rules and the columns. `--history`, `--candidates` and `--json`
+belong to one history; `--data`, `--split`, `--out`, `--part-size`, `--batch-size`, `--devices`, `--num-nodes`
+and `--strategy` to `--all-users`.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from llmrec.base.config import check_config, option
 from llmrec.base.device import torch_device
 from llmrec.base.errors import ConfigError
+from llmrec.training.options import Strategy, trainer_option
 
 if TYPE_CHECKING:  # imported when a command runs: `llmrec predict --help` does not pay for torch
     from llmrec.serving.recommender import Recommender, RequestError
@@ -52,6 +62,24 @@ class PredictConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = option("float32", "weights dtype")
     quantize: Literal["none", "int8"] = option("none", "CPU only: rank with dynamic int8 linear layers (LoRA "
                                                        "adapters merged first)")
+    all_users: bool = option(False, "predict for every user of a prepared dataset (--data, --split) into --out "
+                                    "instead of one --history")
+    data: Path | None = option(None, "--all-users: the prepared dataset folder (default: the one the checkpoint "
+                                     "was trained on, from its config.yaml)")
+    split: Literal["test", "all"] | None = option(None, "--all-users: `test` (users with a test sample, their "
+                                                        "history before their last one) or `all` (every user, "
+                                                        "their whole history); default test")
+    out: Path | None = option(None, "--all-users: the .parquet file to write (one row per user and rank)")
+    part_size: int = option(256, "--all-users: users per part file (a rerun after a kill keeps finished parts)",
+                            min=1)
+    batch_size: int = option(16, "--all-users: prompts per model pass", min=1)
+    devices: int = trainer_option("devices", help="--all-users: processes per machine the parts are split over "
+                                                  "(CPU: gloo processes, GPU: one per GPU); the output equals a "
+                                                  "one-process run's")
+    num_nodes: int = trainer_option("num_nodes", help="--all-users: machines taking part (torchrun, SLURM)")
+    strategy: Strategy = trainer_option("strategy", help="--all-users: Lightning's distribution strategy (auto: "
+                                                         "ddp when more than one process; fsdp/deepspeed are "
+                                                         "refused: every process holds the whole model)")
 
 
 def parse_items(values: list[str]) -> list[int | str]:
@@ -106,8 +134,65 @@ def option_error(e: RequestError) -> ConfigError:
     return ConfigError(f"option --{name.replace('_', '-')}: {message}")
 
 
+def check_all_users(config: PredictConfig) -> None:
+    """One line for an option that does not go with `--all-users` (or that needs it), before any loading."""
+    defaults = PredictConfig()
+    if config.all_users:
+        for name in ("history", "candidates", "json"):
+            if getattr(config, name) != getattr(defaults, name):
+                raise ConfigError(f"option --{name}: applies to one history, not to --all-users (which answers "
+                                  f"every user of --data)")
+        if config.ckpt is None or config.out is None:
+            raise ConfigError("predict --all-users needs --ckpt DIR and --out FILE.parquet")
+        return
+    for name in ("data", "split", "out", "part_size", "batch_size", "devices", "num_nodes", "strategy"):
+        if getattr(config, name) != getattr(defaults, name):
+            raise ConfigError(f"option --{name.replace('_', '-')}: applies to --all-users only")
+
+
+def recorded_data(ckpt: Path) -> Path:
+    """The prepared dataset a checkpoint was trained on, as its config.yaml records it."""
+    from llmrec.base.config import load_yaml_mapping
+
+    recorded = load_yaml_mapping(Path(ckpt) / "config.yaml").get("data") if (Path(ckpt) / "config.yaml").is_file() \
+        else None
+    if not recorded:
+        raise ConfigError(f"predict --all-users: {ckpt}/config.yaml records no dataset; pass --data DIR")
+    return Path(str(recorded))
+
+
+def run_all_users(config: PredictConfig) -> int:
+    """`--all-users`: every user of the dataset to `--out` (`llmrec.serving.all_users`)."""
+    assert config.ckpt is not None and config.out is not None
+    from llmrec.data.dataset import ProcessedDataset
+    from llmrec.llm.quantize import check_quantize, quantized
+    from llmrec.serving.all_users import predict_all_users
+    from llmrec.serving.recommender import Recommender
+    from llmrec.training.sharding import Launch, check_launch, set_process_threads
+
+    launch = Launch(config.device, config.devices, config.num_nodes, config.strategy)
+    if launch.sharded:
+        check_launch(launch, "predict")  # one line before the slow load (FSDP on CPU, ...)
+        set_process_threads(launch)
+    check_quantize(config.quantize, torch_device(config.device), config.dtype)
+    data = ProcessedDataset.load(config.data if config.data is not None else recorded_data(config.ckpt))
+    rec = Recommender.from_pretrained(config.ckpt, launch.torch_device(), dtype=config.dtype, llm=config.llm,
+                                      verify=config.verify, retrieve_n=config.retrieve_n,
+                                      batch_size=config.batch_size)
+    rec.lm = quantized(rec.lm, config.quantize)
+    options = {"dtype": config.dtype, "quantize": config.quantize, "llm": config.llm}
+    written = predict_all_users(rec, data, config.split or "test", config.out, config.k, config.exclude_history,
+                                config.part_size, launch, options)
+    if written is not None:
+        print(f"wrote {written}")
+    return 0
+
+
 def run_predict(config: PredictConfig) -> int:
     check_config(config)
+    check_all_users(config)
+    if config.all_users:
+        return run_all_users(config)
     if config.ckpt is None or not config.history:
         raise ConfigError("predict needs --ckpt DIR and --history ITEMS (ids like 50,172,133 or exact titles)")
     from llmrec.llm.quantize import check_quantize, quantized

@@ -4,6 +4,7 @@
     rec.recommend([50, 172, 133], k=10)                      # whole catalog: retrieve top-N, re-rank with the LLM
     rec.recommend(["Heat (1995)", 17], candidates=[3, 9, 12])  # rank the given candidates only
     rec.recommend_many([[50, 172], [3, 4, 5]])                # many users, one model pass per batch
+    recommend_all_users(rec, data, split="test", k=10)        # every user of a dataset (llmrec.serving.all_users)
 
 Each answer is a list of `{"id", "index", "title", "score", "rank", "ranked_by"}`, best first:
 - `id` is the dataset's own item id (`raw_id` of the prepared items.parquet, carried in the checkpoint's
