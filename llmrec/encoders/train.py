@@ -28,7 +28,7 @@ import torch
 from llmrec.base.atomic import atomic_write_text
 from llmrec.base.config import check_config, option
 from llmrec.data.dataset import ProcessedDataset
-from llmrec.base.device import check_device
+from llmrec.base.device import check_device, lightning_accelerator
 from llmrec.encoders.base import SequentialEncoder
 from llmrec.encoders.checkpoint import (
     check_output_dir,
@@ -40,7 +40,15 @@ from llmrec.encoders.mostpop import MostPop
 from llmrec.encoders.ranker import evaluate_encoder
 from llmrec.encoders.registry import build_encoder, encoder_hparam_names
 from llmrec.base.errors import ConfigError
-from llmrec.training.options import Device, TrainerOptions, trainer_option
+from llmrec.training.distributed import (
+    check_strategy,
+    global_rank,
+    local_process_count,
+    on_rank_zero,
+    run_facts,
+    set_process_threads,
+)
+from llmrec.training.options import Device, Strategy, TrainerOptions, trainer_option
 from llmrec.training.resume import (
     ResumeCheckpoint,
     prepare_resume,
@@ -100,6 +108,10 @@ class TrainEncoderConfig:
     resume: bool = trainer_option("resume")
     resume_every: int = trainer_option("resume_every", 500, "save the state to resume from every this many "
                                                             "optimiser steps (and after each epoch's validation)")
+    devices: int = trainer_option("devices")
+    num_nodes: int = trainer_option("num_nodes")
+    strategy: Strategy = trainer_option("strategy")
+    accumulate_grad_batches: int = trainer_option("accumulate_grad_batches")
 
     def trainer_options(self, n_batches: int) -> TrainerOptions:
         """The trainer of this stage: `--max-epochs`, at least `--min-epochs`, deterministic kernels, and a logged
@@ -115,6 +127,7 @@ def _validate(config: TrainEncoderConfig) -> None:
         raise ConfigError("--out is required: the folder to write the encoder checkpoint to")
     check_config(config)  # every option's declared range (the Python API skips resolve_config)
     check_device(config.device)
+    check_strategy(config.strategy, lightning_accelerator(config.device), config.devices, config.num_nodes)
 
 
 def model_hparams(config: TrainEncoderConfig) -> dict[str, Any]:
@@ -173,6 +186,7 @@ def fit_encoder(encoder: SequentialEncoder, data: ProcessedDataset, config: Trai
 def run_train_encoder(config: TrainEncoderConfig) -> int:
     _validate(config)
     assert config.data is not None and config.out is not None
+    rank, threads = global_rank(config.devices), set_process_threads(local_process_count(config.devices))
     data = ProcessedDataset.load(config.data)
     out = Path(config.out)
     check_output_dir(out)
@@ -185,7 +199,8 @@ def run_train_encoder(config: TrainEncoderConfig) -> int:
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
     encoder = build_encoder(config.model, data.n_items, **model_hparams(config))
-    with encoder_output_directory(out) as tmp:
+    # only rank 0 builds the output folder; the other ranks (None) write nothing and end with the training
+    with on_rank_zero(rank, lambda: encoder_output_directory(out)) as tmp:
         if isinstance(encoder, MostPop):
             start = time.perf_counter()
             sequences = data.train_sequences()
@@ -197,6 +212,8 @@ def run_train_encoder(config: TrainEncoderConfig) -> int:
             resume = ResumeCheckpoint(resume_folder(out), "train-encoder", resume_config(config),
                                       config.resume_every, state)
             facts = fit_encoder(encoder, data, config, log_dir=tmp, resume=resume)
+        if tmp is None:
+            return 0  # not rank 0: rank 0 alone evaluates valid and test and writes the checkpoint
         encoder.eval()
         results = {}
         for split in ("valid", "test"):
@@ -207,7 +224,10 @@ def run_train_encoder(config: TrainEncoderConfig) -> int:
                    "eval_positions": data.meta.get("eval_positions"), "model": config.model,
                    "mode": "full" if data.protocol == "loo" else "candidates",
                    "n_samples": results["test"]["n_samples"], "torch_threads": torch.get_num_threads(),
-                   "machine": platform.platform()}
+                   "machine": platform.platform(),
+                   **{k: v for k, v in run_facts(config.batch_size, config.devices, config.num_nodes,
+                                                 config.accumulate_grad_batches, threads).items()
+                      if k != "torch_threads"}}
         write_encoder_files(encoder, tmp, data, config)
         atomic_write_text(tmp / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
         if history:

@@ -15,6 +15,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from llmrec.training.distributed import record
+
 log = logging.getLogger(__name__)
 
 
@@ -43,7 +45,8 @@ class KeepBest(pl.Callback):
 
     Reads `monitor` from `trainer.callback_metrics` at `on_validation_end`, i.e. after the module logged its
     validation metrics. `history` holds one entry per round (step, epoch and every `valid/` metric); the best
-    round's weights are loaded back at the end of `fit` (and by `restore`).
+    round's weights are loaded back at the end of `fit` (and by `restore`). Several processes: each rank's
+    validation metrics are gathered over all ranks (the stage's module does it), so every rank decides the same.
     """
 
     def __init__(self, monitor: str):
@@ -76,6 +79,8 @@ class KeepBest(pl.Callback):
             self.best_step, self.best_epoch = int(trainer.global_step), int(trainer.current_epoch)
             self.best_state = trainable_state(pl_module)
             self.seconds_to_best = time.perf_counter() - self._started
+        record("valid", step=int(trainer.global_step), score=score, best_step=self.best_step,
+               best_score=self.best_score)
         log.info("step %d (epoch %d): %s %.4f (best %.4f at step %d)", trainer.global_step, trainer.current_epoch,
                  self.monitor, score, self.best_score, self.best_step)
 
