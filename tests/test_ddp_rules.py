@@ -148,3 +148,14 @@ def test_gathering_objects_in_one_process():
         world_size = 1
 
     assert gather_objects(Trainer(), {"rng": [1, 2]}) == [{"rng": [1, 2]}]
+
+
+def test_each_gpu_process_makes_its_own_gpu_current(clean_env):
+    calls = []
+    clean_env.setattr(torch.cuda, "set_device", calls.append)
+    distributed.use_local_gpu("gpu")  # the launching process (no LOCAL_RANK yet): torch's default GPU 0
+    distributed.use_local_gpu("cpu")
+    clean_env.setenv("LOCAL_RANK", "3")
+    distributed.use_local_gpu("cpu")
+    distributed.use_local_gpu("gpu")
+    assert calls == [3]

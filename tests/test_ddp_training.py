@@ -39,7 +39,11 @@ from llmrec.llm.checkpoint import load_recommender
 from llmrec.llm.datamodule import prompt_loader
 from llmrec.llm.ranking import score_candidates
 from llmrec.preference.negatives import preference_items
-from llmrec.preference.reference import REFERENCE_FILE, compute_reference, load_reference
+from llmrec.preference.reference import (
+    REFERENCE_FILE,
+    compute_reference,
+    load_reference,
+)
 from llmrec.training.distributed import threads_per_process
 from llmrec.training.resume import LATEST, resume_folder
 
@@ -69,7 +73,7 @@ def run_llmrec(args: list[str], cwd: Path, record: Path | None = None) -> float:
     cwd.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "llmrec", *args], cwd=cwd, env=_env(record), capture_output=True,
-                          text=True, timeout=TIMEOUT)
+                          text=True, timeout=TIMEOUT, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return time.perf_counter() - started
 
@@ -140,6 +144,11 @@ def test_the_curriculum_coin_is_the_same_on_every_rank(ddp):
     assert sorted(coins) == [0, 1]
     assert coins[0] == coins[1]
     assert [c["step"] for c in coins[0]] == list(range(24))  # one draw per step
+    # the schedule counts each rank's steps (12 batches of 2 per epoch, not 24 of one process's 2): the
+    # linear curriculum reaches 1 at the end, and the LR schedule spans the same 24 steps
+    assert [c["probability"] for c in coins[0]] == pytest.approx([s / 24 for s in range(24)])
+    assert records(ddp / "two-record", "schedule") == {0: [{"total": 24, "warmup": 1}],
+                                                        1: [{"total": 24, "warmup": 1}]}
     # the linear curriculum draws text-only batches early and hybrid ones later: both paths ran under DDP (a
     # text-only batch leaves the projector without gradient on every rank)
     assert {c["hybrid"] for c in coins[0]} == {True, False}
@@ -204,10 +213,15 @@ def test_two_process_sdpo_completes_with_the_one_process_reference(ddp):
     run_llmrec(["train-sdpo", "--sft", str(ddp / "one"), "--data", str(ddp / "data"), "--negatives", "2",
                 "--epochs", "1", "--batch-size", "2", "--eval-batch-size", "4", "--max-train-samples", "16",
                 "--max-valid-samples", "12", "--max-test-samples", "8", "--device", "cpu", "--no-progress-bar",
-                "--devices", "2", "--out", str(out)], ddp / "cwd-sdpo", ddp / "sdpo-record")
+                "--devices", "2", "--accumulate-grad-batches", "2", "--out", str(out)],
+               ddp / "cwd-sdpo", ddp / "sdpo-record")
     only_outputs(ddp / "sdpo-runs", {"sdpo"})
     metrics = _metrics(out)
-    assert (metrics["processes"], metrics["effective_batch_size"]) == (2, 4)
+    assert (metrics["processes"], metrics["effective_batch_size"]) == (2, 8)
+    # 16 samples: 8 per rank, 4 batches of 2, an optimiser step every 2 batches: 2 steps
+    assert records(ddp / "sdpo-record", "schedule") == {0: [{"total": 2, "warmup": 0}],
+                                                         1: [{"total": 2, "warmup": 0}]}
+    assert metrics["best_step"] == 2
     rounds = records(ddp / "sdpo-record", "valid")
     assert sorted(rounds) == [0, 1] and rounds[0] == rounds[1]
     # the reference log-probs, computed sharded and gathered, equal one process's computation with the SFT model

@@ -8,6 +8,10 @@ encoder checkpoint, and files a user added to that checkpoint are kept. While tr
 is saved to `<out>.resume/` (`llmrec.training.resume`); `--resume` continues an interrupted run from it, and a
 finished run removes it.
 
+Several processes (`--devices N`, `--num-nodes M`: Lightning's DDP) split every epoch's batches between them and
+each ranks its share of the valid samples (gathered, so every rank keeps the same epoch and stops at the same
+time); rank 0 alone then evaluates valid and test and writes the checkpoint (`llmrec.training.distributed`).
+
 The epoch kept is the one with the best VALID metric (`full/ndcg@10` on `loo` data, `candidates/hr@1` on
 `llara` data); test metrics are computed once, on that epoch's weights, and never used for any choice.
 """
@@ -42,11 +46,9 @@ from llmrec.encoders.registry import build_encoder, encoder_hparam_names
 from llmrec.base.errors import ConfigError
 from llmrec.training.distributed import (
     check_strategy,
-    global_rank,
-    local_process_count,
     on_rank_zero,
     run_facts,
-    set_process_threads,
+    start_process,
 )
 from llmrec.training.options import Device, Strategy, TrainerOptions, trainer_option
 from llmrec.training.resume import (
@@ -186,7 +188,7 @@ def fit_encoder(encoder: SequentialEncoder, data: ProcessedDataset, config: Trai
 def run_train_encoder(config: TrainEncoderConfig) -> int:
     _validate(config)
     assert config.data is not None and config.out is not None
-    rank, threads = global_rank(config.devices), set_process_threads(local_process_count(config.devices))
+    rank, threads = start_process(config.devices, lightning_accelerator(config.device))
     data = ProcessedDataset.load(config.data)
     out = Path(config.out)
     check_output_dir(out)

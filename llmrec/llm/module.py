@@ -65,7 +65,8 @@ class LLMRecModule(pl.LightningModule):
     # ------------------------------------------------------------------ train
     def training_step(self, batch: PromptBatch, batch_idx: int) -> torch.Tensor:
         hybrid = self.lm.uses_slots and float(torch.rand(1, generator=self._coin)) < self.hybrid_probability
-        record("coin", step=int(self.global_step), batch=int(batch_idx), hybrid=bool(hybrid))
+        record("coin", step=int(self.global_step), batch=int(batch_idx), hybrid=bool(hybrid),
+               probability=float(self.hybrid_probability))
         loss = self.lm.loss(batch, hybrid=hybrid, weights=batch.weights)
         bs = batch.input_ids.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
@@ -105,5 +106,6 @@ class LLMRecModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(self.warmup_ratio * total)
+        record("schedule", total=total, warmup=warmup)  # optimiser steps: each rank's batches / accumulation
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup, 0.05))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

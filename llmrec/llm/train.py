@@ -10,12 +10,19 @@ the chosen weights in `score` mode, both ranked by `--score-norm`, which the che
 curves: CSV, and TensorBoard when installed). While training, the state to resume from is saved to
 `<out>.resume/` (`llmrec.training.resume`); `--resume` continues an interrupted run from it, and a finished run
 removes it.
+
+Several processes (`--devices N` on one machine, `--num-nodes M`, torchrun or SLURM: Lightning's DDP) train one
+model: each rank trains on its shard of every epoch (effective batch = `--batch-size` x processes x
+`--accumulate-grad-batches`, recorded in metrics.json with the processes and each one's torch threads), validates
+its share of the valid samples, and only rank 0 writes (`llmrec.training.distributed`); the test split is ranked
+by rank 0 alone once training ended, after the other ranks have exited.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -53,12 +60,10 @@ from llmrec.llm.recommender import assemble_recommender
 from llmrec.training.keep_best import KeepBest
 from llmrec.training.distributed import (
     check_strategy,
-    global_rank,
-    local_process_count,
     on_rank_zero,
     process_count,
     run_facts,
-    set_process_threads,
+    start_process,
 )
 from llmrec.training.options import Device, Strategy, TrainerOptions, trainer_option
 from llmrec.training.trainer import fit_keeping_best
@@ -228,8 +233,8 @@ def fit(lm: HybridLM, data: ProcessedDataset, config: TrainLLMConfig, log_dir: P
     dm = LLMDataModule(train, valid, lm.builder, config.batch_size, config.eval_batch_size,
                        summary_max_length=getattr(lm.encoder, "max_length", 50), seed=config.seed)
     module = LLMRecModule(lm, config.lr, config.projector_lr, config.weight_decay, config.warmup_ratio, config.seed)
-    per_process = -(-len(train) // process_count(config.devices, config.num_nodes))  # each rank's shard
-    steps = -(-(-(-per_process // config.batch_size)) // config.accumulate_grad_batches) * config.epochs
+    per_process = math.ceil(len(train) / process_count(config.devices, config.num_nodes))  # each rank's shard
+    steps = math.ceil(math.ceil(per_process / config.batch_size) / config.accumulate_grad_batches) * config.epochs
     steps = min(steps, config.max_steps) if config.max_steps > 0 else steps
     options = TrainerOptions.of(config, log_every_n_steps=max(1, min(10, steps)))
     curriculum = [CurriculumCallback(config.curriculum, config.curriculum_constant)] if lm.uses_slots else []
@@ -287,7 +292,7 @@ def run_train_llm(config: TrainLLMConfig) -> int:
         raise ConfigError("train-llm needs --data DIR and --out DIR")
     check_config(config)
     check_strategy(config.strategy, lightning_accelerator(config.device), config.devices, config.num_nodes)
-    rank, threads = global_rank(config.devices), set_process_threads(local_process_count(config.devices))
+    rank, threads = start_process(config.devices, lightning_accelerator(config.device))
     out = Path(config.out)
     check_output(out, "train-llm", error=CheckpointError)
     state = prepare_resume(out, "train-llm", config, config.resume)

@@ -88,12 +88,10 @@ from llmrec.training.keep_best import KeepBest
 from llmrec.training.distributed import (
     check_strategy,
     gather_in_order,
-    global_rank,
-    local_process_count,
     on_rank_zero,
     positions_of,
     run_facts,
-    set_process_threads,
+    start_process,
 )
 from llmrec.training.options import Device, Strategy, TrainerOptions, trainer_option
 from llmrec.training.trainer import fit_keeping_best
@@ -308,7 +306,7 @@ def run_train_sdpo(config: TrainSDPOConfig) -> int:
     if config.sft is None or config.data is None or config.out is None:
         raise ConfigError("train-sdpo needs --sft DIR (a `llmrec train-llm` output), --data DIR and --out DIR")
     check_strategy(config.strategy, lightning_accelerator(config.device), config.devices, config.num_nodes)
-    rank, threads = global_rank(config.devices), set_process_threads(local_process_count(config.devices))
+    rank, threads = start_process(config.devices, lightning_accelerator(config.device))
     sft, out = Path(config.sft), Path(config.out)
     try:
         facts = read_facts(sft)  # refuses a missing folder or one that is not an LLM checkpoint

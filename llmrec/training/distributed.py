@@ -124,6 +124,23 @@ def set_process_threads(local_processes: int) -> int:
     return torch.get_num_threads()
 
 
+def use_local_gpu(accelerator: str) -> None:
+    """On GPUs, make this process's own GPU (LOCAL_RANK) torch's current device before any model is built, so that
+    `cuda` means it: without this every process of a node would first load its copy onto GPU 0."""
+    if accelerator == "gpu" and "LOCAL_RANK" in os.environ:
+        import torch
+
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+
+
+def start_process(devices: int, accelerator: str) -> tuple[int, int]:
+    """What a training stage does first in each of its processes: its threads (`set_process_threads`) and GPU
+    (`use_local_gpu`). Returns (global rank, torch threads)."""
+    threads = set_process_threads(local_process_count(devices))
+    use_local_gpu(accelerator)
+    return global_rank(devices), threads
+
+
 @contextlib.contextmanager
 def on_rank_zero(rank: int, folder: Callable[[], AbstractContextManager[Path]]) -> Iterator[Path | None]:
     """The output folder context `folder()` (e.g. `output_directory(out, ...)`) on rank 0; None elsewhere.

@@ -60,7 +60,9 @@ class KeepBest(pl.Callback):
         self.batches_since_validation = 0
         self._started = time.perf_counter()
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # from the first training batch on: what a stage computes at the fit's start (S-DPO's reference log-probs)
+        # is not training time
         self._started = time.perf_counter()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
