@@ -15,6 +15,7 @@ from llmrec.encoders.datamodule import LengthBucketSampler
 from llmrec.training import distributed
 from llmrec.training.distributed import (
     check_shards,
+    check_valid_shards,
     gather_in_order,
     gather_objects,
     global_rank,
@@ -42,6 +43,7 @@ def clean_env(monkeypatch):
     ({"RANK": "3", "LOCAL_RANK": "1"}, 2, 3),                        # torchrun
     ({"LOCAL_RANK": "1"}, 2, 1),                                     # Lightning's launcher, one machine
     ({"LOCAL_RANK": "1", "NODE_RANK": "2"}, 4, 9),                   # Lightning's launcher, third machine
+    ({"NODE_RANK": "1"}, 2, 2),                                      # the launching process of the second machine
     ({"SLURM_PROCID": "5", "SLURM_NTASKS": "8"}, 4, 5),              # srun
     ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, 2, 0),              # one SLURM task: Lightning launches the rest
 ])
@@ -63,6 +65,9 @@ def test_shards_are_whole_one_process_batches_each_sample_once(n, batch, world):
 
 def test_a_rank_without_a_batch_is_refused_in_one_line():
     check_shards(8, 4, 2, "validation", "hint")
+    check_valid_shards(400, 8, 4, 2, 1)  # 8 of 400 valid samples: 2 batches for 2 processes
+    with pytest.raises(ConfigError, match=r"^validation: 8 samples make 2 batch\(es\) of 4, fewer than the 4 "):
+        check_valid_shards(400, 8, 4, 2, 2)
     with pytest.raises(ConfigError, match=r"^validation: 3 samples make 1 batch\(es\) of 4, fewer than the 2 "
                                           r"processes; lower it$"):
         check_shards(3, 4, 2, "validation", "lower it")

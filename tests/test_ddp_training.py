@@ -208,6 +208,19 @@ def test_fsdp_on_a_cpu_is_refused_in_one_line_before_any_work(command, ddp, tmp_
     assert not (tmp_path / "out").exists()
 
 
+def test_too_few_valid_batches_for_the_processes_is_refused_in_one_line_before_any_work(ddp, tmp_path, capsys):
+    # 4 valid samples in one batch of 4: the second process would have nothing to rank (and the first would wait
+    # for it); refused after reading the data, before a model is built or a process started
+    started = time.perf_counter()
+    assert main(["train-llm", "--data", str(ddp / "data"), "--encoder", str(ddp / "enc"), "--devices", "2",
+                 "--max-valid-samples", "4", "--eval-batch-size", "4", "--device", "cpu",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert time.perf_counter() - started < 5
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "4 samples make 1 batch(es) of 4, fewer than the 2 processes" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_two_process_sdpo_completes_with_the_one_process_reference(ddp):
     out = ddp / "sdpo-runs" / "sdpo"
     run_llmrec(["train-sdpo", "--sft", str(ddp / "one"), "--data", str(ddp / "data"), "--negatives", "2",

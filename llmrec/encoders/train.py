@@ -46,6 +46,7 @@ from llmrec.encoders.registry import build_encoder, encoder_hparam_names
 from llmrec.base.errors import ConfigError
 from llmrec.training.distributed import (
     check_strategy,
+    check_valid_shards,
     on_rank_zero,
     run_facts,
     start_process,
@@ -190,6 +191,8 @@ def run_train_encoder(config: TrainEncoderConfig) -> int:
     assert config.data is not None and config.out is not None
     rank, threads = start_process(config.devices, lightning_accelerator(config.device))
     data = ProcessedDataset.load(config.data)
+    if config.model != "mostpop":  # MostPop only counts, in one process
+        check_valid_shards(len(data.split("valid")), None, config.eval_batch_size, config.devices, config.num_nodes)
     out = Path(config.out)
     check_output_dir(out)
     # MostPop only counts: it has nothing to resume

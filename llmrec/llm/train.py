@@ -60,6 +60,7 @@ from llmrec.llm.recommender import assemble_recommender
 from llmrec.training.keep_best import KeepBest
 from llmrec.training.distributed import (
     check_strategy,
+    check_valid_shards,
     on_rank_zero,
     process_count,
     run_facts,
@@ -297,6 +298,8 @@ def run_train_llm(config: TrainLLMConfig) -> int:
     check_output(out, "train-llm", error=CheckpointError)
     state = prepare_resume(out, "train-llm", config, config.resume)
     data = ProcessedDataset.load(config.data)
+    check_valid_shards(len(data.split("valid")), config.max_valid_samples, config.eval_batch_size, config.devices,
+                       config.num_nodes)
     encoder = None
     if config.prompt != "text":
         if config.encoder is None:

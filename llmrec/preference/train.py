@@ -87,6 +87,7 @@ from llmrec.preference.reference import (
 from llmrec.training.keep_best import KeepBest
 from llmrec.training.distributed import (
     check_strategy,
+    check_valid_shards,
     gather_in_order,
     on_rank_zero,
     positions_of,
@@ -316,6 +317,8 @@ def run_train_sdpo(config: TrainSDPOConfig) -> int:
     state = prepare_resume(out, "train-sdpo", config, config.resume)
     data = ProcessedDataset.load(config.data)
     check_data_matches(sft, facts, data)
+    check_valid_shards(len(data.split("valid")), config.max_valid_samples, config.eval_batch_size, config.devices,
+                       config.num_nodes)
     full_train = data.split("train")
     full_train = full_train.assign(**{INDEX_COLUMN: np.arange(len(full_train), dtype=np.int64)})
     n_negatives = check_negatives(config.negatives, full_train, str(data.root))

@@ -86,14 +86,15 @@ def threads_per_process(local_processes: int, cores: int | None = None) -> int:
 def global_rank(devices: int = 1) -> int:
     """This process's rank among all processes of the run, known before any trainer exists (0 when alone).
 
-    torchrun sets RANK; Lightning's own launcher sets LOCAL_RANK (and NODE_RANK on other machines) in the
-    processes it starts; `srun` sets SLURM_PROCID. `devices` is the processes per machine (`--devices`).
+    torchrun sets RANK; Lightning's own launcher sets LOCAL_RANK in the processes it starts, and the user sets
+    NODE_RANK on every machine but the first; `srun` sets SLURM_PROCID. `devices` is the processes per machine
+    (`--devices`).
     """
     env = os.environ
     if "RANK" in env:
         return int(env["RANK"])
-    if "LOCAL_RANK" in env:
-        return int(env.get("NODE_RANK", env.get("GROUP_RANK", "0"))) * devices + int(env["LOCAL_RANK"])
+    if "LOCAL_RANK" in env or "NODE_RANK" in env:  # NODE_RANK alone: the launching process of another machine
+        return int(env.get("NODE_RANK", "0")) * devices + int(env.get("LOCAL_RANK", "0"))
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         return int(env["SLURM_PROCID"])
     return 0
@@ -186,6 +187,14 @@ def shard_batches(n: int, batch_size: int, rank: int, world: int) -> list[int]:
     """
     return [i for start in range(rank * batch_size, n, world * batch_size)
             for i in range(start, min(start + batch_size, n))]
+
+
+def check_valid_shards(n_valid: int, max_valid: int | None, batch_size: int, devices: int, num_nodes: int) -> None:
+    """`check_shards` of a stage's validation, before any slow work: `n_valid` valid samples, of which
+    `max_valid` (None: all) are ranked in batches of `batch_size` by `devices` x `num_nodes` processes."""
+    n = n_valid if max_valid is None else min(n_valid, max_valid)
+    check_shards(n, batch_size, process_count(devices, num_nodes), "validation",
+                 "lower --eval-batch-size, rank more valid samples, or use fewer processes")
 
 
 def check_shards(n: int, batch_size: int, world: int, what: str, hint: str) -> None:
