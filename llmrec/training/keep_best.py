@@ -83,7 +83,7 @@ class KeepBest(pl.Callback):
             self.seconds_to_best = time.perf_counter() - self._started
         record("valid", step=int(trainer.global_step), score=score, best_step=self.best_step,
                best_score=self.best_score)
-        if trainer.is_global_zero:  # every rank decided the same: say it once
+        if getattr(trainer, "is_global_zero", True):  # every rank decided the same: say it once
             log.info("step %d (epoch %d): %s %.4f (best %.4f at step %d)", trainer.global_step, trainer.current_epoch,
                      self.monitor, score, self.best_score, self.best_step)
 
