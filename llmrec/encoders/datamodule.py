@@ -24,6 +24,7 @@ from llmrec.encoders.evaluate import (
     length_order,
 )
 from llmrec.base.errors import DataError
+from llmrec.training.distributed import check_shards, rank_and_world, shard_sampler
 
 
 def sequence_windows(sequences: Sequence[np.ndarray], train_length: int) -> list[np.ndarray]:
@@ -56,15 +57,21 @@ class LengthBucketSampler(Sampler[list[int]]):
     Each epoch: shuffle all windows, sort each run of `batch_size * bucket_batches` of them by length, cut the
     runs into batches and shuffle the batches. Padding (and so wasted compute) drops a lot, since most
     training sequences are shorter than `train_length`, while batches stay random.
+
+    Several processes (`rank` of `world`): every rank draws the same batches (same seed, same epoch) and takes
+    every `world`-th of them from its `rank`-th on; the last ones are repeated from the start so that every
+    rank has the same number of batches (as `DistributedSampler` pads), i.e. the same number of DDP steps.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, bucket_batches: int = 50):
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, bucket_batches: int = 50,
+                 rank: int = 0, world: int = 1):
         self.lengths = np.asarray(lengths)
         self.batch_size, self.seed, self.bucket = batch_size, seed, batch_size * bucket_batches
+        self.rank, self.world = rank, world
         self.epoch = 0
 
     def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+        return math.ceil(math.ceil(len(self.lengths) / self.batch_size) / self.world)
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -75,7 +82,10 @@ class LengthBucketSampler(Sampler[list[int]]):
             run = order[s:s + self.bucket]
             run = run[np.argsort(self.lengths[run], kind="stable")]
             batches += [run[i:i + self.batch_size].tolist() for i in range(0, len(run), self.batch_size)]
-        for i in rng.permutation(len(batches)):
+        order = rng.permutation(len(batches))
+        if self.world > 1:  # this rank's share, padded from the start to the same length on every rank
+            order = np.resize(order, len(self) * self.world)[self.rank::self.world]
+        for i in order:
             yield batches[i]
 
 
@@ -122,10 +132,20 @@ class EncoderDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if self._sampler is None:  # one sampler for the whole fit, so each epoch gets a new order
-            self._sampler = LengthBucketSampler([len(w) for w in self.windows], self.batch_size, self.seed)
+            rank, world = rank_and_world(self.trainer)
+            self._sampler = LengthBucketSampler([len(w) for w in self.windows], self.batch_size, self.seed,
+                                                rank=rank, world=world)
         return DataLoader(_Windows(self.windows), batch_sampler=self._sampler, collate_fn=collate_windows,
                           num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(_Rows(length_order(self.valid_set)), batch_size=self.eval_batch_size, shuffle=False,
-                          collate_fn=_collate_rows, num_workers=0)
+        rank, world = rank_and_world(self.trainer)
+        rows = _Rows(length_order(self.valid_set))
+        if world == 1:
+            return DataLoader(rows, batch_size=self.eval_batch_size, shuffle=False, collate_fn=_collate_rows,
+                              num_workers=0)
+        # several processes: each rank ranks whole batches of the one-process order (the module gathers them)
+        check_shards(len(rows), self.eval_batch_size, world, "validation",
+                     "lower --eval-batch-size, or use fewer processes")
+        return DataLoader(rows, batch_size=self.eval_batch_size, sampler=shard_sampler(
+            len(rows), self.eval_batch_size, rank, world), collate_fn=_collate_rows, num_workers=0)

@@ -2,7 +2,9 @@
 
 The encoder itself stays a pure `nn.Module`; this module only optimises it, logs `train/loss` and the
 `valid/...` metrics; the best validation epoch's weights are kept by the shared
-`llmrec.training.keep_best.KeepBest` callback (chosen on the VALID metric only; nothing is pickled).
+`llmrec.training.keep_best.KeepBest` callback (chosen on the VALID metric only; nothing is pickled). Several
+processes: each rank ranks its share of the valid samples and the ranks are gathered in sample order, so the
+metrics (and the keep-best and early-stopping decisions) are those of one process, on every rank.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from llmrec.encoders.evaluate import (
     rank_rows,
 )
 from llmrec.encoders.losses import full_softmax_loss, sample_negatives, sampled_bce_loss
+from llmrec.training.distributed import gather_in_order
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +67,23 @@ class EncoderModule(pl.LightningModule):
         rows = rows.cpu().numpy()
         self._ranks.append((rows, *rank_rows(self.encoder, self.valid_set, rows)))
 
+    def _gathered(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(full ranks, candidate ranks) of every valid sample in sample order, gathered from every rank's share
+        (several processes; every rank gets the same)."""
+        assert self.valid_set is not None
+        rows = np.concatenate([r for r, _, _ in self._ranks])
+        total = len(self.valid_set)
+        full = gather_in_order(self, torch.cat([f for _, f, _ in self._ranks]), rows, total)
+        cand = None
+        if self._ranks[0][2] is not None:
+            cand = gather_in_order(self, torch.cat([c for _, _, c in self._ranks]), rows, total)
+        return full, cand
+
     def on_validation_epoch_end(self) -> None:
         if self.valid_set is None or not self._ranks or self.trainer.sanity_checking:
             return
-        metrics = metrics_from_ranks(self.valid_set, *gather_ranks(self.valid_set, self._ranks))
+        full, cand = gather_ranks(self.valid_set, self._ranks) if self.trainer.world_size == 1 else self._gathered()
+        metrics = metrics_from_ranks(self.valid_set, full, cand)
         metrics = {k: v for k, v in metrics.items() if not k.startswith("n_samples")}
         for k, v in metrics.items():
             self.log(f"valid/{k}", v, prog_bar=k == self.monitor)

@@ -8,6 +8,10 @@ encoder checkpoint, and files a user added to that checkpoint are kept. While tr
 is saved to `<out>.resume/` (`llmrec.training.resume`); `--resume` continues an interrupted run from it, and a
 finished run removes it.
 
+Several processes (`--devices N`, `--num-nodes M`: Lightning's DDP) split every epoch's batches between them and
+each ranks its share of the valid samples (gathered, so every rank keeps the same epoch and stops at the same
+time); rank 0 alone then evaluates valid and test and writes the checkpoint (`llmrec.training.distributed`).
+
 The epoch kept is the one with the best VALID metric (`full/ndcg@10` on `loo` data, `candidates/hr@1` on
 `llara` data); test metrics are computed once, on that epoch's weights, and never used for any choice.
 """
@@ -28,7 +32,7 @@ import torch
 from llmrec.base.atomic import atomic_write_text
 from llmrec.base.config import check_config, option
 from llmrec.data.dataset import ProcessedDataset
-from llmrec.base.device import check_device
+from llmrec.base.device import check_device, lightning_accelerator
 from llmrec.encoders.base import SequentialEncoder
 from llmrec.encoders.checkpoint import (
     check_output_dir,
@@ -40,7 +44,14 @@ from llmrec.encoders.mostpop import MostPop
 from llmrec.encoders.ranker import evaluate_encoder
 from llmrec.encoders.registry import build_encoder, encoder_hparam_names
 from llmrec.base.errors import ConfigError
-from llmrec.training.options import Device, TrainerOptions, trainer_option
+from llmrec.training.distributed import (
+    check_strategy,
+    check_valid_shards,
+    on_rank_zero,
+    run_facts,
+    start_process,
+)
+from llmrec.training.options import Device, Strategy, TrainerOptions, trainer_option
 from llmrec.training.resume import (
     ResumeCheckpoint,
     prepare_resume,
@@ -100,6 +111,10 @@ class TrainEncoderConfig:
     resume: bool = trainer_option("resume")
     resume_every: int = trainer_option("resume_every", 500, "save the state to resume from every this many "
                                                             "optimiser steps (and after each epoch's validation)")
+    devices: int = trainer_option("devices")
+    num_nodes: int = trainer_option("num_nodes")
+    strategy: Strategy = trainer_option("strategy")
+    accumulate_grad_batches: int = trainer_option("accumulate_grad_batches")
 
     def trainer_options(self, n_batches: int) -> TrainerOptions:
         """The trainer of this stage: `--max-epochs`, at least `--min-epochs`, deterministic kernels, and a logged
@@ -115,6 +130,7 @@ def _validate(config: TrainEncoderConfig) -> None:
         raise ConfigError("--out is required: the folder to write the encoder checkpoint to")
     check_config(config)  # every option's declared range (the Python API skips resolve_config)
     check_device(config.device)
+    check_strategy(config.strategy, lightning_accelerator(config.device), config.devices, config.num_nodes)
 
 
 def model_hparams(config: TrainEncoderConfig) -> dict[str, Any]:
@@ -173,7 +189,10 @@ def fit_encoder(encoder: SequentialEncoder, data: ProcessedDataset, config: Trai
 def run_train_encoder(config: TrainEncoderConfig) -> int:
     _validate(config)
     assert config.data is not None and config.out is not None
+    rank, threads = start_process(config.devices, lightning_accelerator(config.device))
     data = ProcessedDataset.load(config.data)
+    if config.model != "mostpop":  # MostPop only counts, in one process
+        check_valid_shards(len(data.split("valid")), None, config.eval_batch_size, config.devices, config.num_nodes)
     out = Path(config.out)
     check_output_dir(out)
     # MostPop only counts: it has nothing to resume
@@ -185,7 +204,8 @@ def run_train_encoder(config: TrainEncoderConfig) -> int:
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
     encoder = build_encoder(config.model, data.n_items, **model_hparams(config))
-    with encoder_output_directory(out) as tmp:
+    # only rank 0 builds the output folder; the other ranks (None) write nothing and end with the training
+    with on_rank_zero(rank, lambda: encoder_output_directory(out)) as tmp:
         if isinstance(encoder, MostPop):
             start = time.perf_counter()
             sequences = data.train_sequences()
@@ -197,6 +217,8 @@ def run_train_encoder(config: TrainEncoderConfig) -> int:
             resume = ResumeCheckpoint(resume_folder(out), "train-encoder", resume_config(config),
                                       config.resume_every, state)
             facts = fit_encoder(encoder, data, config, log_dir=tmp, resume=resume)
+        if tmp is None:
+            return 0  # not rank 0: rank 0 alone evaluates valid and test and writes the checkpoint
         encoder.eval()
         results = {}
         for split in ("valid", "test"):
@@ -207,7 +229,10 @@ def run_train_encoder(config: TrainEncoderConfig) -> int:
                    "eval_positions": data.meta.get("eval_positions"), "model": config.model,
                    "mode": "full" if data.protocol == "loo" else "candidates",
                    "n_samples": results["test"]["n_samples"], "torch_threads": torch.get_num_threads(),
-                   "machine": platform.platform()}
+                   "machine": platform.platform(),
+                   **{k: v for k, v in run_facts(config.batch_size, config.devices, config.num_nodes,
+                                                 config.accumulate_grad_batches, threads).items()
+                      if k != "torch_threads"}}
         write_encoder_files(encoder, tmp, data, config)
         atomic_write_text(tmp / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
         if history:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from llmrec.llm.hybrid import PromptBatch, collate_prompts
 from llmrec.llm.prompts import Prompt, PromptBuilder
+from llmrec.training.distributed import check_shards, rank_and_world, shard_sampler, train_sampler
 
 
 class PromptDataset(Dataset):
@@ -53,18 +54,27 @@ def collate(items, builder: PromptBuilder, with_answer: bool, summary_max_length
 
 
 def prompt_loader(samples: pd.DataFrame, builder: PromptBuilder, batch_size: int, with_answer: bool,
-                  shuffle: bool = False, summary_max_length: int = 50, seed: int = 0) -> DataLoader:
-    import torch
-
+                  shuffle: bool = False, summary_max_length: int = 50, seed: int = 0,
+                  shard: tuple[int, int] = (0, 1)) -> DataLoader:
+    """Batches of `samples` as prompts. `shard` = (rank, processes) of a multi-process run: a shuffled loader
+    then draws this rank's share with a seeded `DistributedSampler`, an ordered one yields this rank's whole
+    batches of the one-process order (`llmrec.training.distributed`); (0, 1): every sample, as one process."""
+    rank, world = shard
+    dataset = PromptDataset(samples, builder, with_answer)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(PromptDataset(samples, builder, with_answer), batch_size=batch_size, shuffle=shuffle,
+    sampler = None
+    if world > 1:
+        sampler = (train_sampler(dataset, rank, world, seed) if shuffle
+                   else shard_sampler(len(dataset), batch_size, rank, world))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                       generator=generator, num_workers=0,
                       collate_fn=partial(collate, builder=builder, with_answer=with_answer,
                                          summary_max_length=summary_max_length))
 
 
 class LLMDataModule(pl.LightningDataModule):
-    """Train loader (with answers, shuffled, seeded) and valid loader (prompts only)."""
+    """Train loader (with answers, shuffled, seeded) and valid loader (prompts only); in a multi-process run each
+    rank's share of them (`prompt_loader`'s `shard`)."""
 
     def __init__(self, train: pd.DataFrame, valid: pd.DataFrame, builder: PromptBuilder, batch_size: int,
                  eval_batch_size: int, summary_max_length: int = 50, seed: int = 0):
@@ -75,8 +85,12 @@ class LLMDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return prompt_loader(self.train_samples, self.builder, self.batch_size, True, shuffle=True,
-                             summary_max_length=self.summary_max_length, seed=self.seed)
+                             summary_max_length=self.summary_max_length, seed=self.seed,
+                             shard=rank_and_world(self.trainer))
 
     def val_dataloader(self) -> DataLoader:
+        shard = rank_and_world(self.trainer)
+        check_shards(len(self.valid_samples), self.eval_batch_size, shard[1], "validation",
+                     "lower --eval-batch-size or raise --max-valid-samples, or use fewer processes")
         return prompt_loader(self.valid_samples, self.builder, self.eval_batch_size, False,
-                             summary_max_length=self.summary_max_length)
+                             summary_max_length=self.summary_max_length, shard=shard)

@@ -2,7 +2,12 @@
 
 Per training batch a seeded coin with probability `hybrid_probability` (set by `CurriculumCallback`) picks a
 hybrid or a text-only prompt; a text-only batch never calls the projector, so its gradients stay None and
-AdamW skips it (no weight decay either). A batch's per-sample `weights` (fairness reweighting) multiply each
+AdamW skips it (no weight decay either). Several processes (DDP): every rank holds the same seeded coin and
+draws once per training batch, so all ranks make the same choice at every step; the module says that the
+projector may go unused (`may_skip_parameters`), so DDP searches for unused parameters, and a projector unused
+on every rank keeps a None gradient there too (exactly as one process: no zero-gradient step, no weight decay).
+Validation ranks each rank's share and gathers the ranks in sample order before computing the metrics, which
+are then those of one process on every rank. A batch's per-sample `weights` (fairness reweighting) multiply each
 sample's loss. Validation ranks the valid candidates in `score` mode with hybrid prompts and logs `valid/hr@1`;
 `llmrec.training.keep_best.KeepBest` keeps the best round's trainable weights (choice on VALID, never on test).
 `resume_state` / `load_resume_state` hand the coin's state to `llmrec.training.resume` (resumable training).
@@ -19,6 +24,7 @@ import torch
 from llmrec.evaluation.metrics import hit_ratio_at_k, ndcg_at_k, target_ranks
 from llmrec.llm.hybrid import HybridLM, PromptBatch
 from llmrec.llm.ranking import score_candidates
+from llmrec.training.distributed import gather_in_order, positions_of, record
 
 
 def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
@@ -47,12 +53,20 @@ class LLMRecModule(pl.LightningModule):
         self.hybrid_probability = float(values["hybrid_probability"])
         self._coin.set_state(tensors["coin"])
 
+    @property
+    def may_skip_parameters(self) -> bool:
+        """Whether a training step may leave trainable parameters without a gradient: a text-only curriculum batch
+        does not call the projector (read by `llmrec.training.trainer.fit_keeping_best`)."""
+        return self.lm.uses_slots
+
     def trainable_named_parameters(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.lm.named_parameters() if p.requires_grad}
 
     # ------------------------------------------------------------------ train
     def training_step(self, batch: PromptBatch, batch_idx: int) -> torch.Tensor:
         hybrid = self.lm.uses_slots and float(torch.rand(1, generator=self._coin)) < self.hybrid_probability
+        record("coin", step=int(self.global_step), batch=int(batch_idx), hybrid=bool(hybrid),
+               probability=float(self.hybrid_probability))
         loss = self.lm.loss(batch, hybrid=hybrid, weights=batch.weights)
         bs = batch.input_ids.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
@@ -69,8 +83,17 @@ class LLMRecModule(pl.LightningModule):
             return
         ranks = torch.cat(self._val_ranks)
         self._val_ranks = []
+        ranks = self.gather_valid(ranks)
         self.log("valid/hr@1", hit_ratio_at_k(ranks, 1), prog_bar=True)
         self.log("valid/ndcg@5", ndcg_at_k(ranks, 5))
+
+    def gather_valid(self, ranks: torch.Tensor) -> torch.Tensor:
+        """[N] target ranks of all valid samples in sample order, from this rank's share [n] (several processes:
+        every rank calls this and gets the same result); one process: `ranks` as they are."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return ranks
+        positions, total = positions_of(self.trainer.val_dataloaders)
+        return gather_in_order(self, ranks, positions, total)
 
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self):
@@ -83,5 +106,6 @@ class LLMRecModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(self.warmup_ratio * total)
+        record("schedule", total=total, warmup=warmup)  # optimiser steps: each rank's batches / accumulation
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup, 0.05))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -10,12 +10,19 @@ the chosen weights in `score` mode, both ranked by `--score-norm`, which the che
 curves: CSV, and TensorBoard when installed). While training, the state to resume from is saved to
 `<out>.resume/` (`llmrec.training.resume`); `--resume` continues an interrupted run from it, and a finished run
 removes it.
+
+Several processes (`--devices N` on one machine, `--num-nodes M`, torchrun or SLURM: Lightning's DDP) train one
+model: each rank trains on its shard of every epoch (effective batch = `--batch-size` x processes x
+`--accumulate-grad-batches`, recorded in metrics.json with the processes and each one's torch threads), validates
+its share of the valid samples, and only rank 0 writes (`llmrec.training.distributed`); the test split is ranked
+by rank 0 alone once training ended, after the other ranks have exited.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,7 +58,15 @@ from llmrec.llm.ranker import evaluate_split
 from llmrec.llm.module import LLMRecModule
 from llmrec.llm.recommender import assemble_recommender
 from llmrec.training.keep_best import KeepBest
-from llmrec.training.options import Device, TrainerOptions, trainer_option
+from llmrec.training.distributed import (
+    check_strategy,
+    check_valid_shards,
+    on_rank_zero,
+    process_count,
+    run_facts,
+    start_process,
+)
+from llmrec.training.options import Device, Strategy, TrainerOptions, trainer_option
 from llmrec.training.trainer import fit_keeping_best
 from llmrec.training.resume import (
     ResumeCheckpoint,
@@ -140,6 +155,10 @@ class TrainLLMConfig:
     progress_bar: bool | None = trainer_option("progress_bar")
     resume: bool = trainer_option("resume")
     resume_every: int = trainer_option("resume_every")
+    devices: int = trainer_option("devices")
+    num_nodes: int = trainer_option("num_nodes")
+    strategy: Strategy = trainer_option("strategy")
+    accumulate_grad_batches: int = trainer_option("accumulate_grad_batches")
 
 
 def resolve_llm_path(config: TrainLLMConfig, data: ProcessedDataset) -> tuple[Path, dict[str, Any] | None]:
@@ -215,7 +234,8 @@ def fit(lm: HybridLM, data: ProcessedDataset, config: TrainLLMConfig, log_dir: P
     dm = LLMDataModule(train, valid, lm.builder, config.batch_size, config.eval_batch_size,
                        summary_max_length=getattr(lm.encoder, "max_length", 50), seed=config.seed)
     module = LLMRecModule(lm, config.lr, config.projector_lr, config.weight_decay, config.warmup_ratio, config.seed)
-    steps = -(-len(train) // config.batch_size) * config.epochs
+    per_process = math.ceil(len(train) / process_count(config.devices, config.num_nodes))  # each rank's shard
+    steps = math.ceil(math.ceil(per_process / config.batch_size) / config.accumulate_grad_batches) * config.epochs
     steps = min(steps, config.max_steps) if config.max_steps > 0 else steps
     options = TrainerOptions.of(config, log_every_n_steps=max(1, min(10, steps)))
     curriculum = [CurriculumCallback(config.curriculum, config.curriculum_constant)] if lm.uses_slots else []
@@ -272,10 +292,14 @@ def run_train_llm(config: TrainLLMConfig) -> int:
     if config.data is None or config.out is None:
         raise ConfigError("train-llm needs --data DIR and --out DIR")
     check_config(config)
+    check_strategy(config.strategy, lightning_accelerator(config.device), config.devices, config.num_nodes)
+    rank, threads = start_process(config.devices, lightning_accelerator(config.device))
     out = Path(config.out)
     check_output(out, "train-llm", error=CheckpointError)
     state = prepare_resume(out, "train-llm", config, config.resume)
     data = ProcessedDataset.load(config.data)
+    check_valid_shards(len(data.split("valid")), config.max_valid_samples, config.eval_batch_size, config.devices,
+                       config.num_nodes)
     encoder = None
     if config.prompt != "text":
         if config.encoder is None:
@@ -284,14 +308,19 @@ def run_train_llm(config: TrainLLMConfig) -> int:
         encoder = load_encoder(config.encoder, data)
     lm, facts = build_recommender(config, data, encoder)
     facts = replace(facts, base=replace(facts.base, relative=relative_path(Path(facts.base.path), out)))
-    # hash_all: the marker is the bundle's manifest (every file's sha256, weights included; serving verifies it)
-    with output_directory(out, "train-llm", error=CheckpointError, hash_all=True) as tmp:
+    # hash_all: the marker is the bundle's manifest (every file's sha256, weights included; serving verifies it);
+    # only rank 0 builds the folder (the other ranks get None, write nothing and end with the training)
+    with on_rank_zero(rank, lambda: output_directory(out, "train-llm", error=CheckpointError, hash_all=True)) as tmp:
         started = time.time()
         resume = ResumeCheckpoint(resume_folder(out), "train-llm", resume_config(config), config.resume_every, state)
         _, keep_best = fit(lm, data, config, log_dir=tmp, resume=resume)
         train_seconds = time.time() - started
+        if tmp is None:
+            return 0  # not rank 0: rank 0 alone ranks the test split and writes the output folder
         metrics, test = close_llm_run(tmp, lm, data, config, facts, config.encoder, keep_best,
-                                      {"train_seconds": train_seconds})
+                                      {"train_seconds": train_seconds,
+                                       **run_facts(config.batch_size, config.devices, config.num_nodes,
+                                                   config.accumulate_grad_batches, threads)})
     remove_resume_state(out)
     log.info("saved %s: valid hr@1 %.4f, test hr@1 %.4f", out, keep_best.best_score, test["hr@1"])
     print(json.dumps({k: v for k, v in metrics.items() if k != "valid/history"}, indent=2))

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from llmrec.llm.datamodule import PromptDataset, collate, prompt_loader
 from llmrec.llm.hybrid import PromptBatch
 from llmrec.llm.prompts import PromptBuilder
+from llmrec.training.distributed import check_shards, rank_and_world, train_sampler
 
 
 @dataclass
@@ -90,15 +91,21 @@ def collate_preference(rows, builder: PromptBuilder, summary_max_length: int = 5
 
 
 def preference_loader(dataset: PreferenceDataset, batch_size: int, shuffle: bool = True, seed: int = 0,
-                      summary_max_length: int = 50) -> DataLoader:
+                      summary_max_length: int = 50, shard: tuple[int, int] = (0, 1)) -> DataLoader:
+    """Training batches of `dataset`; `shard` = (rank, processes): a multi-process run's shuffled loader draws
+    this rank's share with a seeded `DistributedSampler` (`llmrec.training.distributed.train_sampler`)."""
+    rank, world = shard
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0,
+    sampler = train_sampler(dataset, rank, world, seed) if shuffle and world > 1 else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      generator=generator, num_workers=0,
                       collate_fn=partial(collate_preference, builder=dataset.prompts.builder,
                                          summary_max_length=summary_max_length))
 
 
 class PreferenceDataModule(pl.LightningDataModule):
-    """Train loader (preference batches, shuffled, seeded) and valid loader (prompts only, as in SFT)."""
+    """Train loader (preference batches, shuffled, seeded) and valid loader (prompts only, as in SFT); in a
+    multi-process run each rank's share of them, as in SFT."""
 
     def __init__(self, train: PreferenceDataset, valid: pd.DataFrame, batch_size: int, eval_batch_size: int,
                  summary_max_length: int = 50, seed: int = 0):
@@ -109,8 +116,11 @@ class PreferenceDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return preference_loader(self.train_set, self.batch_size, shuffle=True, seed=self.seed,
-                                 summary_max_length=self.summary_max_length)
+                                 summary_max_length=self.summary_max_length, shard=rank_and_world(self.trainer))
 
     def val_dataloader(self) -> DataLoader:
+        shard = rank_and_world(self.trainer)
+        check_shards(len(self.valid_samples), self.eval_batch_size, shard[1], "validation",
+                     "lower --eval-batch-size or raise --max-valid-samples, or use fewer processes")
         return prompt_loader(self.valid_samples, self.train_set.prompts.builder, self.eval_batch_size, False,
-                             summary_max_length=self.summary_max_length)
+                             summary_max_length=self.summary_max_length, shard=shard)

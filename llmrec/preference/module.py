@@ -89,6 +89,11 @@ class PreferenceModule(LLMRecModule):
         self.margin_state = MarginStats()  # beta-DPO's (M0, s) or alpha-DPO's (mu, s), updated every step
         self._filter = torch.Generator().manual_seed(seed)
 
+    @property
+    def may_skip_parameters(self) -> bool:
+        """Every step scores hybrid prompts: the projector and the LM's trained weights always get a gradient."""
+        return False
+
     def resume_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """SFT's state (the coin) plus the variants' running margin statistics and beta-DPO's filter generator."""
         values, tensors = super().resume_state()

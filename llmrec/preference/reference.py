@@ -11,6 +11,10 @@ The values are stored as `reference_logprobs.safetensors` in the output folder, 
     logprobs     [M, 1+N]    float32 summed answer log-probs under the reference model
 and string metadata (format marker, the SFT folder, negatives, seed). Nothing is unpickled when reading it.
 
+Several processes (DDP): `compute_reference_sharded` has each rank compute whole batches of the one-process
+order (the same batches, so the same values) and gathers them once, so every rank holds all of them; it runs
+inside the fit (`llmrec.preference.train.PreferenceStart`), where the processes exist.
+
 What differs from the authors' code: S-DPO's trainer (built on TRL's DPOTrainer) keeps a second, frozen copy
 of the model in memory and runs it on every batch (precompute_ref_log_probs off).
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +37,7 @@ from llmrec.llm.datamodule import prompt_loader
 from llmrec.llm.hybrid import HybridLM
 from llmrec.llm.logprobs import sequence_logprobs
 from llmrec.base.progress import track
+from llmrec.training.distributed import check_shards, gather_in_order, rank_and_world, shard_batches
 
 REFERENCE_FILE = "reference_logprobs.safetensors"
 REFERENCE_FORMAT = "llmrec-reference-logprobs"
@@ -79,6 +85,22 @@ def compute_reference(lm: HybridLM, samples: pd.DataFrame, items: np.ndarray | t
     finally:
         lm.train(was_training)
     return out
+
+
+def compute_reference_sharded(pl_module: Any, lm: HybridLM, samples: pd.DataFrame, items: np.ndarray | torch.Tensor,
+                              batch_size: int = 8, hybrid: bool = True) -> torch.Tensor:
+    """`compute_reference` over every rank of `pl_module`'s trainer: each rank computes its whole batches
+    (`llmrec.training.distributed.shard_batches`), then the [M, 1+N] values are gathered in sample order on every
+    rank (a collective: every rank calls it). One process: `compute_reference` itself."""
+    rank, world = rank_and_world(pl_module._trainer)
+    if world == 1:
+        return compute_reference(lm, samples, items, batch_size, hybrid)
+    check_shards(len(samples), batch_size, world, "reference log-probs",
+                 "lower --eval-batch-size or raise --max-train-samples, or use fewer processes")
+    positions = shard_batches(len(samples), batch_size, rank, world)
+    items = np.asarray(items)
+    local = compute_reference(lm, samples.iloc[positions], items[positions], batch_size, hybrid)
+    return gather_in_order(pl_module, local, torch.tensor(positions, dtype=torch.long), len(samples))
 
 
 def save_reference(path: Path, sample_index: np.ndarray | torch.Tensor, items: np.ndarray | torch.Tensor,

@@ -8,7 +8,9 @@
    (`llmrec.preference.negatives`); `--negatives 1` with `--loss sdpo` is the DPO baseline.
 3. Measures the SFT model's valid `hr@1` (the start), then computes the reference log-probs of every sample's
    chosen answer and negatives ONCE with that model (eval mode, no gradients) and stores them
-   (`reference_logprobs.safetensors`); the same model then becomes the policy: one model resident.
+   (`reference_logprobs.safetensors`); the same model then becomes the policy: one model resident. Both are
+   done at the start of the fit (`PreferenceStart`, before a resumed state is loaded), where the processes of
+   a multi-process run exist: each rank computes its share and the results are gathered.
 4. Trains with Lightning (one prompt pass per sample for all 1 + N answers), keeping the best round on valid
    `hr@1` (the SFT start is measured but is not a candidate: the output is always preference-trained).
 5. Writes a regular LLM checkpoint folder (`llmrec.llm.checkpoint`: weights, tokenizer, catalog, encoder copy),
@@ -31,18 +33,21 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pytorch_lightning as pl
+import torch
 
 from llmrec.base.atomic import check_output, output_directory
 from llmrec.base.config import check_config, option
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.sampling import subset
-from llmrec.base.device import torch_device
+from llmrec.base.device import lightning_accelerator, torch_device
 from llmrec.base.errors import CheckpointError, ConfigError
 from llmrec.evaluation.fairness_weights import training_sample_weights
 from llmrec.llm.checkpoint import (
@@ -55,7 +60,9 @@ from llmrec.llm.checkpoint import (
     relative_path,
 )
 from llmrec.llm.facts import LLMFacts, SdpoFacts
+from llmrec.evaluation.metrics import hit_ratio_at_k, target_ranks
 from llmrec.llm.hybrid import HybridLM
+from llmrec.llm.ranking import score_candidates
 from llmrec.llm.ranker import evaluate_split
 from llmrec.llm.train import close_llm_run, warn_truncated
 from llmrec.preference.datamodule import PreferenceDataModule, PreferenceDataset
@@ -74,11 +81,20 @@ from llmrec.preference.negatives import (
 )
 from llmrec.preference.reference import (
     REFERENCE_FILE,
-    compute_reference,
+    compute_reference_sharded,
     save_reference,
 )
 from llmrec.training.keep_best import KeepBest
-from llmrec.training.options import Device, TrainerOptions, trainer_option
+from llmrec.training.distributed import (
+    check_strategy,
+    check_valid_shards,
+    gather_in_order,
+    on_rank_zero,
+    positions_of,
+    run_facts,
+    start_process,
+)
+from llmrec.training.options import Device, Strategy, TrainerOptions, trainer_option
 from llmrec.training.trainer import fit_keeping_best
 from llmrec.training.resume import (
     ResumeCheckpoint,
@@ -161,6 +177,10 @@ class TrainSDPOConfig:
     progress_bar: bool | None = trainer_option("progress_bar")
     resume: bool = trainer_option("resume")
     resume_every: int = trainer_option("resume_every")
+    devices: int = trainer_option("devices")
+    num_nodes: int = trainer_option("num_nodes")
+    strategy: Strategy = trainer_option("strategy")
+    accumulate_grad_batches: int = trainer_option("accumulate_grad_batches")
 
     def __post_init__(self) -> None:
         self.negatives = parse_negatives(self.negatives)  # type: ignore[assignment]
@@ -207,11 +227,66 @@ def output_facts(sft: Path, facts: LLMFacts, out: Path, config: TrainSDPOConfig,
     return replace(facts, score_norm=config.score_norm or facts.score_norm, base=base, stage="sdpo", sdpo=sdpo)
 
 
+class PreferenceStart(pl.Callback):
+    """At the start of the fit, with the SFT weights (before `ResumeCheckpoint` loads a resumed state, which comes
+    later in the callbacks): the SFT model's valid `hr@1` (`start`), then the reference log-probs of the training
+    samples, written into `train_set.reference` (its loader reads them from the first batch on).
+
+    One process: the start is `evaluate_split` of the valid subset, as `llmrec evaluate` ranks it. Several
+    processes: each rank ranks its share of the valid loader (the validation rounds' ranking) and computes its
+    share of the reference batches; both are gathered, so every rank holds all of them. The global RNGs are
+    left as they were (the training that follows draws what it would have drawn without this).
+    """
+
+    def __init__(self, data: ProcessedDataset, train: pd.DataFrame, items: np.ndarray, train_set: PreferenceDataset,
+                 config: TrainSDPOConfig):
+        self.data, self.train, self.items, self.train_set, self.config = data, train, items, train_set, config
+        self.start: float = float("nan")
+        self.reference_seconds = self.seconds = 0.0
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import random
+
+        lm: HybridLM = pl_module.lm
+        started = time.perf_counter()
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            was_training = lm.training
+            self.start = self._start_hr1(trainer, pl_module)
+            lm.train(was_training)
+            log.info("SFT start: valid hr@1 %.4f", self.start)
+            reference_started = time.perf_counter()
+            reference = compute_reference_sharded(pl_module, lm, self.train, self.items, self.config.eval_batch_size)
+            self.train_set.reference.copy_(reference)
+            self.reference_seconds = time.perf_counter() - reference_started
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        log.info("reference log-probs of %d samples x %d answers in %.1fs", len(self.train), self.items.shape[1],
+                 self.reference_seconds)
+        self.seconds = time.perf_counter() - started
+
+    def _start_hr1(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float:
+        config = self.config
+        if trainer.world_size == 1:
+            start, _ = evaluate_split(pl_module.lm, self.data, "valid", "score", config.eval_batch_size,
+                                      config.max_valid_samples, config.seed + 1)  # the validation rounds' subset
+            return float(start["hr@1"])
+        loader = trainer.datamodule.val_dataloader()
+        pl_module.lm.eval()
+        ranks = []
+        with torch.no_grad():
+            for batch in loader:
+                scores = score_candidates(pl_module.lm, batch.to(pl_module.device), hybrid=True)
+                ranks.append(target_ranks(scores, batch.target_index).cpu())
+        positions, total = positions_of(loader)
+        return float(hit_ratio_at_k(gather_in_order(pl_module, torch.cat(ranks), positions, total), 1))
+
+
 def fit_preference(lm: HybridLM, data: ProcessedDataset, train_set: PreferenceDataset, config: TrainSDPOConfig,
-                   log_dir: Path | None = None, resume: ResumeCheckpoint | None = None
-                   ) -> tuple[PreferenceModule, KeepBest]:
+                   log_dir: Path | None = None, resume: ResumeCheckpoint | None = None,
+                   callbacks: Sequence[pl.Callback] = ()) -> tuple[PreferenceModule, KeepBest]:
     """Train the policy `lm` (already trainable) with Lightning; the best valid round's weights are restored.
-    `resume` saves (and, when it holds a state, restores) the state to resume from."""
+    `resume` saves (and, when it holds a state, restores) the state to resume from; `callbacks` run before it."""
     import pytorch_lightning as pl
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
@@ -221,7 +296,7 @@ def fit_preference(lm: HybridLM, data: ProcessedDataset, train_set: PreferenceDa
     module = PreferenceModule(lm, config.settings(), config.lr, config.weight_decay, config.warmup_ratio, config.seed)
     options = TrainerOptions.of(config, log_every_n_steps=1)  # rewards/* every step
     lm.train()
-    keep_best, _ = fit_keeping_best(module, dm, options, "valid/hr@1", log_dir=log_dir, resume=resume,
+    keep_best, _ = fit_keeping_best(module, dm, options, "valid/hr@1", callbacks, log_dir=log_dir, resume=resume,
                                     what="train-sdpo", divergence_hint=f"lower --lr (it is {config.lr:g}) or --beta")
     warn_truncated(lm)
     return module, keep_best
@@ -231,6 +306,8 @@ def run_train_sdpo(config: TrainSDPOConfig) -> int:
     check_config(config)
     if config.sft is None or config.data is None or config.out is None:
         raise ConfigError("train-sdpo needs --sft DIR (a `llmrec train-llm` output), --data DIR and --out DIR")
+    check_strategy(config.strategy, lightning_accelerator(config.device), config.devices, config.num_nodes)
+    rank, threads = start_process(config.devices, lightning_accelerator(config.device))
     sft, out = Path(config.sft), Path(config.out)
     try:
         facts = read_facts(sft)  # refuses a missing folder or one that is not an LLM checkpoint
@@ -240,6 +317,8 @@ def run_train_sdpo(config: TrainSDPOConfig) -> int:
     state = prepare_resume(out, "train-sdpo", config, config.resume)
     data = ProcessedDataset.load(config.data)
     check_data_matches(sft, facts, data)
+    check_valid_shards(len(data.split("valid")), config.max_valid_samples, config.eval_batch_size, config.devices,
+                       config.num_nodes)
     full_train = data.split("train")
     full_train = full_train.assign(**{INDEX_COLUMN: np.arange(len(full_train), dtype=np.int64)})
     n_negatives = check_negatives(config.negatives, full_train, str(data.root))
@@ -250,32 +329,31 @@ def run_train_sdpo(config: TrainSDPOConfig) -> int:
     lm = load_recommender(sft, data, llm=config.llm, device=torch_device(config.device), dtype=config.dtype,
                           score_norm=config.score_norm, facts=facts)
     new_facts = output_facts(sft, facts, out, config, n_negatives)
-    with output_directory(out, "train-sdpo", error=CheckpointError, hash_all=True) as tmp:  # the bundle manifest
-        start, _ = evaluate_split(lm, data, "valid", "score", config.eval_batch_size, config.max_valid_samples,
-                                  config.seed + 1)  # the same valid subset as every validation round
-        log.info("SFT start: valid hr@1 %.4f", start["hr@1"])
-        started = time.perf_counter()
-        reference = compute_reference(lm, train, items, config.eval_batch_size)
-        reference_seconds = time.perf_counter() - started
-        save_reference(tmp / REFERENCE_FILE, train[INDEX_COLUMN].to_numpy(), items, reference,
-                       {"sft": str(sft.resolve()), "negatives": str(n_negatives), "seed": str(config.seed)})
-        log.info("reference log-probs of %d samples x %d answers in %.1fs", len(train), items.shape[1],
-                 reference_seconds)
-
+    # only rank 0 builds the output folder (the bundle manifest: hash_all); the other ranks write nothing
+    with on_rank_zero(rank, lambda: output_directory(out, "train-sdpo", error=CheckpointError, hash_all=True)) as tmp:
         set_trainable(lm, facts.finetune)
         disable_dropout(lm)
-        train_set = PreferenceDataset(train, lm.builder, items, reference, train[INDEX_COLUMN].to_numpy(), weights)
+        # the reference log-probs are filled in at the start of the fit (PreferenceStart), with the SFT weights
+        train_set = PreferenceDataset(train, lm.builder, items, torch.zeros(items.shape, dtype=torch.float32),
+                                      train[INDEX_COLUMN].to_numpy(), weights)
+        start = PreferenceStart(data, train, items, train_set, config)
         started = time.time()
         resume = ResumeCheckpoint(resume_folder(out), "train-sdpo", resume_config(config), config.resume_every, state)
-        _, keep_best = fit_preference(lm, data, train_set, config, log_dir=tmp, resume=resume)
-        train_seconds = time.time() - started
+        _, keep_best = fit_preference(lm, data, train_set, config, log_dir=tmp, resume=resume, callbacks=[start])
+        train_seconds = time.time() - started - start.seconds
+        if tmp is None:
+            return 0  # not rank 0: rank 0 alone ranks the test split and writes the output folder
+        save_reference(tmp / REFERENCE_FILE, train[INDEX_COLUMN].to_numpy(), items, train_set.reference,
+                       {"sft": str(sft.resolve()), "negatives": str(n_negatives), "seed": str(config.seed)})
         encoder_dir = sft / ENCODER_DIR if lm.projector is not None else None
         metrics, test = close_llm_run(tmp, lm, data, config, new_facts, encoder_dir, keep_best,
-                                      {"sft/valid/hr@1": start["hr@1"], "reference_seconds": reference_seconds,
+                                      {"sft/valid/hr@1": start.start, "reference_seconds": start.reference_seconds,
                                        "train_seconds": train_seconds, "n_train_samples": len(train),
-                                       "negatives": n_negatives, "loss": config.loss})
+                                       "negatives": n_negatives, "loss": config.loss,
+                                       **run_facts(config.batch_size, config.devices, config.num_nodes,
+                                                   config.accumulate_grad_batches, threads)})
     remove_resume_state(out)
-    log.info("saved %s: valid hr@1 %.4f (SFT start %.4f), test hr@1 %.4f", out, keep_best.best_score, start["hr@1"],
+    log.info("saved %s: valid hr@1 %.4f (SFT start %.4f), test hr@1 %.4f", out, keep_best.best_score, start.start,
              test["hr@1"])
     print(json.dumps({k: v for k, v in metrics.items() if k != "valid/history"}, indent=2))
     return 0

@@ -71,8 +71,12 @@ class DivergenceGuard(pl.Callback):
         loss = _loss_of(outputs)
         if loss is not None:
             value = float(loss.detach().float().mean())
-            if not math.isfinite(value):
-                self._fail(trainer, f"the training loss is {value}")
+            finite = math.isfinite(value)
+            if trainer.world_size > 1:  # every rank stops together (a rank that stopped alone would hang the rest)
+                finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+            if not finite:
+                self._fail(trainer, f"the training loss is {value}" if not math.isfinite(value)
+                           else "the training loss of another process is not finite")
         if trainer.global_step % self.weights_every == 0:
             self.check_weights(trainer, pl_module)
 

@@ -15,6 +15,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from llmrec.training.distributed import record
+
 log = logging.getLogger(__name__)
 
 
@@ -43,7 +45,8 @@ class KeepBest(pl.Callback):
 
     Reads `monitor` from `trainer.callback_metrics` at `on_validation_end`, i.e. after the module logged its
     validation metrics. `history` holds one entry per round (step, epoch and every `valid/` metric); the best
-    round's weights are loaded back at the end of `fit` (and by `restore`).
+    round's weights are loaded back at the end of `fit` (and by `restore`). Several processes: each rank's
+    validation metrics are gathered over all ranks (the stage's module does it), so every rank decides the same.
     """
 
     def __init__(self, monitor: str):
@@ -57,7 +60,9 @@ class KeepBest(pl.Callback):
         self.batches_since_validation = 0
         self._started = time.perf_counter()
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # from the first training batch on: what a stage computes at the fit's start (S-DPO's reference log-probs)
+        # is not training time
         self._started = time.perf_counter()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -76,8 +81,11 @@ class KeepBest(pl.Callback):
             self.best_step, self.best_epoch = int(trainer.global_step), int(trainer.current_epoch)
             self.best_state = trainable_state(pl_module)
             self.seconds_to_best = time.perf_counter() - self._started
-        log.info("step %d (epoch %d): %s %.4f (best %.4f at step %d)", trainer.global_step, trainer.current_epoch,
-                 self.monitor, score, self.best_score, self.best_step)
+        record("valid", step=int(trainer.global_step), score=score, best_step=self.best_step,
+               best_score=self.best_score)
+        if getattr(trainer, "is_global_zero", True):  # every rank decided the same: say it once
+            log.info("step %d (epoch %d): %s %.4f (best %.4f at step %d)", trainer.global_step, trainer.current_epoch,
+                     self.monitor, score, self.best_score, self.best_step)
 
     @property
     def trained_since_validation(self) -> bool:

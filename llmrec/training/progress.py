@@ -29,7 +29,7 @@ class LogProgress(pl.Callback):
                            batch_idx: int) -> None:
         self._samples += _batch_size(batch)
         now = time.perf_counter()
-        if now - self._last < self.every:
+        if now - self._last < self.every or not trainer.is_global_zero:  # several processes: rank 0 reports
             return
         self._last = now
         total = int(trainer.estimated_stepping_batches)

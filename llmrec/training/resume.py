@@ -27,6 +27,11 @@ loops' `state_dict()` (plain integers, stored as JSON). On a CPU with a fixed se
 trains on the same batches with the same dropout masks, and ends with the same weights and metrics as an
 uninterrupted run. Creating a loader's iterator no longer draws from the global torch RNG (that draw only seeds
 worker processes, which llmrec does not use), so where an epoch starts does not shift the dropout stream.
+
+Several processes (DDP): every rank takes part in a save (their RNG states and module states differ: each rank
+draws dropout masks for its own batches) and rank 0 alone writes it, each other rank's part under `ranks` in
+state.json; on `--resume` every rank loads the same state folder and takes back its own part. The config
+recorded in the marker holds `devices` and `num_nodes`, so a state is resumed only with the same processes.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from llmrec.base.atomic import atomic_write_text
 from llmrec.base.config import config_to_dict
 from llmrec.base.errors import CheckpointError
 from llmrec.base.markers import MarkerSpec, find_marker, read_marker, write_marker
+from llmrec.training.distributed import gather_objects
 from llmrec.training.keep_best import KeepBest, load_trainable_state, trainable_state
 
 log = logging.getLogger(__name__)
@@ -252,6 +258,16 @@ class _ResumableLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
+    # the wrapped loader's samplers, where Lightning's fit loop looks for `set_epoch` (a `DistributedSampler`
+    # reshuffles each epoch so)
+    @property
+    def sampler(self) -> Any:
+        return getattr(self.loader, "sampler", None)
+
+    @property
+    def batch_sampler(self) -> Any:
+        return getattr(self.loader, "batch_sampler", None)
+
     # Lightning's `_Stateful` protocol: tells its fit loop that this loader resumes mid-epoch by itself (the state
     # lives in the resume folder's state.json, see `ResumeCheckpoint`)
     def state_dict(self) -> dict[str, Any]:
@@ -349,9 +365,15 @@ class ResumeCheckpoint(pl.Callback):
                 _load_keep_best(callback, facts["keep_best"], self.folder)
             elif callback is not self and type(callback).__qualname__ in facts["callbacks"]:
                 callback.load_state_dict(_from_json(facts["callbacks"][type(callback).__qualname__]))
+        rng = (facts["rng"], _prefixed(tensors, "rng."))
+        module = (facts["module"], _prefixed(tensors, "module."))
+        if trainer.global_rank > 0:  # this rank's own RNG and module state (saved by rank 0 for it)
+            own = facts["ranks"][trainer.global_rank - 1]
+            rng = (own["rng"], _from_json(own["rng_tensors"]))
+            module = (own["module"], _from_json(own["module_tensors"]))
         if hasattr(pl_module, "load_resume_state"):
-            pl_module.load_resume_state(facts["module"], _prefixed(tensors, "module."))
-        self._pending_rng = (facts["rng"], _prefixed(tensors, "rng."))
+            pl_module.load_resume_state(*module)
+        self._pending_rng = rng
         self._best_file, self._best_step = facts["keep_best"].get("best_file"), facts["keep_best"]["best_step"]
         trainer.should_stop = bool(facts["should_stop"])  # e.g. early stopping decided at the saved validation
         log.info("resuming from %s: epoch %d, step %d", state, facts["epoch"], facts["global_step"])
@@ -396,6 +418,15 @@ class ResumeCheckpoint(pl.Callback):
 
         started = time.perf_counter()
         assert self._loop_after_batch is not None and self._loader is not None
+        rng_values, rng_tensors = rng_states()
+        module_values, module_tensors = ({}, {})
+        if hasattr(pl_module, "resume_state"):
+            module_values, module_tensors = pl_module.resume_state()
+        # every rank's own part (a collective: all ranks save at the same steps); rank 0 writes them all
+        parts = gather_objects(trainer, {"rng": rng_values, "rng_tensors": _to_json(rng_tensors),
+                                         "module": module_values, "module_tensors": _to_json(module_tensors)})
+        if trainer.global_rank != 0:
+            return
         self._write_marker()
         step = int(trainer.global_step)
         name = f"state-{step:09d}-{self.saves:05d}"
@@ -409,10 +440,6 @@ class ResumeCheckpoint(pl.Callback):
             optimizers.append(values)
             optimizer_tensors.update({f"{i}.{k}": v for k, v in tensors.items()})
         save_file(optimizer_tensors, str(tmp / "optimizer.safetensors"))
-        rng_values, rng_tensors = rng_states()
-        module_values, module_tensors = ({}, {})
-        if hasattr(pl_module, "resume_state"):
-            module_values, module_tensors = pl_module.resume_state()
         tensors = {**{f"rng.{k}": v for k, v in rng_tensors.items()},
                    **{f"module.{k}": v for k, v in module_tensors.items()}}
         save_file(_contiguous(tensors), str(tmp / "tensors.safetensors"))
@@ -428,6 +455,7 @@ class ResumeCheckpoint(pl.Callback):
             "optimizers": optimizers,
             "schedulers": [_to_json(c.scheduler.state_dict()) for c in trainer.lr_scheduler_configs],
             "rng": rng_values, "module": module_values,
+            "ranks": parts[1:],  # the other ranks' RNG and module states (DDP), by rank
             "keep_best": self._keep_best_state(trainer),
             "callbacks": {type(c).__qualname__: _to_json(c.state_dict()) for c in trainer.callbacks
                           if c is not self and not isinstance(c, KeepBest) and c.state_dict()},
