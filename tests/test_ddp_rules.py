@@ -115,17 +115,17 @@ def test_the_resumable_loader_passes_the_epoch_to_a_distributed_sampler():
 def test_threads_are_shared_only_when_the_user_did_not_choose(clean_env):
     before = torch.get_num_threads()
     clean_env.delenv("OMP_NUM_THREADS", raising=False)
-    clean_env.setattr(device, "_requested", None)
+    clean_env.setattr(device, "_requested_threads", None)
     try:
         assert set_process_threads(1) == before  # one process: nothing changes
         torch.set_num_threads(2)
         assert set_process_threads(2) == threads_per_process(2) == torch.get_num_threads()
         assert distributed.os.environ["OMP_NUM_THREADS"] == str(threads_per_process(2))  # kept by Lightning
         clean_env.delenv("OMP_NUM_THREADS")
-        clean_env.setattr(device, "_requested", 2)  # --threads 2
+        clean_env.setattr(device, "_requested_threads", 2)  # --threads 2
         torch.set_num_threads(2)
         assert set_process_threads(2) == 2
-        clean_env.setattr(device, "_requested", None)
+        clean_env.setattr(device, "_requested_threads", None)
         clean_env.setenv("OMP_NUM_THREADS", "2")  # the environment's choice
         assert set_process_threads(2) == 2
     finally:

@@ -46,15 +46,6 @@ def torch_device(device: str) -> str:
     return "cuda" if lightning_accelerator(device) == "gpu" else "cpu"
 
 
-_requested: int | None = None  # the --threads of this process, once set_threads was given one
-
-
-def requested_threads() -> int | None:
-    """The thread count the user asked for with `--threads` in this process (None: torch's default; a multi-process
-    run then shares the cores between its processes, `llmrec.training.distributed.set_process_threads`)."""
-    return _requested
-
-
 def set_threads(threads: int | None) -> None:
     """Let torch use `threads` CPU threads for its operators (and as many for inter-op work, when that can
     still be set); `None` keeps torch's default (one per core).
@@ -66,8 +57,6 @@ def set_threads(threads: int | None) -> None:
         return
     if threads < 1:
         raise ConfigError(f"option --threads: got {threads}, expected an integer >= 1")
-    global _requested
-    _requested = threads
     import torch
 
     global _requested_threads
