@@ -27,6 +27,10 @@ What each process (rank) of a run does -- the rules below are applied by the sta
 - only rank 0 writes: the output folder (built atomically, `on_rank_zero`), the loggers' files and the resume
   state; the other ranks keep no temporary folder and end when training ends, while rank 0 ranks the test
   split and writes;
+- gathering anything else (resume states; sharded inference's results, `llmrec.training.sharding`): JSON text as
+  bytes in tensors (`gather_objects`; numpy arrays by their raw bytes, `array_to_json`), never pickled;
+- sharded inference (`llmrec evaluate` / `llmrec predict --all-users --devices N`, `llmrec.training.sharding`)
+  takes its rank, threads and work items by these same rules;
 - `LLMREC_RANK_RECORD=<folder>` (for tests and debugging) makes each rank append what it decided (curriculum
   draws, validation rounds, threads) to `<folder>/rank-<r>.jsonl`: `record`.
 """
