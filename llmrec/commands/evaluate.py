@@ -59,8 +59,8 @@ from llmrec.llm.facts import LLMFacts
 from llmrec.llm.quantize import check_quantize, quantized
 from llmrec.llm.ranker import evaluate_split
 from llmrec.llm.ranking import MAX_NEW_TOKENS
-from llmrec.training.options import Strategy, trainer_option
 from llmrec.training.distributed import set_process_threads
+from llmrec.training.options import Strategy, trainer_option
 from llmrec.training.sharding import Launch, check_launch
 
 log = logging.getLogger(__name__)
