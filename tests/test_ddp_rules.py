@@ -28,7 +28,8 @@ from llmrec.training.distributed import (
 )
 from llmrec.training.resume import _ResumableLoader, _shuffle_state
 
-LAUNCH_ENV = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "SLURM_NTASKS", "LOCAL_WORLD_SIZE")
+LAUNCH_ENV = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID",
+              "LOCAL_WORLD_SIZE")
 
 
 @pytest.fixture
@@ -164,3 +165,19 @@ def test_each_gpu_process_makes_its_own_gpu_current(clean_env):
     distributed.use_local_gpu("cpu")
     distributed.use_local_gpu("gpu")
     assert calls == [3]
+    clean_env.delenv("LOCAL_RANK")
+    clean_env.setenv("SLURM_LOCALID", "2")  # srun started this process
+    distributed.use_local_gpu("gpu")
+    assert calls == [3, 2]
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, 0),
+    ({"LOCAL_RANK": "1"}, 1),                          # Lightning's launcher, torchrun
+    ({"SLURM_LOCALID": "3"}, 3),                       # srun
+    ({"LOCAL_RANK": "1", "SLURM_LOCALID": "0"}, 1),    # a process Lightning started inside one SLURM task
+])
+def test_local_rank_says_which_gpu_of_the_machine(clean_env, env, expected):
+    for name, value in env.items():
+        clean_env.setenv(name, value)
+    assert distributed.local_rank() == expected

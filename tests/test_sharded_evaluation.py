@@ -1,6 +1,7 @@
 """`llmrec evaluate --devices 2`: the samples split over two real processes (Lightning's DDP launcher, gloo on
 the CPU) give the one-process metrics.json and scores.parquet (`llmrec.training.sharding`), in score and
-generate mode; only rank 0 writes; the options that cannot shard are refused in one line before any work.
+generate mode; only rank 0 writes; the options that cannot shard are refused in one line before any work. The
+rankings cross processes as JSON bytes in tensors, never pickled, and arrive bit for bit.
 
 The two-process runs are real subprocesses (`python -m llmrec evaluate ... --devices 2`: Lightning re-runs that
 command line for rank 1), each bounded by a timeout; the one-process reference runs in this process."""
@@ -13,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -20,12 +22,13 @@ from tiny import one_thread
 
 from llmrec.base import device
 from llmrec.commands.cli import main
-from llmrec.training.distributed import threads_per_process
-from llmrec.training.sharding import Launch, set_process_threads
+from llmrec.evaluation.ranker import CandidateRanking
+from llmrec.training.distributed import gather_objects, set_process_threads, threads_per_process
+from llmrec.training.sharding import RANKINGS, Launch, concat_rankings, shard_map
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = ("seconds", "users_per_second")  # the only metrics that may differ between the runs
-SCORE_TOLERANCE = 1e-6  # absolute: 1 thread per process vs this process's 1 thread; measured equal bit for bit
+LAUNCH_ENV = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "LOCAL_WORLD_SIZE")
 
 
 def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -56,11 +59,12 @@ def assert_same_evaluation(one: Path, two: Path) -> None:
     assert list(s1.columns) == list(s2.columns) and len(s1) == len(s2) > 0
     exact = [c for c in s1.columns if c != "scores"]
     pd.testing.assert_frame_equal(s1[exact], s2[exact])  # same rows, same order on disk
-    for a, b in zip(s1["scores"], s2["scores"]):
+    for a, b in zip(s1["scores"], s2["scores"]):  # the same batches, 1 thread each: equal bit for bit
         if a is None or b is None:
             assert a is None and b is None
         else:
-            assert len(a) == len(b) and max(abs(x - y) for x, y in zip(a, b)) <= SCORE_TOLERANCE
+            a, b = np.asarray(a), np.asarray(b)
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
 def test_two_processes_rank_like_one_in_score_mode(sft_run, tmp_path):
@@ -103,17 +107,99 @@ def test_encoder_checkpoints_rank_in_one_process(small_data, encoder_dir, tmp_pa
 
 
 def test_each_of_several_processes_takes_its_share_of_the_cores_unless_threads_is_given(monkeypatch):
+    for name in (*LAUNCH_ENV, "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
     before = torch.get_num_threads()
     monkeypatch.setattr(device, "_requested_threads", None)  # (restored after the test)
     try:
         torch.set_num_threads(5)
-        assert set_process_threads(Launch("cpu", devices=1)) == 5  # one process: torch's (or --threads') count
-        assert set_process_threads(Launch("cpu", devices=2)) == threads_per_process(2)
+        assert set_process_threads(Launch("cpu", devices=1).local_processes) == 5  # one process: torch's count
+        assert set_process_threads(Launch("cpu", devices=2).local_processes) == threads_per_process(2)
+        monkeypatch.delenv("OMP_NUM_THREADS")  # (set for the processes Lightning starts)
         device.set_threads(3)  # what `--threads 3` does
         assert device.requested_threads() == 3
-        assert set_process_threads(Launch("cpu", devices=2)) == 3
+        assert set_process_threads(Launch("cpu", devices=2).local_processes) == 3
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # torchrun says how many processes share this machine
+        assert Launch("cpu", devices=2).local_processes == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_process_knows_its_rank_from_the_launcher_before_the_work_runs(monkeypatch):
+    for name in LAUNCH_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert Launch("cpu", devices=2).rank == 0  # the launching process
+    monkeypatch.setenv("LOCAL_RANK", "1")  # the process Lightning's launcher started
+    assert Launch("cpu", devices=2).rank == 1
+    monkeypatch.setenv("NODE_RANK", "1")  # ... on the second machine
+    assert Launch("cpu", devices=2, num_nodes=2).rank == 3
+    assert Launch("cpu", devices=1).rank == 0  # one process: rank 0 whatever the environment says
+
+
+def odd_ranking(dtype: type, texts: list[str] | None, rows: int = 4, seed: int = 0) -> CandidateRanking:
+    """Scores with every kind of float a ranker may produce (NaN, infinities, -0.0, subnormals, random bits)."""
+    rng = np.random.default_rng(seed)
+    scores = rng.standard_normal((rows, 5)).astype(dtype)
+    scores.flat[:6] = [np.nan, np.inf, -np.inf, -0.0, np.finfo(dtype).tiny / 3, np.finfo(dtype).max]
+    chosen = rng.integers(-1, 10**12, rows).astype(np.int64)
+    return CandidateRanking(scores, chosen, texts)
+
+
+def assert_same_ranking(a: CandidateRanking, b: CandidateRanking) -> None:
+    for x, y in ((a.scores, b.scores), (a.chosen, b.chosen)):
+        if x is None or y is None:
+            assert x is None and y is None
+        else:
+            assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+    assert a.texts == b.texts
+
+
+@pytest.mark.parametrize("ranking", [
+    odd_ranking(np.float32, None),
+    odd_ranking(np.float64, ["a", "", "é \n \"x\"", "\u0000"]),
+    CandidateRanking(None, np.array([3, -1], dtype=np.int64), ["Toy Story (1995)", "no answer"]),  # generate mode
+    CandidateRanking(np.zeros((0, 0)), np.zeros(0, dtype=np.int64), []),
+], ids=["float32", "float64-texts", "generate", "empty"])
+def test_a_ranking_crosses_processes_as_json_bit_for_bit(ranking):
+    text = json.dumps(RANKINGS.to_json(ranking))  # what goes over the wire: plain JSON text, no pickle
+    assert_same_ranking(RANKINGS.from_json(json.loads(text)), ranking)
+
+
+class _TwoRanks:
+    """A trainer of 2 processes whose strategy's `all_gather` gives this process's tensor and the one the other
+    rank would send (`other`, a JSON value it encodes the same way): the wire path of `gather_objects`."""
+
+    world_size = 2
+
+    def __init__(self, other):
+        self.strategy = self
+        self.root_device = torch.device("cpu")
+        self.other = torch.frombuffer(bytearray(json.dumps(other).encode("utf-8")), dtype=torch.uint8)
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.dtype == torch.long:  # the lengths
+            return torch.stack([tensor, torch.tensor([len(self.other)])])
+        theirs = torch.zeros_like(tensor)
+        theirs[:len(self.other)] = self.other
+        return torch.stack([tensor, theirs])
+
+
+def test_gathered_rankings_equal_the_local_ones_bit_for_bit():
+    mine = [[0, RANKINGS.to_json(odd_ranking(np.float32, ["x"] * 4, seed=1))]]
+    theirs = [[1, RANKINGS.to_json(odd_ranking(np.float32, ["longer text"] * 7, rows=7, seed=2))]]
+    everyone = gather_objects(_TwoRanks(theirs), mine)
+    assert everyone == [mine, theirs]
+    got = [RANKINGS.from_json(r) for part in everyone for _, r in part]
+    assert_same_ranking(got[0], odd_ranking(np.float32, ["x"] * 4, seed=1))
+    assert_same_ranking(got[1], odd_ranking(np.float32, ["longer text"] * 7, rows=7, seed=2))
+    joined = concat_rankings(got, "score")
+    assert joined.scores.dtype == np.float32 and joined.scores.shape == (11, 5)
+
+
+def test_gathering_from_several_processes_needs_a_codec():
+    with pytest.raises(ValueError, match="needs a Codec"):
+        shard_map(lambda i: i, 4, Launch("cpu", devices=2), "ranking")
+    assert shard_map(lambda i: i * i, 4, Launch("cpu"), "ranking") == [0, 1, 4, 9]  # one process: a plain loop
 
 
 def test_each_process_loads_its_model_onto_its_own_gpu(monkeypatch):

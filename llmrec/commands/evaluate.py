@@ -59,8 +59,9 @@ from llmrec.llm.facts import LLMFacts
 from llmrec.llm.quantize import check_quantize, quantized
 from llmrec.llm.ranker import evaluate_split
 from llmrec.llm.ranking import MAX_NEW_TOKENS
+from llmrec.training.distributed import set_process_threads
 from llmrec.training.options import Strategy, trainer_option
-from llmrec.training.sharding import Launch, check_launch, global_rank, set_process_threads
+from llmrec.training.sharding import Launch, check_launch
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def run_evaluate(config: EvaluateConfig) -> int:
             raise ConfigError(f"{config.ckpt} is an encoder checkpoint: it ranks in one process (--devices 1, "
                               f"--num-nodes 1); --devices and --num-nodes split an LLM checkpoint's samples")
         check_launch(launch, "evaluate")  # one line before the slow load (FSDP on CPU, ...)
-        set_process_threads(launch)
+        set_process_threads(launch.local_processes)
     # read once: a clear error first when it is neither kind of checkpoint
     facts = None if encoder_ckpt else read_facts(config.ckpt)
     out = Path(config.out) if config.out else Path(config.ckpt) / f"eval-{config.split}-{config.mode}"
@@ -164,7 +165,7 @@ def run_evaluate(config: EvaluateConfig) -> int:
         metrics, ranked, groups = _evaluate_encoder(config, data)
     else:
         metrics, ranked, groups = _evaluate_llm(config, data, facts)
-    if launch.sharded and global_rank() != 0:  # every process holds the whole table; rank 0 alone writes it
+    if launch.rank != 0:  # every process holds the whole table; rank 0 alone writes it
         return 0
     with output_directory(out, "evaluate") as tmp:
         write_evaluation(tmp, metrics, ranked)

@@ -56,7 +56,7 @@ from llmrec.base.files import file_sha256, read_parquet
 from llmrec.data.dataset import ProcessedDataset
 from llmrec.data.sampling import final_position_mask
 from llmrec.serving.recommender import Recommender, RequestError
-from llmrec.training.sharding import Launch, global_rank, shard_map
+from llmrec.training.sharding import Launch, shard_map
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +300,7 @@ def predict_all_users(rec: Recommender, data: ProcessedDataset, split: UserSplit
 
     shard_map(work, len(todo), launch, f"predicting {split} users", "users",
               sizes=[min(part_size, len(users) - starts[p]) for p in todo], model=rec.lm, gather=False)
-    if launch.sharded and global_rank() != 0:
+    if launch.rank != 0:
         return None
     parts = [read_parquet(part_path(folder, p), f"delete {folder} and re-run", CheckpointError)
              for p in range(len(starts))]

@@ -168,12 +168,13 @@ def run_all_users(config: PredictConfig) -> int:
     from llmrec.llm.quantize import check_quantize, quantized
     from llmrec.serving.all_users import predict_all_users
     from llmrec.serving.recommender import Recommender
-    from llmrec.training.sharding import Launch, check_launch, set_process_threads
+    from llmrec.training.distributed import set_process_threads
+    from llmrec.training.sharding import Launch, check_launch
 
     launch = Launch(config.device, config.devices, config.num_nodes, config.strategy)
     if launch.sharded:
         check_launch(launch, "predict")  # one line before the slow load (FSDP on CPU, ...)
-        set_process_threads(launch)
+        set_process_threads(launch.local_processes)
     check_quantize(config.quantize, torch_device(config.device), config.dtype)
     data = ProcessedDataset.load(config.data if config.data is not None else recorded_data(config.ckpt))
     rec = Recommender.from_pretrained(config.ckpt, launch.torch_device(), dtype=config.dtype, llm=config.llm,

@@ -27,15 +27,21 @@ What each process (rank) of a run does -- the rules below are applied by the sta
 - only rank 0 writes: the output folder (built atomically, `on_rank_zero`), the loggers' files and the resume
   state; the other ranks keep no temporary folder and end when training ends, while rank 0 ranks the test
   split and writes;
+- gathering anything else (resume states; sharded inference's results, `llmrec.training.sharding`): JSON text as
+  bytes in tensors (`gather_objects`; numpy arrays by their raw bytes, `array_to_json`), never pickled;
+- sharded inference (`llmrec evaluate` / `llmrec predict --all-users --devices N`, `llmrec.training.sharding`)
+  takes its rank, threads and work items by these same rules;
 - `LLMREC_RANK_RECORD=<folder>` (for tests and debugging) makes each rank append what it decided (curriculum
   draws, validation rounds, threads) to `<folder>/rank-<r>.jsonl`: `record`.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib.util
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -44,6 +50,7 @@ from typing import Any
 
 from llmrec.base.errors import ConfigError
 
+log = logging.getLogger(__name__)
 SHARDED_STRATEGIES = ("fsdp", "deepspeed")
 
 
@@ -100,6 +107,12 @@ def global_rank(devices: int = 1) -> int:
     return 0
 
 
+def local_rank() -> int:
+    """This process's rank on its machine, which GPU it uses (0 when alone): LOCAL_RANK (Lightning's launcher,
+    torchrun), else SLURM_LOCALID (`srun`)."""
+    return int(os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID") or 0)
+
+
 def local_process_count(devices: int) -> int:
     """Processes of this run on this machine: torchrun's LOCAL_WORLD_SIZE, else `--devices`."""
     return int(os.environ.get("LOCAL_WORLD_SIZE", devices))
@@ -121,17 +134,21 @@ def set_process_threads(local_processes: int) -> int:
         if requested_threads() is None and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(threads_per_process(local_processes))
         os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+        if requested_threads() is None:  # (every process says it: a child inherits the count in OMP_NUM_THREADS)
+            log.info("%d processes share this machine's CPU: %d torch threads each (--threads sets another number)",
+                     local_processes, torch.get_num_threads())
     record("threads", threads=torch.get_num_threads(), local_processes=local_processes)
     return torch.get_num_threads()
 
 
 def use_local_gpu(accelerator: str) -> None:
-    """On GPUs, make this process's own GPU (LOCAL_RANK) torch's current device before any model is built, so that
-    `cuda` means it: without this every process of a node would first load its copy onto GPU 0."""
-    if accelerator == "gpu" and "LOCAL_RANK" in os.environ:
+    """On GPUs, make this process's own GPU torch's current device before any model is built, so that
+    `cuda` means it: without this every process of a node would first load its copy onto GPU 0. `local_rank`
+    says which; a process no launcher started keeps torch's default."""
+    if accelerator == "gpu" and ("LOCAL_RANK" in os.environ or "SLURM_LOCALID" in os.environ):
         import torch
 
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(local_rank())
 
 
 def start_process(devices: int, accelerator: str) -> tuple[int, int]:
@@ -265,20 +282,44 @@ def gather_in_order(pl_module: Any, values: Any, indices: Any, total: int) -> An
 def gather_objects(trainer: Any, value: Any) -> list[Any]:
     """`value` (JSON-serialisable: RNG and module states of a resume state) of every rank, by rank.
 
-    Sent as JSON text through Lightning's tensor `all_gather` (nothing is pickled). Every rank must call it at the
-    same point; one process: `[value]`.
+    Sent as UTF-8 JSON text in uint8 tensors through the strategy's tensor `all_gather` (the lengths first, then
+    the texts padded to the longest), never pickled: `torch.distributed.all_gather_object` would unpickle what the
+    other processes send. The tensors go through this process's device (NCCL gathers GPU tensors only). Every
+    rank must call it at the same point; one process: `[value]`. Arrays travel exactly as `array_to_json`.
     """
     world = int(trainer.world_size)
     if world == 1:
         return [value]
     import torch
 
-    data = torch.tensor(list(json.dumps(value).encode("utf-8")), dtype=torch.uint8)
-    sizes = trainer.strategy.all_gather(torch.tensor([len(data)], dtype=torch.long)).reshape(-1).cpu()
-    padded = torch.zeros(int(sizes.max()), dtype=torch.uint8)
-    padded[:len(data)] = data
+    device = trainer.strategy.root_device
+    data = torch.frombuffer(bytearray(json.dumps(value).encode("utf-8")), dtype=torch.uint8)
+    sizes = trainer.strategy.all_gather(torch.tensor([len(data)], dtype=torch.long, device=device)).reshape(-1).cpu()
+    padded = torch.zeros(int(sizes.max()), dtype=torch.uint8, device=device)
+    padded[:len(data)] = data.to(device)
     gathered = trainer.strategy.all_gather(padded).reshape(world, -1).cpu()
-    return [json.loads(bytes(gathered[r, :int(sizes[r])].tolist()).decode("utf-8")) for r in range(world)]
+    return [json.loads(gathered[r, :int(sizes[r])].numpy().tobytes().decode("utf-8")) for r in range(world)]
+
+
+def array_to_json(array: Any) -> dict[str, Any]:
+    """A numpy array as a JSON value that `array_from_json` turns back into the same array bit for bit: its dtype
+    (with byte order), shape and raw bytes in base64 (decimal text could lose a float's bits or its NaN payload).
+    Arrays of Python objects are refused (their bytes are pointers)."""
+    import numpy as np
+
+    array = np.asarray(array)
+    if array.dtype.hasobject:
+        raise TypeError(f"array_to_json: an array of Python objects ({array.dtype}) has no bytes to send")
+    return {"dtype": array.dtype.str, "shape": list(array.shape),
+            "bytes": base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")}
+
+
+def array_from_json(value: dict[str, Any]) -> Any:
+    """The numpy array `array_to_json` described (a writable copy)."""
+    import numpy as np
+
+    data = base64.b64decode(value["bytes"].encode("ascii"), validate=True)
+    return np.frombuffer(data, dtype=np.dtype(value["dtype"])).reshape(value["shape"]).copy()
 
 
 def record(event: str, **values: Any) -> None:

@@ -7,17 +7,20 @@ the work runs inside `pl.Trainer(strategy=..., devices=N, num_nodes=M).predict(.
 (`--devices N` on one machine: it re-runs the same command line in N-1 child processes), torchrun or SLURM start
 the processes and `torch.distributed` connects them (gloo on CPUs, NCCL on GPUs). What each process does:
 
-- the work items are the numbers 0..n-1 of a `DataLoader`; for `predict`, Lightning gives it an *unrepeated*
-  distributed sampler (`UnrepeatedDistributedSamplerWrapper`): rank r of W computes items r, r+W, r+2W, ... and
-  no item is padded in twice (the samplers of fit/validate/test repeat items to give every rank as many);
+- the work items are the numbers 0..n-1 of a `DataLoader` whose sampler gives rank r of W the items r, r+W,
+  r+2W, ... (`llmrec.training.distributed.shard_sampler` with batches of one item, the rule validation shards by;
+  the same items Lightning's unrepeated predict sampler would give): each item once, none padded in twice;
 - an item is computed the same way in every process count (a batch of consecutive samples is the batch one
   process would have ranked), so gathered results equal one process's, up to float rounding of the thread count;
-- the results are gathered on every rank (`torch.distributed.all_gather_object`, after `predict` returns) and
-  put back in item order; a job that writes its results itself (parts of users) only waits for every rank
-  (`strategy.barrier`) before rank 0 merges;
-- only rank 0 writes the command's output (`global_rank()` says which process this is, once the work ran);
+- the results are gathered on every rank after `predict` returns and put back in item order: each result is
+  turned into JSON by the job's `Codec` (numpy arrays as their raw bytes, `array_to_json`, so float scores
+  arrive bit for bit) and sent as bytes in tensors (`llmrec.training.distributed.gather_objects`); nothing is
+  pickled (`torch.distributed.all_gather_object` would unpickle what another process sent). A job that writes
+  its results itself (parts of users) only waits for every rank (`strategy.barrier`) before rank 0 merges;
+- only rank 0 writes the command's output (`Launch.rank` says which process this is:
+  `llmrec.training.distributed.global_rank`, from the launcher's environment, known before the work runs);
 - CPU threads: with several processes on one machine and no `--threads`, each process takes an equal share of
-  the cores (`set_process_threads`, `llmrec.training.distributed.threads_per_process`).
+  the cores (`llmrec.training.distributed.set_process_threads`, called with `Launch.local_processes`).
 
 Strategies that shard weights (FSDP, DeepSpeed) do not fit here: each process holds the whole model and ranks its
 own samples, so `check_launch` accepts `auto` and the DDP family only.
@@ -26,11 +29,10 @@ own samples, so `check_launch` accepts `auto` and the DDP family only.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -38,11 +40,22 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from llmrec.base.device import lightning_accelerator, requested_threads, torch_device
+from llmrec.base.device import lightning_accelerator, torch_device
 from llmrec.base.errors import ConfigError
 from llmrec.base.progress import DEFAULT_EVERY, progress_line, track
 from llmrec.evaluation.ranker import CandidateRanking
-from llmrec.training.distributed import SHARDED_STRATEGIES, check_strategy, process_count, threads_per_process
+from llmrec.training.distributed import (
+    SHARDED_STRATEGIES,
+    array_from_json,
+    array_to_json,
+    check_strategy,
+    gather_objects,
+    global_rank,
+    local_process_count,
+    local_rank,
+    process_count,
+    shard_sampler,
+)
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -67,15 +80,25 @@ class Launch:
         """Whether the work is split over several processes (else it runs in this process, without Lightning)."""
         return self.processes > 1
 
+    @property
+    def rank(self) -> int:
+        """This process's rank among the job's processes (`llmrec.training.distributed.global_rank`; 0 alone)."""
+        return global_rank(self.devices) if self.sharded else 0
+
+    @property
+    def local_processes(self) -> int:
+        """The job's processes on this machine (`llmrec.training.distributed.local_process_count`)."""
+        return local_process_count(self.devices)
+
     def torch_device(self) -> str:
         """Where this process loads its model: `cpu`, `cuda`, or, for several processes on a GPU machine, this
-        process's own GPU (`cuda:LOCAL_RANK`, the variable Lightning's launcher and torchrun set; SLURM's
-        `SLURM_LOCALID`), so that N processes do not all load onto the first GPU first. Lightning's strategy
-        moves the model there too; this only avoids the detour."""
+        process's own GPU (`cuda:<local rank>`: `llmrec.training.distributed.local_rank`), so that N processes do
+        not all load onto the first GPU first. Lightning's strategy moves the model there too; this only avoids
+        the detour."""
         device = torch_device(self.device)
         if device != "cuda" or not self.sharded:
             return device
-        return f"cuda:{int(os.environ.get('LOCAL_RANK') or os.environ.get('SLURM_LOCALID') or 0)}"
+        return f"cuda:{local_rank()}"
 
 
 def check_launch(launch: Launch, command: str) -> str:
@@ -92,33 +115,49 @@ def check_launch(launch: Launch, command: str) -> str:
     return check_strategy(launch.strategy, accelerator, launch.devices, launch.num_nodes)
 
 
-def set_process_threads(launch: Launch) -> int:
-    """Give this process its share of the CPU cores when `launch.devices` processes run on this machine and no
-    `--threads` was given (2 processes on 2 cores: 1 thread each); returns the torch threads it now uses."""
-    if launch.devices > 1 and requested_threads() is None and lightning_accelerator(launch.device) == "cpu":
-        torch.set_num_threads(threads_per_process(launch.devices))
-        log.info("%d processes share this machine's CPU: %d torch threads each (--threads sets another number)",
-                 launch.devices, torch.get_num_threads())
-    return torch.get_num_threads()
+@dataclass(frozen=True)
+class Codec(Generic[R]):
+    """How a work result crosses processes: `to_json(result)` is a JSON value (lists, dicts, strings, numbers,
+    None; numpy arrays through `array_to_json`) from which `from_json` makes the very same result again."""
+
+    to_json: Callable[[R], Any]
+    from_json: Callable[[Any], R]
 
 
-def global_rank() -> int:
-    """This process's rank among all processes of the job (0 in a one-process run). Right once a sharded job's
-    trainer has set up its strategy (Lightning sets it for each process then)."""
-    from lightning_fabric.utilities.rank_zero import rank_zero_only
+def ranking_to_json(ranking: CandidateRanking) -> dict[str, Any]:
+    """A `CandidateRanking` as JSON: `scores` and `chosen` by their raw bytes (`array_to_json`), `texts` as is."""
+    return {"scores": None if ranking.scores is None else array_to_json(ranking.scores),
+            "chosen": array_to_json(ranking.chosen),
+            "texts": None if ranking.texts is None else list(ranking.texts)}
 
-    return int(getattr(rank_zero_only, "rank", 0))
+
+def ranking_from_json(value: dict[str, Any]) -> CandidateRanking:
+    """The `CandidateRanking` `ranking_to_json` described: equal to it bit for bit (dtypes, shapes, values)."""
+    return CandidateRanking(None if value["scores"] is None else array_from_json(value["scores"]),
+                            array_from_json(value["chosen"]), value["texts"])
+
+
+RANKINGS: Codec[CandidateRanking] = Codec(ranking_to_json, ranking_from_json)
 
 
 class _Progress(pl.Callback):
-    """Each process logs its own share of the work every `every` seconds: `what (rank r/W): done/total unit`."""
+    """Each process logs its own share of the work every `every` seconds: `what (rank r/W): done/total unit`.
 
-    def __init__(self, what: str, unit: str, sizes: Sequence[int], every: float = DEFAULT_EVERY):
+    `items` are the work items this process's sampler gives it, and `rank` the rank it was built for: checked
+    against the rank Lightning's strategy set up (they come from the same launcher's environment)."""
+
+    def __init__(self, what: str, unit: str, sizes: Sequence[int], items: Sequence[int], rank: int,
+                 every: float = DEFAULT_EVERY):
         self.what, self.unit, self.sizes, self.every = what, unit, list(sizes), every
+        self.items, self.rank = list(items), rank
         self.done, self.total, self.started, self.last = 0, 0, 0.0, 0.0
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.total = sum(self.sizes[trainer.global_rank::trainer.world_size])  # the unrepeated sampler's share
+        if trainer.global_rank != self.rank:
+            raise RuntimeError(f"{self.what}: this process took the work items of rank {self.rank} but Lightning "
+                               f"made it rank {trainer.global_rank} of {trainer.world_size}; are --devices and "
+                               f"--num-nodes those the processes were launched with?")
+        self.total = sum(self.sizes[i] for i in self.items)
         self.what = f"{self.what} (rank {trainer.global_rank}/{trainer.world_size})"
         self.started = self.last = time.perf_counter()
 
@@ -146,36 +185,37 @@ class _ShardModule(pl.LightningModule):
 
 
 def shard_map(work: Callable[[int], R], n: int, launch: Launch, what: str, unit: str = "items",
-              sizes: Sequence[int] | None = None, model: torch.nn.Module | None = None, gather: bool = True
-              ) -> list[R] | None:
+              sizes: Sequence[int] | None = None, model: torch.nn.Module | None = None, gather: bool = True,
+              codec: Codec[R] | None = None) -> list[R] | None:
     """[work(0), ..., work(n-1)], each computed once by one of `launch`'s processes (module docstring).
 
     `sizes[i]` is how many `unit`s item i holds (for the progress lines). One process (`launch.sharded` false):
-    a plain loop here, no Lightning. Several: every rank returns all n results in item order (`gather`), or, with
-    `gather=False` (work that writes its own results), None once every rank has finished its items.
+    a plain loop here, no Lightning. Several: every rank returns all n results in item order (`gather`; they
+    cross processes as `codec` says, which a sharded gathering job must give), or, with `gather=False` (work that
+    writes its own results), None once every rank has finished its items.
     """
     sizes = list(sizes) if sizes is not None else [1] * n
     if not launch.sharded:
         results = [work(i) for i in track(range(n), what, total=sum(sizes), unit=unit, size=lambda i: sizes[i])]
         return results if gather else None
+    if gather and codec is None:
+        raise ValueError(f"shard_map ({what}): gathering results from several processes needs a Codec")
     strategy = check_launch(launch, what)
+    # batches of one item: every item is one call to `work`, whatever the item holds (a batch of samples, a part)
+    sampler = shard_sampler(n, 1, launch.rank, launch.processes)
     trainer = pl.Trainer(accelerator=lightning_accelerator(launch.device), devices=launch.devices,
                          num_nodes=launch.num_nodes, strategy=strategy, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, enable_progress_bar=False, use_distributed_sampler=True,
-                         callbacks=[_Progress(what, unit, sizes)])
-    # batch_size 1: every item is one call to `work`, whatever the item holds (a batch of samples, a part)
-    loader = DataLoader(list(range(n)), batch_size=1, shuffle=False)
+                         enable_model_summary=False, enable_progress_bar=False, use_distributed_sampler=False,
+                         callbacks=[_Progress(what, unit, sizes, sampler.indices, launch.rank)])
+    loader = DataLoader(list(range(n)), batch_size=1, sampler=sampler)
     outputs = trainer.predict(_ShardModule(work, model), dataloaders=loader, return_predictions=True) or []
     local = [pair for batch in outputs for pair in batch]  # type: ignore[union-attr]
     if not gather:
         trainer.strategy.barrier("shard_map")
         return None
-    everyone: list[list[tuple[int, R]] | None] = [None] * trainer.world_size
-    if trainer.world_size > 1:
-        torch.distributed.all_gather_object(everyone, local)
-    else:
-        everyone = [local]
-    results: dict[int, R] = {i: r for part in everyone for i, r in (part or [])}
+    assert codec is not None
+    everyone = gather_objects(trainer, [[i, codec.to_json(r)] for i, r in local])
+    results: dict[int, R] = {int(i): codec.from_json(r) for part in everyone for i, r in part}
     if sorted(results) != list(range(n)):
         raise RuntimeError(f"{what}: the processes returned {len(results)} of {n} work items")
     return [results[i] for i in range(n)]
@@ -205,6 +245,7 @@ class ShardedRanker:
         starts = list(range(0, len(samples), self.chunk))
         parts = shard_map(lambda b: self.ranker.rank_rows(samples.iloc[starts[b]:starts[b] + self.chunk]),
                           len(starts), self.launch, label, "samples",
-                          sizes=[min(self.chunk, len(samples) - s) for s in starts], model=self.model)
+                          sizes=[min(self.chunk, len(samples) - s) for s in starts], model=self.model,
+                          codec=RANKINGS)
         assert parts is not None
         return concat_rankings(parts, self.mode)
