@@ -278,8 +278,13 @@ def stop_server(proc) -> None:
         proc.wait()
 
 
+# a client's patience: at concurrency 16 a pretrained model's request waits for a whole batch of 16 prompts
+# (about 25 s for SmolLM2 on 2 quiet cores, minutes on a busy machine), which is slow, not an error
+CLIENT_TIMEOUT_S = 900.0
+
+
 def post_or_get(port: int, method: str, path: str, body: Any = None, conn: http.client.HTTPConnection | None = None,
-                timeout: float = 120) -> tuple[int, Any]:
+                timeout: float = CLIENT_TIMEOUT_S) -> tuple[int, Any]:
     own = conn is None
     conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -301,7 +306,7 @@ def drive(port: int, bodies: list[dict[str, Any]], concurrency: int) -> dict[str
     lock = threading.Lock()
 
     def worker() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CLIENT_TIMEOUT_S)
         try:
             while True:
                 with lock:
@@ -314,7 +319,7 @@ def drive(port: int, bodies: list[dict[str, Any]], concurrency: int) -> dict[str
                     answers[i] = body["items"] if status == 200 else None
                 except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError):
                     conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CLIENT_TIMEOUT_S)
                 latencies[i] = (time.perf_counter() - t0) * 1000
         finally:
             conn.close()
