@@ -115,6 +115,19 @@ def test_two_processes_write_the_one_process_table(sft_run, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.parquet", "two.parquet"]
 
 
+def test_a_process_left_without_a_part_takes_part_and_does_nothing(sft_run, tmp_path):
+    """Fewer parts than processes (18 users in one part of 64): the idle rank must still join the run; Lightning
+    refuses an empty loader on any rank, which crashed the run before."""
+    common = ["predict", "--ckpt", str(sft_run / "sft"), "--all-users", "--split", "all", "--device", "cpu"]
+    assert main([*common, "--out", str(tmp_path / "one.parquet"), "--part-size", "4"]) == 0
+    done = subprocess.run(cli(*common, "--out", str(tmp_path / "two.parquet"), "--devices", "2", "--part-size", "64"),
+                          check=False, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=240,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "(rank 1/2): 0 users" in done.stderr
+    assert_same_table(read_all_users(tmp_path / "one.parquet"), read_all_users(tmp_path / "two.parquet"))
+
+
 @pytest.fixture(scope="module")
 def many_users(sft_run, tmp_path_factory) -> Path:
     """`sft_run`'s dataset with every user copied 20 times (360 users, the same catalog): a run long enough to

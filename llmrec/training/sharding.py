@@ -140,6 +140,9 @@ def ranking_from_json(value: dict[str, Any]) -> CandidateRanking:
 RANKINGS: Codec[CandidateRanking] = Codec(ranking_to_json, ranking_from_json)
 
 
+IDLE = -1  # the work item of a rank that has none: `shard_map` computes nothing for it
+
+
 class _Progress(pl.Callback):
     """Each process logs its own share of the work every `every` seconds: `what (rank r/W): done/total unit`.
 
@@ -163,7 +166,7 @@ class _Progress(pl.Callback):
 
     def on_predict_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                              batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.done += sum(self.sizes[int(i)] for i in batch.tolist())
+        self.done += sum(self.sizes[int(i)] for i in batch.tolist() if i != IDLE)
         now = time.perf_counter()
         if now - self.last >= self.every or self.done >= self.total:
             self.last = now
@@ -181,7 +184,7 @@ class _ShardModule(pl.LightningModule):
         self.model = model
 
     def predict_step(self, batch: torch.Tensor, batch_idx: int) -> list[tuple[int, Any]]:
-        return [(int(i), self.work(int(i))) for i in batch.tolist()]
+        return [(int(i), self.work(int(i))) for i in batch.tolist() if i != IDLE]
 
 
 def shard_map(work: Callable[[int], R], n: int, launch: Launch, what: str, unit: str = "items",
@@ -207,7 +210,9 @@ def shard_map(work: Callable[[int], R], n: int, launch: Launch, what: str, unit:
                          num_nodes=launch.num_nodes, strategy=strategy, logger=False, enable_checkpointing=False,
                          enable_model_summary=False, enable_progress_bar=False, use_distributed_sampler=False,
                          callbacks=[_Progress(what, unit, sizes, sampler.indices, launch.rank)])
-    loader = DataLoader(list(range(n)), batch_size=1, sampler=sampler)
+    # a rank with no item (fewer items than processes) still takes part, with the one item IDLE that does nothing:
+    # Lightning refuses an empty loader on any rank, and every rank must reach the gather or the barrier
+    loader = DataLoader(list(sampler.indices) or [IDLE], batch_size=1)
     outputs = trainer.predict(_ShardModule(work, model), dataloaders=loader, return_predictions=True) or []
     local = [pair for batch in outputs for pair in batch]  # type: ignore[union-attr]
     if not gather:
