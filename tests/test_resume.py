@@ -218,7 +218,10 @@ def stage_data(tmp_path_factory):
 def _kill_after_first_state(args: list[str], out: Path, sig: int = signal.SIGKILL, timeout: float = 240.0) -> None:
     """Run `python -m llmrec ARGS` and send it `sig` (SIGKILL, or SIGINT as Ctrl-C does) as soon as its first
     resume state is complete."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    # the killed run computes with as many torch threads as the in-process runs it is compared with (another count
+    # rounds float sums differently: equal metrics, weights a few ulps apart)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}
     # a process started in the background inherits SIGINT ignored, and Python then never raises KeyboardInterrupt:
     # restore the default disposition so Ctrl-C reaches the child as it would from a terminal
     proc = subprocess.Popen([sys.executable, "-m", "llmrec", *args], cwd=ROOT, env=env,
