@@ -35,7 +35,7 @@ demo: install
 	$(BIN)/llmrec demo
 
 test: install-dev
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 tests
 
 bench: install-dev
 	$(BIN)/python bench/prepare.py
