@@ -124,9 +124,16 @@ def test_a_lightning_trainer_built_from_the_job_flags_takes_its_rank_from_slurm(
     import pytorch_lightning as pl
     from pytorch_lightning.plugins.environments import SLURMEnvironment
 
+    from lightning_fabric.utilities import rank_zero as fabric_rank_zero
+    from pytorch_lightning.utilities import rank_zero
+
     options = sbatch_options(SBATCH)
     config = parsed_config(llmrec_args(SBATCH, "srun"))
     slurm_task_env(monkeypatch, options, 5)
+    # building the trainer sets Lightning's process-wide rank (rank 5 here): put it back after the test, or every
+    # later test in this process would run as a rank that must not write
+    for module in {rank_zero, fabric_rank_zero}:
+        monkeypatch.setattr(module.rank_zero_only, "rank", getattr(module.rank_zero_only, "rank", 0))
     trainer = pl.Trainer(accelerator="cpu", devices=config.devices, num_nodes=config.num_nodes,
                          strategy=config.strategy, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
