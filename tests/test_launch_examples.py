@@ -5,6 +5,7 @@ given what SLURM sets for one task of the job, gives Lightning the rank the job 
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -52,6 +53,18 @@ def parsed_config(args: list[str]):
     namespace, unknown = parser.parse_known_args(args)
     assert not unknown, f"flags llmrec {args[0]} does not have: {unknown}"
     return resolve_config(COMMANDS[args[0]].load().config, namespace, namespace.config)
+
+
+
+@pytest.fixture(autouse=True)
+def restore_environment():
+    """Lightning's SLURM environment writes MASTER_ADDR/MASTER_PORT into os.environ when asked for the rendezvous
+    address (gpu07 here): put the whole environment back, or every later multi-process run of this pytest process
+    would try to meet on gpu07 and hang."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_the_sbatch_job_matches_its_llmrec_flags():
