@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/scale.py all --write                          # sft (tiny), valid, predict, eval
     .venv/bin/python bench/scale.py sft --backbone smollm2-135m --write  # sft.pretrained (about 25 minutes)
-    .venv/bin/python bench/scale.py predict --pretrained-ckpt checkpoints/bench-pretrained/sft_hybrid_500_lora --write
+    .venv/bin/python bench/scale.py predict --no-tiny --pretrained-ckpt checkpoints/bench-pretrained/sft_hybrid_500_lora --write
     .venv/bin/python bench/scale.py all --smoke                          # every part at toy scale; never written
 
 Every run is a real `python -m llmrec ...` subprocess started from the repository root: the one-process run with
@@ -79,6 +79,7 @@ DEFAULT_DATA = ROOT / "data" / "processed" / "ml-100k-llara-all"
 DEMO = ROOT / "checkpoints" / "demo"
 TIMING = ("seconds", "users_per_second")  # the only metrics.json keys allowed to differ between process counts
 SCORE_TOLERANCE = 1e-6
+LABELLED = ("sft", "predict_all")  # sections that hold one part per backbone label (`sft.tiny`, `sft.pretrained`)
 EVAL_SEED = 42  # the demo's test subset
 LOG_EVERY = 10  # train-llm logs train/loss every 10 optimiser steps (fewer when the run is shorter)
 BACKBONES: dict[str, dict[str, Any]] = {
@@ -435,6 +436,12 @@ class Results:
         self.path, self.command, self.sections = path, command, {}
 
     def put(self, key: str, value: Any, label: str | None = None) -> None:
+        """Section `key` (or `key.label`) = `value`, stamped with this run's command and date (the parts of one
+        file come from several invocations; the top-level `command` and `date` are those of the latest)."""
+        if isinstance(value, dict):
+            value = {**value, "command": self.command, "date": time.strftime("%Y-%m-%d", time.gmtime())}
+        if self.path is not None and self.path.is_file():
+            self.stamp_earlier_sections()
         if label is not None:  # `<key>.<label>`, keeping the other labels already in the file
             current = json.loads(self.path.read_text()).get(key, {}) if self.path and self.path.is_file() else {}
             value = {**current, **self.sections.get(key, {}), label: value}
@@ -446,6 +453,21 @@ class Results:
         update_results(self.path, "machine", machine())
         update_results(self.path, "date", time.strftime("%Y-%m-%d", time.gmtime()))
         update_results(self.path, "command", self.command)
+
+    def stamp_earlier_sections(self) -> None:
+        """Give each measured section of the file that has no `command` of its own the file's top-level `command`
+        and `date` (the invocation that wrote it last: every put rewrites them), before this run replaces them."""
+        current = json.loads(self.path.read_text())
+        stamp = {"command": current.get("command"), "date": current.get("date")}
+        if not stamp["command"]:
+            return
+        for key, section in current.items():
+            if key in LABELLED and isinstance(section, dict):
+                parts = {label: part if "command" in part else {**part, **stamp} for label, part in section.items()}
+                if parts != section:
+                    update_results(self.path, key, parts)
+            elif isinstance(section, dict) and key != "machine" and "command" not in section:
+                update_results(self.path, key, {**section, **stamp})
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -462,6 +484,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="predict, eval: the tiny checkpoint")
     parser.add_argument("--pretrained-ckpt", type=Path, default=None,
                         help="predict: also a pretrained checkpoint (predict_all.pretrained)")
+    parser.add_argument("--no-tiny", action="store_true",
+                        help="predict: only the pretrained checkpoint (predict_all.tiny is kept as it is)")
     parser.add_argument("--pretrained-users", type=int, default=200,
                         help="predict: the pretrained checkpoint predicts for this many first users")
     parser.add_argument("--split", choices=["all", "test"], default="all", help="predict: --all-users --split")
@@ -478,6 +502,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke and args.write:
         parser.error("--smoke results are not benchmark figures: leave out --write")
+    if args.no_tiny and args.pretrained_ckpt is None:
+        parser.error("--no-tiny leaves nothing to predict without --pretrained-ckpt")
     if args.smoke and args.backbone != "tiny":
         parser.error("--smoke trains the tiny backbone only")
     for name in ("samples", "valid_samples", "pretrained_users", "part_size", "eval_samples"):
@@ -512,8 +538,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("valid compares the tiny backbone's runs (3 seeds of SmolLM2 do not fit this CPU)")
         results.put("valid_hr@1", valid_section(setting, args))
     if "predict" in parts:
-        results.put("predict_all", predict_section(args.tiny_ckpt, "tiny", args.pretrained_users if args.smoke
-                                                   else None, args), "tiny")
+        if not args.no_tiny:
+            results.put("predict_all", predict_section(args.tiny_ckpt, "tiny", args.pretrained_users if args.smoke
+                                                       else None, args), "tiny")
         if args.pretrained_ckpt is not None:
             results.put("predict_all", predict_section(args.pretrained_ckpt, "pretrained", args.pretrained_users,
                                                        args), "pretrained")

@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/tables.py          # rewrites the sections between <!-- NAME:START/END --> markers
 Sections: DEMO-RESULTS (bench/results/demo.json, in README.md), SDPO-RESULTS (sdpo.json), SERVING-RESULTS
-(serving.json), FAIRNESS-RESULTS (fairness.json) and PRETRAINED-RESULTS (pretrained.json), in docs/benchmarks.md. A section may sit in any of the
+(serving.json), FAIRNESS-RESULTS (fairness.json) and PRETRAINED-RESULTS (pretrained.json), in docs/benchmarks.md;
+SCALE-RESULTS (scale.json) in README.md. A section may sit in any of the
 DOCUMENTS; one whose results file is missing is left as it is.
 """
 
@@ -14,7 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 DOCUMENTS = (ROOT / "README.md", ROOT / "docs" / "benchmarks.md")  # the pages that hold result sections
-SECTIONS = ("SDPO-RESULTS", "SERVING-RESULTS", "FAIRNESS-RESULTS", "DEMO-RESULTS", "PRETRAINED-RESULTS")
+SECTIONS = ("SDPO-RESULTS", "SERVING-RESULTS", "FAIRNESS-RESULTS", "DEMO-RESULTS", "PRETRAINED-RESULTS",
+            "SCALE-RESULTS")
 
 
 def fmt(entry: dict | None, digits: int = 3) -> str:
@@ -297,6 +299,68 @@ def speed_table(s: dict) -> list[str]:
     return lines
 
 
+def scale_section(r: dict) -> str:
+    """bench/scale.py (issue 21): 1 vs 2 processes of this CPU, each part side by side in one invocation."""
+    m = r.get("machine", {})
+    lines = [f"Measured with `bench/scale.py` on {m.get('cpu', '?')} ({m.get('cores', '?')} cores, no GPU; torch "
+             f"{m.get('torch', '?')}); every row compares one process with all the cores' threads against two "
+             "processes with one thread each (Lightning's launcher, DDP over gloo), on the same inputs in one "
+             "invocation. On 2 cores, 2 processes cannot beat 1 process with 2 threads by much: the point is one "
+             "code path on N devices, giving the same answers.", ""]
+    sft = r.get("sft", {})
+    if sft:
+        lines += ["| SFT throughput (`train-llm`, steady state) | samples | effective batch (per process) | "
+                  "1 process x 2 threads | 2 processes x 1 thread | 2 / 1 | load | command, date |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for label, s in sft.items():
+            runs = s.get("runs", {})
+            load = " / ".join(load_text(runs.get(n, {}).get("load_average")) for n in ("one_process", "two_process"))
+            lines.append(f"| {label}: {s['backbone']} | {s['samples']} | {s['effective_batch_size']} "
+                         f"({s['per_process_batch']['one_process']} / {s['per_process_batch']['two_process']}) | "
+                         f"{s['one_process_samples_per_s']:.2f} samples/s | {s['two_process_samples_per_s']:.2f} "
+                         f"samples/s | **{s['speedup']:.2f}x** | {load} | `{s.get('command', r.get('command'))}`, "
+                         f"{s.get('date', r.get('date'))} |")
+        lines.append("")
+    v = r.get("valid_hr@1")
+    if v:
+        pairs = ", ".join(f"seed {seed}: {a:.3f} / {b:.3f}" for seed, a, b in
+                          zip(v["seeds"], v["one_process"], v["two_process"]))
+        lines += [f"**Valid `hr@1`, 1 vs 2 processes at the same effective batch ({v['effective_batch_size']}) and "
+                  f"samples** ({v['backbone']}, {v['samples']} training samples, one epoch, {v['valid_samples']} "
+                  f"valid samples): mean {v['mean_one_process']:.3f} vs {v['mean_two_process']:.3f}, difference "
+                  f"**{v['mean_abs_diff']:.3f}** ({'within' if v['within_0.01'] else 'NOT within'} the 0.01 target); "
+                  f"per seed (1 / 2 processes) {pairs}. The runs differ only in the order the samples are dealt "
+                  f"(RandomSampler vs DistributedSampler). `{v.get('command', r.get('command'))}`, "
+                  f"{v.get('date', r.get('date'))}.", ""]
+    predict = r.get("predict_all", {})
+    if predict:
+        lines += ["| `predict --all-users --split all`, k 10 | users | 1 process: s (users/s) | 2 processes: s "
+                  "(users/s) | 2 / 1 | peak MiB per process (1 / 2 processes) | identical | one history (s) | "
+                  "command, date |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for label, p in predict.items():
+            peak = p["peak_mb_per_process"]
+            mb = lambda xs: "+".join(f"{x:.0f}" for x in xs if x is not None)  # noqa: E731
+            same = "yes, bit for bit" if p.get("bitwise_identical") else (
+                f"yes (scores within {p['max_score_abs_diff']:.0e})" if p["identical"] else "NO")
+            lines.append(f"| {label} (`{Path(p['checkpoint']).name}`) | {p['users']} | {p['seconds_one_process']:.0f} "
+                         f"({p['users_per_s']['one_process']:.2f}) | {p['seconds_two_process']:.0f} "
+                         f"({p['users_per_s']['two_process']:.2f}) | "
+                         f"{p['seconds_one_process'] / p['seconds_two_process']:.2f}x | {mb(peak['one_process'])} / "
+                         f"{mb(peak['two_process'])} | {same} | {p['one_history_seconds']:.1f} | "
+                         f"`{p.get('command', r.get('command'))}`, {p.get('date', r.get('date'))} |")
+        lines += ["", "Times are whole commands (start, model load, prediction, merge). The two-process run's "
+                  "memory is that of the command's process and Lightning's child, each holding the model.", ""]
+    e = r.get("eval")
+    if e:
+        lines += [f"**Sharded evaluation** (`llmrec evaluate`, {e['samples']} test samples, seed {e['seed']}, "
+                  f"`{Path(e['checkpoint']).name}`): 1 process {e['seconds']['one_process']:.0f} s, 2 processes "
+                  f"{e['seconds']['two_process']:.0f} s; metrics.json equal without its timing keys: "
+                  f"{'yes' if e['metrics_equal_without_timing'] else 'NO'}; scores.parquet rows equal: "
+                  f"{'yes' if e['scores_rows_equal'] else 'NO'}, largest score difference "
+                  f"{e['max_score_abs_diff']:.1e} (`eval_identical`: {str(r.get('eval_identical')).lower()}).", ""]
+    return "\n".join(lines)
+
+
 def replace(text: str, name: str, body: str) -> str:
     start, end = f"<!-- {name}:START -->", f"<!-- {name}:END -->"
     if start not in text:
@@ -311,7 +375,8 @@ def render(text: str) -> str:
                                 ("SERVING-RESULTS", "serving.json", serving_section),
                                 ("FAIRNESS-RESULTS", "fairness.json", fairness_section),
                                 ("DEMO-RESULTS", "demo.json", demo_section),
-                                ("PRETRAINED-RESULTS", "pretrained.json", pretrained_section)):
+                                ("PRETRAINED-RESULTS", "pretrained.json", pretrained_section),
+                                ("SCALE-RESULTS", "scale.json", scale_section)):
         path = RESULTS / file
         if path.is_file() and f"<!-- {name}:START -->" in text:
             text = replace(text, name, section(json.loads(path.read_text())))

@@ -86,6 +86,25 @@ def test_a_copy_of_the_dataset_answers_for_its_first_users_only(scale, tmp_path)
         assert part.catalog_fingerprint() == full.catalog_fingerprint()  # the checkpoint accepts it
 
 
+def test_each_section_keeps_the_command_that_measured_it(scale, tmp_path):
+    """A results file filled by several invocations: sections written before this run (and lacking their own
+    command) take the file's previous top-level command; this run's sections carry its own."""
+    path = tmp_path / "scale.json"
+    path.write_text(json.dumps({"sft": {"tiny": {"speedup": 0.9}}, "eval": {"identical": True},
+                                "eval_identical": True, "machine": {"cores": 2}, "date": "2026-12-01",
+                                "command": "python bench/scale.py all --write"}))
+    scale.Results(path, "python bench/scale.py sft --backbone smollm2-135m --write").put(
+        "sft", {"speedup": 1.1}, "pretrained")
+    got = json.loads(path.read_text())
+    assert got["sft"]["tiny"] == {"speedup": 0.9, "command": "python bench/scale.py all --write",
+                                  "date": "2026-12-01"}
+    assert got["sft"]["pretrained"]["command"] == "python bench/scale.py sft --backbone smollm2-135m --write"
+    assert got["sft"]["pretrained"]["speedup"] == 1.1
+    assert got["eval"] == {"identical": True, "command": "python bench/scale.py all --write", "date": "2026-12-01"}
+    assert got["eval_identical"] is True and "command" not in got["machine"]
+    assert got["command"] == "python bench/scale.py sft --backbone smollm2-135m --write"
+
+
 def test_smoke_results_are_never_written(scale):
     with pytest.raises(SystemExit):
         scale.parse_args(["all", "--smoke", "--write"])
