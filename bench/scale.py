@@ -377,10 +377,18 @@ def predict_section(ckpt: Path, label: str, users: int | None, args: argparse.Na
             "peak_mb_per_process": {n: r["peak_mb"] for n, r in runs.items()},
             "load_average": {n: r["load_average"] for n, r in runs.items()},
             "one_history_seconds": single["seconds"], "split": args.split, "k": 10, "checkpoint": str(ckpt),
+            "part_size": args.part_size, "users_per_rank_two_process": users_per_rank(answered, args.part_size, 2),
             "threads": {"one_process": os.cpu_count() or 1, "two_process": "1 each (their share of the cores)"},
             "how": "wall time of the whole command (start, load, predict, merge); peak_mb_per_process: VmHWM of "
                    "the command's process, then the processes it started (Lightning's child)"
                    + (f"; the first {n_users} users of the split only (a copy of the dataset: --pretrained-users, --smoke)" if n_users else "")}
+
+
+def users_per_rank(users: int, part_size: int, processes: int) -> list[int]:
+    """How many users each rank predicts for: parts of `part_size` users, part p to rank p mod `processes` (the
+    slowest rank, holding the most, sets the wall time)."""
+    sizes = [min(part_size, users - start) for start in range(0, users, part_size)]
+    return [sum(sizes[rank::processes]) for rank in range(processes)]
 
 
 # ------------------------------------------------------------------------------------------------ eval

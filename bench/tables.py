@@ -299,6 +299,11 @@ def speed_table(s: dict) -> list[str]:
     return lines
 
 
+def megabytes(peaks: list[float | None]) -> str:
+    """`8532+8844`: the peak resident MiB of each process of a run (the command's, then those it started)."""
+    return "+".join(f"{x:.0f}" for x in peaks if x is not None)
+
+
 def scale_section(r: dict) -> str:
     """bench/scale.py (issue 21): 1 vs 2 processes of this CPU, each part side by side in one invocation."""
     m = r.get("machine", {})
@@ -310,15 +315,16 @@ def scale_section(r: dict) -> str:
     sft = r.get("sft", {})
     if sft:
         lines += ["| SFT throughput (`train-llm`, steady state) | samples | effective batch (per process) | "
-                  "1 process x 2 threads | 2 processes x 1 thread | 2 / 1 | load | command, date |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "1 process x 2 threads | 2 processes x 1 thread | 2 / 1 | peak MiB per process (1 / 2 processes) "
+                  "| load | command, date |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for label, s in sft.items():
             runs = s.get("runs", {})
             load = " / ".join(load_text(runs.get(n, {}).get("load_average")) for n in ("one_process", "two_process"))
             lines.append(f"| {label}: {s['backbone']} | {s['samples']} | {s['effective_batch_size']} "
                          f"({s['per_process_batch']['one_process']} / {s['per_process_batch']['two_process']}) | "
                          f"{s['one_process_samples_per_s']:.2f} samples/s | {s['two_process_samples_per_s']:.2f} "
-                         f"samples/s | **{s['speedup']:.2f}x** | {load} | `{s.get('command', r.get('command'))}`, "
+                         f"samples/s | **{s['speedup']:.2f}x** | {megabytes(runs['one_process']['peak_mb'])} / "
+                         f"{megabytes(runs['two_process']['peak_mb'])} | {load} | `{s.get('command', r.get('command'))}`, "
                          f"{s.get('date', r.get('date'))} |")
         lines.append("")
     v = r.get("valid_hr@1")
@@ -334,19 +340,22 @@ def scale_section(r: dict) -> str:
                   f"{v.get('date', r.get('date'))}.", ""]
     predict = r.get("predict_all", {})
     if predict:
-        lines += ["| `predict --all-users --split all`, k 10 | users | 1 process: s (users/s) | 2 processes: s "
-                  "(users/s) | 2 / 1 | peak MiB per process (1 / 2 processes) | identical | one history (s) | "
-                  "command, date |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["| `predict --all-users --split all`, k 10 | users | part size: users per rank (2 processes) | "
+                  "1 process: s (users/s) | 2 processes: s (users/s) | 2 / 1 | peak MiB per process (1 / 2 "
+                  "processes) | identical | one history (s) | command, date |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for label, p in predict.items():
             peak = p["peak_mb_per_process"]
-            mb = lambda xs: "+".join(f"{x:.0f}" for x in xs if x is not None)  # noqa: E731
             same = "yes, bit for bit" if p.get("bitwise_identical") else (
                 f"yes (scores within {p['max_score_abs_diff']:.0e})" if p["identical"] else "NO")
-            lines.append(f"| {label} (`{Path(p['checkpoint']).name}`) | {p['users']} | {p['seconds_one_process']:.0f} "
+            split = (f"{p['part_size']}: {' / '.join(str(n) for n in p['users_per_rank_two_process'])}"
+                     if "part_size" in p else "not recorded")
+            lines.append(f"| {label} (`{Path(p['checkpoint']).name}`) | {p['users']} | {split} | "
+                         f"{p['seconds_one_process']:.0f} "
                          f"({p['users_per_s']['one_process']:.2f}) | {p['seconds_two_process']:.0f} "
                          f"({p['users_per_s']['two_process']:.2f}) | "
-                         f"{p['seconds_one_process'] / p['seconds_two_process']:.2f}x | {mb(peak['one_process'])} / "
-                         f"{mb(peak['two_process'])} | {same} | {p['one_history_seconds']:.1f} | "
+                         f"{p['seconds_one_process'] / p['seconds_two_process']:.2f}x | {megabytes(peak['one_process'])} / "
+                         f"{megabytes(peak['two_process'])} | {same} | {p['one_history_seconds']:.1f} | "
                          f"`{p.get('command', r.get('command'))}`, {p.get('date', r.get('date'))} |")
         lines += ["", "Times are whole commands (start, model load, prediction, merge). The two-process run's "
                   "memory is that of the command's process and Lightning's child, each holding the model.", ""]

@@ -105,6 +105,13 @@ def test_each_section_keeps_the_command_that_measured_it(scale, tmp_path):
     assert got["command"] == "python bench/scale.py sft --backbone smollm2-135m --write"
 
 
+def test_users_are_dealt_to_ranks_by_whole_parts(scale):
+    assert scale.users_per_rank(200, 64, 2) == [128, 72]  # parts 64, 64, 64, 8: rank 0 takes parts 0 and 2
+    assert scale.users_per_rank(200, 25, 2) == [100, 100]
+    assert scale.users_per_rank(943, 256, 2) == [512, 431]
+    assert scale.users_per_rank(10, 64, 2) == [10, 0]  # one part: the second rank idles
+
+
 def test_smoke_results_are_never_written(scale):
     with pytest.raises(SystemExit):
         scale.parse_args(["all", "--smoke", "--write"])
