@@ -43,9 +43,9 @@ left out; the catalog is unchanged, so the checkpoint accepts it. `seconds_*` ar
 0.1 s while it runs (VmHWM only grows: the last reading is the peak up to 0.1 s before the process ended).
 `identical`: the two tables have the same rows in the same order and scores within 1e-6 (as the tests require;
 the thread counts differ, so float sums may round differently); `bitwise_identical` says whether they are equal
-exactly. Parts of `--part-size` users (default 64: 15 parts for 943 users, 4 for 200): `predict --all-users
---devices 2` fails (an assertion in Lightning's unrepeated sampler on the rank left without a part) when there
-are fewer parts to compute than processes, so the part size is kept small enough for every process to get one.
+exactly. Parts of `--part-size` users (default 64: 15 parts for 943 users, 4 for 200), small enough for every
+process to get some (a rank left without a part only waits for the others). Parts are dealt whole (part p to rank p mod N), so the wall time is that of the rank with the most users
+(`users_per_rank_two_process`): 200 users in parts of 64 give ranks 128 and 72 users; parts of 25 give 100 each.
 
 eval (`eval_identical`, `eval`): `llmrec evaluate` of the tiny checkpoint on `--eval-samples` seeded test
 samples (seed 42, the demo's), 1 process vs `--devices 2`: metrics.json equal except its timing keys (`seconds`,
