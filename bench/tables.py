@@ -110,6 +110,11 @@ def serving_section(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rate(per_second: float) -> str:
+    """Requests/s to 3 significant figures at most: `56.5`, `0.277`."""
+    return f"{per_second:.1f}" if per_second >= 10 else f"{per_second:.3g}"
+
+
 def load_text(load: dict | None) -> str:
     """`1.2 -> 1.4`: the 1-minute load average at the start and the end of a measurement."""
     if not load:
@@ -130,8 +135,8 @@ def batching_table(batching: dict) -> list[str]:
     for label, b in batching.items():
         m = b.get("machine", {})
         lines.append(f"| {label} (`{Path(b.get('checkpoint', '?')).name}`) | {b['requests']} | {b['concurrency']} | "
-                     f"{b['rps_batched']:.1f} ({b['threads_batched']}) | {b['rps_batch1']:.1f} ({b['threads_batch1']}) "
-                     f"| **{b['speedup']:.2f}x** | {b['rps_lone_batched']:.1f} / {b['rps_lone_batch1']:.1f} | "
+                     f"{rate(b['rps_batched'])} ({b['threads_batched']}) | {rate(b['rps_batch1'])} ({b['threads_batch1']}) "
+                     f"| **{b['speedup']:.2f}x** | {rate(b['rps_lone_batched'])} / {rate(b['rps_lone_batch1'])} | "
                      f"{b['lone_client_ratio']:.3f} | {b['errors']} / {b['mismatches']} | "
                      f"{load_text(b.get('load_average'))} | {b.get('date', '?')}, {m.get('cpu', '?')} "
                      f"{m.get('cores', '?')} cores |")
@@ -151,8 +156,8 @@ def models_table(models: dict) -> list[str]:
         c1, cn = lat["c1"], lat[f"c{s['concurrency'][-1]}"]
         base = f" + base {disk['base_weights_mb']:.0f}" if "base_weights_mb" in disk else ""
         lines.append(f"| {label} ({s['requests']} requests) | {cold['to_health']:.1f}, {cold['to_first_answer']:.1f} | "
-                     f"{c1['p50_ms']:.0f} / {c1['p99_ms']:.0f} | {c1['rps']:.1f} | {cn['p50_ms']:.0f} / "
-                     f"{cn['p99_ms']:.0f} | {cn['rps']:.1f} | {mem['after_start_mb']:.0f} / "
+                     f"{c1['p50_ms']:.0f} / {c1['p99_ms']:.0f} | {rate(c1['rps'])} | {cn['p50_ms']:.0f} / "
+                     f"{cn['p99_ms']:.0f} | {rate(cn['rps'])} | {mem['after_start_mb']:.0f} / "
                      f"{mem['after_first_answer_mb']:.0f} / {mem['peak_mb']:.0f} | {disk['folder_mb']:.1f} / "
                      f"{disk['weights_mb']:.1f}{base} | {s['errors']} / {s['mismatches']} | "
                      f"{load_text(s.get('load_average'))} |")
@@ -161,7 +166,7 @@ def models_table(models: dict) -> list[str]:
     for label, s in models.items():
         q = s["int8"]
         a = q["agreement"]
-        lines.append(f"| {label} ({q['agreement_samples']} histories) | {q['rps_c1']:.1f} (x{q['rps_ratio']:.2f}) | "
+        lines.append(f"| {label} ({q['agreement_samples']} histories) | {rate(q['rps_c1'])} (x{q['rps_ratio']:.2f}) | "
                      f"{a['lone']['top1_agreement']:.3f} / {a['batched']['top1_agreement']:.3f} | "
                      f"{a['lone']['topk_overlap']:.3f} / {a['batched']['topk_overlap']:.3f} | "
                      f"{max(a['lone']['max_score_diff'], a['batched']['max_score_diff']):.3f} | "
