@@ -26,3 +26,10 @@ def update_results(path: Path, section: str, value: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(current, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def with_earlier_runs(value: dict, earlier: dict) -> dict:
+    """`value` keeping the measurement it replaces, and that one's own earlier runs, under `earlier_runs` (latest
+    first): a rerun is quoted beside the first run rather than overwriting it (these CPUs are noisy)."""
+    previous = {k: v for k, v in earlier.items() if k != "earlier_runs"}
+    return {**value, "earlier_runs": [previous, *earlier.get("earlier_runs", [])]}

@@ -52,7 +52,9 @@ samples (seed 42, the demo's), 1 process vs `--devices 2`: metrics.json equal ex
 `users_per_second`) and scores.parquet equal (scores within 1e-6).
 
 Results: `bench/results/scale.json`; each part is written as soon as it is measured (a stop loses nothing before
-it), with the load average (1/5/15 min) before and after each run, the machine, date and command. `--smoke`
+it), with the load average (1/5/15 min) before and after each run, the machine, date and command. Rerunning
+`sft` or `predict` keeps the entry it replaces (and that one's own) under `<section>.<label>.earlier_runs`, latest
+first, so that a rerun is quoted beside the first measurement. `--smoke`
 runs every part at toy scale (tiny shapes, a few dozen samples and users) to check the script: never written.
 """
 
@@ -69,7 +71,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from machine import cpu_name, update_results  # bench/machine.py (scripts run from bench/)
+from machine import cpu_name, update_results, with_earlier_runs  # bench/machine.py (scripts run from bench/)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -452,6 +454,8 @@ class Results:
             self.stamp_earlier_sections()
         if label is not None:  # `<key>.<label>`, keeping the other labels already in the file
             current = json.loads(self.path.read_text()).get(key, {}) if self.path and self.path.is_file() else {}
+            if isinstance(value, dict) and isinstance(current.get(label), dict):
+                value = with_earlier_runs(value, current[label])
             value = {**current, **self.sections.get(key, {}), label: value}
         self.sections[key] = value
         print(json.dumps({key: value}, indent=2), flush=True)

@@ -70,6 +70,14 @@ checkpoint's facts) measured in one invocation, every server a real `llmrec serv
   say which part failed. int8 under concurrent load is not measured: its answers could not be checked.
 Every part records its load average before and after (`parts`, and each run), the threads of the server and of
 this process, with machine, date and command; the other sections of the results file are kept.
+
+merge (issue 20; `merge.<label>`): what merging a LoRA checkpoint's adapters at load saves (`Recommender.
+from_pretrained` merges them; `merge_adapters=False` keeps them as peft layers, as serving did before). Both
+are loaded in this one process and answer the same `--requests` test histories (default 48), directly (no
+HTTP): in batches of `--batch-size` and, for the first `--probe-requests` of them, one at a time. Each batch (or
+lone request) is run by both back to back, which one goes first alternating, so that drift in the machine's
+speed hits both alike. `speedup` = unmerged seconds / merged seconds; `agreement` compares the two rankings in
+full (k = the retrieval depth), as for int8.
 """
 
 from __future__ import annotations
@@ -91,7 +99,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from machine import cpu_name, update_results  # bench/machine.py (scripts run from bench/)
+from machine import cpu_name, update_results, with_earlier_runs  # bench/machine.py (scripts run from bench/)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -104,7 +112,7 @@ SCORE_TOLERANCE = 1e-3
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", choices=["full-catalog", "load", "all", "batching", "models", "memory"])
+    parser.add_argument("mode", choices=["full-catalog", "load", "all", "batching", "models", "memory", "merge"])
     parser.add_argument("--ckpt", type=Path, action="append", default=None,
                         help=f"LLM checkpoint folder to serve (default: {DEFAULT_CKPT.relative_to(ROOT)}); models: "
                              f"repeat it, one section per checkpoint")
@@ -124,7 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                                    "run at --thread-choices)")
     parser.add_argument("--thread-choices", type=int, nargs="+", default=None,
                         help="batching: torch thread counts probed for each server (default: 1 up to the cores)")
-    parser.add_argument("--probe-requests", type=int, default=96, help="batching: requests per thread probe")
+    parser.add_argument("--probe-requests", type=int, default=96, help="batching: requests per thread probe; merge: "
+                                                                         "the first this many are also ranked alone")
     parser.add_argument("--label", default=None, help="batching, models (one --ckpt): key under `batching` / "
                                                       "`models` (default: tiny or pretrained, from the "
                                                       "checkpoint's facts)")
@@ -140,7 +149,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--label names one checkpoint's section; with several --ckpt each gets tiny or pretrained")
     args.ckpt = args.ckpts[0]
     if args.requests is None and args.mode != "models":
-        args.requests = 500
+        args.requests = MERGE_REQUESTS if args.mode == "merge" else 500
     if args.smoke:
         args.max_users, args.requests, args.concurrency = min(args.max_users or 20, 20), 24, 4
         args.probe_requests, args.agreement_samples = 8, 8
@@ -460,6 +469,7 @@ def batching_label(ckpt: Path) -> str:
 # ------------------------------------------------------------------------------------------------ models
 MIB = 1 << 20
 MODEL_REQUESTS = {"tiny": 1000, "pretrained": 100}  # per concurrency level (see the module docstring)
+MERGE_REQUESTS = 48  # merge: histories ranked by both (a pretrained model takes about 2 s each here)
 AGREEMENT_K = 10  # the served k: agreement compares the top 10 (and every score of the LLM's whole ranking)
 INT8_MIN_TOP1, INT8_MIN_TOPK, INT8_MIN_SPEEDUP = 0.99, 0.98, 1.1
 KEEP_RULE = (f"keep --quantize int8 iff, against float32 on the same histories (one request at a time and in "
@@ -752,6 +762,39 @@ def models(args: argparse.Namespace, data, ckpt: Path, label: str) -> dict[str, 
             "parts": parts, "load_average": {"start": start_load, "end": load_average()}}
 
 
+def merge(args: argparse.Namespace, data) -> dict[str, Any]:
+    """The `merge.<label>` section (see the module docstring)."""
+    from llmrec.serving.recommender import Recommender
+
+    start_load = load_average()
+    merged = Recommender.from_pretrained(args.ckpt, device="cpu")
+    if merged.facts.finetune != "lora":
+        raise SystemExit(f"--ckpt {args.ckpt}: a {merged.facts.finetune} fine-tuned checkpoint has no adapters to "
+                         f"merge; give a LoRA one")
+    unmerged = Recommender.from_pretrained(args.ckpt, device="cpu", merge_adapters=False)
+    bodies = request_bodies(data, args.requests)
+    lone = bodies[:min(args.probe_requests, len(bodies))]
+    k = max(AGREEMENT_K, merged.retrieve_n)
+    for rec in (merged, unmerged):  # warm-up: first-call allocations
+        rec.recommend(bodies[0]["history"], k=k)
+    recs = {"merged": merged, "unmerged": unmerged}
+    seconds = {"batched": {"merged": 0.0, "unmerged": 0.0}, "lone": {"merged": 0.0, "unmerged": 0.0}}
+    answers: dict[str, dict[str, list]] = {part: {"merged": [], "unmerged": []} for part in seconds}
+    chunks = [("batched", bodies[i:i + args.batch_size]) for i in range(0, len(bodies), args.batch_size)]
+    chunks += [("lone", [body]) for body in lone]
+    for n, (part, chunk) in enumerate(chunks):
+        for name in (("merged", "unmerged") if n % 2 == 0 else ("unmerged", "merged")):
+            started = time.perf_counter()
+            answers[part][name] += recs[name].recommend_many([b["history"] for b in chunk], k=k)
+            seconds[part][name] += time.perf_counter() - started
+    figures = {part: {"requests": len(answers[part]["merged"]), "seconds_merged": s["merged"],
+                      "seconds_unmerged": s["unmerged"], "speedup": s["unmerged"] / s["merged"],
+                      "agreement": agreement(answers[part]["unmerged"], answers[part]["merged"], k)}
+               for part, s in seconds.items()}
+    return {"k": k, "batch_size": args.batch_size, "threads": _torch_threads(), **figures,
+            "load_average": {"start": start_load, "end": load_average()}}
+
+
 def _torch_threads() -> int:
     import torch
 
@@ -771,8 +814,11 @@ def memory_summary(label: str, section: dict[str, Any]) -> str:
 
 
 def write_labelled(path: Path, key: str, label: str, section: dict[str, Any]) -> None:
-    """Set `<key>.<label>` of the results file, keeping the other labels and sections."""
+    """Set `<key>.<label>` of the results file, keeping the other labels and sections, and the measurement it
+    replaces under `earlier_runs`."""
     current = json.loads(path.read_text()).get(key, {}) if path.is_file() else {}
+    if isinstance(current.get(label), dict):
+        section = with_earlier_runs(section, current[label])
     update_results(path, key, {**current, label: section})
 
 
@@ -799,6 +845,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.write:
             write_batching(args.results, label, section)
             print(f"wrote batching.{label} into {args.results}")
+        return 0
+    if args.mode == "merge":
+        label = args.label or batching_label(args.ckpt)
+        section = {**merge(args, data), "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+                   "command": command, "checkpoint": str(args.ckpt), "data": str(args.data)}
+        print(json.dumps({"merge": {label: section}}, indent=2), flush=True)
+        if args.write:
+            write_labelled(args.results, "merge", label, section)
+            print(f"wrote merge.{label} into {args.results}", flush=True)
         return 0
     if args.mode == "models":
         labels = [args.label or batching_label(ckpt) for ckpt in args.ckpts]

@@ -107,7 +107,30 @@ def serving_section(r: dict) -> str:
         lines += ["", *batching_table(r["batching"])]
     if r.get("models"):
         lines += ["", *models_table(r["models"])]
+    if r.get("merge"):
+        lines += ["", *merge_table(r["merge"])]
     return "\n".join(lines) + "\n"
+
+
+def merge_table(merge: dict) -> list[str]:
+    """`merge.<label>` of bench/serving.py: a LoRA checkpoint loaded with its adapters merged (as served) vs kept as
+    peft layers, both in one process on the same histories, run back to back."""
+    lines = ["**LoRA merged at load** (`bench/serving.py merge`: the same LoRA checkpoint loaded twice in one process, "
+             "adapters merged into the base weights as `Recommender.from_pretrained` now does, and kept as peft "
+             "layers as before; direct calls on the same test histories, each batch run by both back to back, "
+             "alternating which goes first):", "",
+             "| model | calls | requests | s a request, merged / unmerged | speedup | top-1 agreement | rankings changed "
+             "| max score difference | threads | load | date |", "| --- | --- | --- | --- | --- | --- | --- | --- | "
+             "--- | --- | --- |"]
+    for label, m in merge.items():
+        for part, calls in (("batched", f"batches of {m['batch_size']}"), ("lone", "one at a time")):
+            f, a = m[part], m[part]["agreement"]
+            lines.append(f"| {label} (`{Path(m.get('checkpoint', '?')).name}`) | {calls} | {f['requests']} | "
+                         f"{f['seconds_merged'] / f['requests']:.2f} / {f['seconds_unmerged'] / f['requests']:.2f} | "
+                         f"**{f['speedup']:.2f}x** | {a['top1_agreement']:.3f} | {a['rankings_changed']} | "
+                         f"{a['max_score_diff']:.1e} | {m['threads']} | {load_text(m.get('load_average'))} | "
+                         f"{m.get('date', '?')} |")
+    return lines
 
 
 def rate(per_second: float) -> str:
@@ -309,6 +332,22 @@ def megabytes(peaks: list[float | None]) -> str:
     return "+".join(f"{x:.0f}" for x in peaks if x is not None)
 
 
+def ratio_cell(entry: dict, ratio) -> str:
+    """`entry`'s ratio in bold, with its `note`, then its earlier runs (`earlier_runs`, latest first), each with
+    its date and note: `**1.00x** (earlier: 1.04x on 2026-12-07)`."""
+    def said(run: dict) -> str:
+        return f"{ratio(run):.2f}x on {run.get('date', '?')}" + (f", {run['note']}" if run.get("note") else "")
+
+    cell = f"**{ratio(entry):.2f}x**" + (f" ({entry['note']})" if entry.get("note") else "")
+    runs = entry.get("earlier_runs", [])
+    return cell + (" (earlier: " + "; ".join(said(run) for run in runs) + ")" if runs else "")
+
+
+def predict_ratio(p: dict) -> float:
+    """One process's seconds / two processes' seconds of a `predict_all` entry."""
+    return p["seconds_one_process"] / p["seconds_two_process"]
+
+
 def scale_section(r: dict) -> str:
     """bench/scale.py (issue 21): 1 vs 2 processes of this CPU, each part side by side in one invocation."""
     m = r.get("machine", {})
@@ -328,7 +367,8 @@ def scale_section(r: dict) -> str:
             lines.append(f"| {label}: {s['backbone']} | {s['samples']} | {s['effective_batch_size']} "
                          f"({s['per_process_batch']['one_process']} / {s['per_process_batch']['two_process']}) | "
                          f"{s['one_process_samples_per_s']:.2f} samples/s | {s['two_process_samples_per_s']:.2f} "
-                         f"samples/s | **{s['speedup']:.2f}x** | {megabytes(runs['one_process']['peak_mb'])} / "
+                         f"samples/s | {ratio_cell(s, lambda e: e['speedup'])} | "
+                         f"{megabytes(runs['one_process']['peak_mb'])} / "
                          f"{megabytes(runs['two_process']['peak_mb'])} | {load} | `{s.get('command', r.get('command'))}`, "
                          f"{s.get('date', r.get('date'))} |")
         lines.append("")
@@ -359,7 +399,7 @@ def scale_section(r: dict) -> str:
                          f"{p['seconds_one_process']:.0f} "
                          f"({p['users_per_s']['one_process']:.2f}) | {p['seconds_two_process']:.0f} "
                          f"({p['users_per_s']['two_process']:.2f}) | "
-                         f"{p['seconds_one_process'] / p['seconds_two_process']:.2f}x | {megabytes(peak['one_process'])} / "
+                         f"{ratio_cell(p, predict_ratio)} | {megabytes(peak['one_process'])} / "
                          f"{megabytes(peak['two_process'])} | {same} | {p['one_history_seconds']:.1f} | "
                          f"`{p.get('command', r.get('command'))}`, {p.get('date', r.get('date'))} |")
         lines += ["", "Times are whole commands (start, model load, prediction, merge). The two-process run's "

@@ -74,6 +74,20 @@ def sft_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def lora_ckpt(sft_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA tiny hybrid checkpoint (one step) on the session's data and encoder: it carries its tiny base
+    (`base/`), the adapter and the slot tokens' embedding rows. Built once per session; read-only."""
+    from llmrec.commands.cli import main
+
+    out = tmp_path_factory.mktemp("lora")
+    with one_thread():
+        assert main(["train-llm", "--data", str(sft_run / "data"), "--encoder", str(sft_run / "enc"), "--out",
+                     str(out / "ckpt"), "--cache-dir", str(out / "cache"), "--finetune", "lora", *flags(TINY_LLAMA),
+                     *flags(ONE_STEP), "--no-progress-bar"]) == 0
+    return out / "ckpt"
+
+
 @pytest.fixture(scope="module")
 def ckpt(sft_run: Path) -> Path:
     """The session's tiny SFT checkpoint, as the serving tests load it."""

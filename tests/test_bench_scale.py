@@ -105,6 +105,23 @@ def test_each_section_keeps_the_command_that_measured_it(scale, tmp_path):
     assert got["command"] == "python bench/scale.py sft --backbone smollm2-135m --write"
 
 
+def test_a_rerun_keeps_the_runs_it_replaces(scale, tmp_path):
+    """Rerunning a labelled part quotes the new figures beside the earlier ones, latest first."""
+    path = tmp_path / "scale.json"
+    path.write_text(json.dumps({"sft": {"tiny": {"speedup": 1.04}, "pretrained": {"speedup": 1.28}},
+                                "date": "2026-12-06", "command": "python bench/scale.py sft --write"}))
+    results = scale.Results(path, "python bench/scale.py sft --write")
+    results.put("sft", {"speedup": 0.98}, "tiny")
+    results.put("sft", {"speedup": 1.01}, "tiny")
+    got = json.loads(path.read_text())["sft"]
+    assert got["tiny"]["speedup"] == 1.01
+    assert [run["speedup"] for run in got["tiny"]["earlier_runs"]] == [0.98, 1.04]
+    assert got["tiny"]["earlier_runs"][1]["date"] == "2026-12-06"  # the first run keeps its own stamp
+    assert "earlier_runs" not in got["tiny"]["earlier_runs"][0]
+    assert got["pretrained"] == {"speedup": 1.28, "command": "python bench/scale.py sft --write",
+                                 "date": "2026-12-06"}
+
+
 def test_users_are_dealt_to_ranks_by_whole_parts(scale):
     assert scale.users_per_rank(200, 64, 2) == [128, 72]  # parts 64, 64, 64, 8: rank 0 takes parts 0 and 2
     assert scale.users_per_rank(200, 25, 2) == [100, 100]

@@ -304,6 +304,42 @@ def test_serving_bench_sizes_a_checkpoint_on_disk(tmp_path):
     assert "base_weights_mb" not in bench.disk_sizes(ckpt, None)
 
 
+def test_serving_bench_merge_compares_merged_and_unmerged_adapters(lora_ckpt, ckpt, sft_run):
+    """`bench/serving.py merge` on the session's tiny LoRA checkpoint: both loads answer every history, in
+    batches and alone, with the same rankings (merging changes float rounding only); a fully fine-tuned
+    checkpoint has nothing to merge and is refused."""
+    from tiny import one_thread
+
+    from llmrec.data.dataset import ProcessedDataset
+
+    bench = _serving_bench()
+    data = ProcessedDataset.load(sft_run / "data")
+    args = bench.parse_args(["merge", "--ckpt", str(lora_ckpt), "--requests", "6", "--batch-size", "4",
+                             "--probe-requests", "2"])
+    with one_thread():
+        got = bench.merge(args, data)
+    assert got["batched"]["requests"] == 6 and got["lone"]["requests"] == 2
+    for part in ("batched", "lone"):
+        figures = got[part]
+        assert figures["seconds_merged"] > 0 and figures["seconds_unmerged"] > 0
+        assert figures["speedup"] == figures["seconds_unmerged"] / figures["seconds_merged"]
+        assert figures["agreement"]["top1_agreement"] == 1.0 and figures["agreement"]["rankings_changed"] == 0
+        assert figures["agreement"]["max_score_diff"] < 1e-3
+    with pytest.raises(SystemExit, match="no adapters to merge"):
+        bench.merge(bench.parse_args(["merge", "--ckpt", str(ckpt), "--requests", "2"]), data)
+
+
+def test_serving_bench_rerun_keeps_the_section_it_replaces(tmp_path):
+    bench = _serving_bench()
+    path = tmp_path / "serving.json"
+    bench.write_labelled(path, "models", "tiny", {"rps": 26.0})
+    bench.write_labelled(path, "models", "pretrained", {"rps": 0.28})
+    bench.write_labelled(path, "models", "pretrained", {"rps": 0.35})
+    got = json.loads(path.read_text())["models"]
+    assert got["tiny"] == {"rps": 26.0}  # the other label untouched
+    assert got["pretrained"] == {"rps": 0.35, "earlier_runs": [{"rps": 0.28}]}
+
+
 def test_serving_bench_takes_several_checkpoints_only_for_models():
     bench = _serving_bench()
     args = bench.parse_args(["models", "--ckpt", "a", "--ckpt", "b"])

@@ -129,8 +129,17 @@ def test_save_then_load_gives_identical_scores(finetune, small_data, encoder, en
         assert "adapter_model.safetensors" in files and "model.safetensors" not in files
     loaded = load_recommender(tmp_path / "ckpt", small_data)
     assert loaded.model.get_output_embeddings().weight.shape[0] == facts.embedding_rows
-    torch.testing.assert_close(score_candidates(loaded, batch), expected)
-    torch.testing.assert_close(score_candidates(loaded, batch, hybrid=False), expected_text)
+    # LoRA: loaded for inference, the adapters and trained rows are merged into plain weights, which changes
+    # the scores by float32 rounding only (summed log-probs of a few tokens: within 1e-4) and no ranking
+    tolerance = {"rtol": 1e-5, "atol": 1e-4} if kind == "lora" else {}
+    assert not any("lora" in name or "token_adapter" in name for name, _ in loaded.model.named_modules())
+    torch.testing.assert_close(score_candidates(loaded, batch), expected, **tolerance)
+    torch.testing.assert_close(score_candidates(loaded, batch, hybrid=False), expected_text, **tolerance)
+    assert torch.equal(score_candidates(loaded, batch).argsort(dim=1), expected.argsort(dim=1))
+    if kind == "lora":  # kept as adapters to be trained further: the very same computation
+        unmerged = load_recommender(tmp_path / "ckpt", small_data, merge_adapters=False)
+        assert any("lora" in name for name, _ in unmerged.model.named_modules())
+        torch.testing.assert_close(score_candidates(unmerged, batch), expected)
 
 
 def test_the_score_rule_is_saved_restored_and_old_checkpoints_rank_by_the_sum(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from test_llm_support import save_hf_folder, tiny_dataset
-from tiny import ONE_STEP, SMALL_DATA, TINY_LLAMA, flags, one_thread
+from tiny import SMALL_DATA
 
 from llmrec.base.errors import CheckpointError
 from llmrec.base.weights import describe_mismatch, pickled_files, safetensors_shapes, tensor_mismatch
@@ -24,19 +24,7 @@ from llmrec.commands.cli import main
 from llmrec.llm import backbone
 from llmrec.serving.recommender import Recommender
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # `ckpt` (fully fine-tuned) comes from conftest.py
-
-
-@pytest.fixture(scope="module")
-def lora_ckpt(sft_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A LoRA tiny hybrid checkpoint (one step) on the session's data and encoder: it carries its tiny base
-    (`base/`), the adapter and the slot tokens' embedding rows."""
-    out = tmp_path_factory.mktemp("lora")
-    with one_thread():
-        assert main(["train-llm", "--data", str(sft_run / "data"), "--encoder", str(sft_run / "enc"), "--out",
-                     str(out / "ckpt"), "--cache-dir", str(out / "cache"), "--finetune", "lora", *flags(TINY_LLAMA),
-                     *flags(ONE_STEP), "--no-progress-bar"]) == 0
-    return out / "ckpt"
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # `ckpt` (fully fine-tuned), `lora_ckpt`: conftest.py
 
 
 @pytest.fixture()

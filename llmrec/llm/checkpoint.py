@@ -57,7 +57,7 @@ from llmrec.base.weights import check_tensors, read_safetensors, refuse_pickled,
 from llmrec.llm import backbone
 from llmrec.llm.backbone_presets import PRESETS
 from llmrec.llm.facts import FACTS_FILE, SPEC, LLMFacts, read_llm_facts
-from llmrec.llm.hybrid import SCORE_NORMS, HybridLM, ScoreNorm
+from llmrec.llm.hybrid import SCORE_NORMS, HybridLM, ScoreNorm, embedding_weight
 from llmrec.llm.lora import load_lora
 from llmrec.llm.projector import Projector
 from llmrec.llm.recommender import assemble_recommender
@@ -69,15 +69,6 @@ ENCODER_DIR, BASE_DIR, MODEL_DIR, ADAPTER_DIR, TOKENIZER_DIR = "encoder", "base"
 ENCODER_FILES = ("encoder.safetensors", "config.yaml", "items.faiss", "metrics.json")
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"  # peft's file names
 log = logging.getLogger(__name__)
-
-
-def embedding_weight(module: torch.nn.Module) -> torch.Tensor:
-    """The plain weight under peft's wrappers (trainable-token or LoRA layers) of an embedding or LM head."""
-    if hasattr(module, "token_adapter"):
-        module = module.token_adapter.base_layer
-    while hasattr(module, "base_layer"):
-        module = module.base_layer
-    return module.weight
 
 
 def encoder_fingerprint(encoder: SequentialEncoder) -> str:
@@ -252,8 +243,8 @@ def base_folder(folder: Path, facts: LLMFacts, llm: str | Path | None) -> Path:
 
 def load_recommender(folder: Path, data: ProcessedDataset | None = None, encoder: SequentialEncoder | None = None,
                      llm: str | Path | None = None, device: str | torch.device = "cpu",
-                     dtype: str = "float32", score_norm: ScoreNorm | None = None, facts: LLMFacts | None = None
-                     ) -> HybridLM:
+                     dtype: str = "float32", score_norm: ScoreNorm | None = None, facts: LLMFacts | None = None,
+                     merge_adapters: bool = True) -> HybridLM:
     """Rebuild the `HybridLM` saved in `folder`, on `device`, in eval mode.
 
     Everything comes from the folder itself: catalog, tokenizer (with its chat template), encoder copy, weights,
@@ -261,6 +252,12 @@ def load_recommender(folder: Path, data: ProcessedDataset | None = None, encoder
     bundled encoder (it must be the same weights); `llm` gives the base model folder of a LoRA checkpoint whose
     base moved; `score_norm` overrides the recorded ranking rule (None: the checkpoint's). `facts` are the
     folder's facts when the caller already read them (`read_facts`), so `checkpoint.json` is read once.
+
+    `merge_adapters` (for inference, the default) folds a LoRA checkpoint's adapters and trained slot-token rows
+    into the base weights once (peft `merge_and_unload`), leaving a plain model: unmerged, every forward runs the
+    adapters beside each projection and peft's trainable-token layer rebuilds the whole embedding matrix (and the
+    tied LM head) on every call, which cost SmolLM2-135M about a quarter of its ranking time here. Scores move by
+    float rounding only (tested). Pass False to train the loaded adapters further (`train-sdpo` does).
     """
     folder = Path(folder)
     facts = facts if facts is not None else read_facts(folder)
@@ -304,6 +301,9 @@ def load_recommender(folder: Path, data: ProcessedDataset | None = None, encoder
             for key, w in targets.items():
                 w[facts.first_new_row:] = saved[key].to(w.dtype)
         model = _load_adapter(model, folder / ADAPTER_DIR)
+        if merge_adapters:
+            with _unshown(PEFT_NOISE):
+                model = model.merge_and_unload()
     if len(tokenizer) != facts.vocab_size or backbone.embedding_rows(model) != facts.embedding_rows:
         raise CheckpointError(f"{folder}: tokenizer has {len(tokenizer)} tokens and the model "
                               f"{backbone.embedding_rows(model)} embedding rows, the checkpoint records "

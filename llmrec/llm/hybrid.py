@@ -176,6 +176,18 @@ def returned_cache(output: Any) -> Any:
     return cache if cache is not None else output.past_key_values
 
 
+def embedding_weight(module: nn.Module) -> torch.Tensor:
+    """The plain weight under peft's wrappers (trainable-token or LoRA layers) of an embedding or LM head.
+
+    Never `module.weight` on a wrapper: peft's trainable-token layer answers it by building a fresh copy of the
+    whole matrix with the trained rows put in (113 MB for SmolLM2-135M), on every access."""
+    if hasattr(module, "token_adapter"):
+        module = module.token_adapter.base_layer
+    while hasattr(module, "base_layer"):
+        module = module.base_layer
+    return module.weight
+
+
 class HybridLM(nn.Module):
     """Causal LM + projector + frozen encoder; builds `inputs_embeds` for hybrid or text-only prompts.
 
@@ -220,6 +232,11 @@ class HybridLM(nn.Module):
     def windowed_logits(self) -> bool:
         """Whether the LM can compute logits for its last positions only (`logits_to_keep`)."""
         return self._windowed_logits
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype of the LM's weights (that of its input embedding), read without copying them."""
+        return embedding_weight(self.model.get_input_embeddings()).dtype
 
     @property
     def uses_slots(self) -> bool:

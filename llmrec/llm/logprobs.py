@@ -154,8 +154,7 @@ def sequence_logprobs(lm: HybridLM, batch: PromptBatch, items: torch.Tensor, hyb
     allowed = torch.cat([prompt_rows, answers_see(prompt_mask, packed)], dim=1)  # [B, T+W, T+W]
     # a left-padding query row sees nothing; let it see itself so attention stays finite (its output is unused)
     allowed = allowed | torch.eye(T + W, dtype=torch.bool, device=prompt.device)[None]
-    weight_dtype = lm.model.get_input_embeddings().weight.dtype
-    mask = additive_mask(allowed, prompt.dtype if prompt.dtype.is_floating_point else weight_dtype)
+    mask = additive_mask(allowed, prompt.dtype if prompt.dtype.is_floating_point else lm.weight_dtype)
     pos = torch.cat([position_ids(prompt_mask), answer_positions(prompt_mask, packed)], dim=1)
     kwargs = {"logits_to_keep": W + 1} if lm.windowed_logits else {}
     logits = lm.model(inputs_embeds=torch.cat([prompt, answers], dim=1), attention_mask=mask, position_ids=pos,

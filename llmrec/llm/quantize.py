@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from llmrec.base.errors import ConfigError
-from llmrec.llm.hybrid import HybridLM
+from llmrec.llm.hybrid import HybridLM, embedding_weight
 
 Quantize = Literal["none", "int8"]
 QUANTIZE: tuple[str, ...] = ("none", "int8")
@@ -62,7 +62,7 @@ def quantized(lm: HybridLM, how: Quantize = "none") -> HybridLM:
     """A `HybridLM` for ranking with `how` linear layers: `lm` itself for `none`; for `int8` a new one (eval mode)
     over a merged, quantised copy of `lm.model`, sharing `lm`'s prompt builder, projector, encoder and ranking
     rule. `lm` must be on the CPU in float32 (`check_quantize`); it is not modified."""
-    weights = lm.model.get_input_embeddings().weight
+    weights = embedding_weight(lm.model.get_input_embeddings())  # not `.weight`: a peft wrapper copies it
     check_quantize(how, weights.device, {torch.float32: "float32", torch.bfloat16: "bfloat16",
                                          torch.float16: "float16"}.get(weights.dtype, str(weights.dtype)))
     if how == "none":

@@ -111,7 +111,7 @@ def score_candidates(lm: HybridLM, batch: PromptBatch, hybrid: bool = True) -> t
     packed = pack_answers(lm, batch.candidates)
     if packed.ids.shape[2] == 1:
         return normalise_scores(summed_logprobs(first, None, packed), packed.lengths, lm.score_norm)
-    mask = additive_mask(answers_see(batch.attention_mask, packed), lm.model.get_input_embeddings().weight.dtype)
+    mask = additive_mask(answers_see(batch.attention_mask, packed), lm.weight_dtype)
     inputs = {"input_ids": packed.fed, "attention_mask": mask, "use_cache": True,
               "position_ids": answer_positions(batch.attention_mask, packed)}
     split = decoder_and_head(lm.model)

@@ -327,7 +327,7 @@ def run_train_sdpo(config: TrainSDPOConfig) -> int:
     items = preference_items(train, config.negatives, config.seed)  # [M, 1+N], chosen first
 
     lm = load_recommender(sft, data, llm=config.llm, device=torch_device(config.device), dtype=config.dtype,
-                          score_norm=config.score_norm, facts=facts)
+                          score_norm=config.score_norm, facts=facts, merge_adapters=False)  # trained further
     new_facts = output_facts(sft, facts, out, config, n_negatives)
     # only rank 0 builds the output folder (the bundle manifest: hash_all); the other ranks write nothing
     with on_rank_zero(rank, lambda: output_directory(out, "train-sdpo", error=CheckpointError, hash_all=True)) as tmp:

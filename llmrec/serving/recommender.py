@@ -223,17 +223,21 @@ class Recommender:
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device | None = None, *,
                         dtype: str = "float32", llm: str | os.PathLike | None = None, verify: bool = True,
-                        retrieve_n: int | None = None, batch_size: int = 16) -> Recommender:
+                        retrieve_n: int | None = None, batch_size: int = 16, merge_adapters: bool = True
+                        ) -> Recommender:
         """Load a checkpoint folder (`llmrec train-llm` / `llmrec train-sdpo` output) once, for serving.
 
         `verify` checks every file of the bundle manifest first (a missing or altered file is one
         `CheckpointError` naming it); `device` None picks a GPU when there is one; `llm` is the base model folder
-        of a LoRA checkpoint whose base moved.
+        of a LoRA checkpoint whose base moved. A LoRA checkpoint's adapters are merged into the base weights
+        once, here (`load_recommender`'s `merge_adapters`): the same rankings, less work per request; False keeps
+        them as peft layers (for comparison: `bench/serving.py merge`).
         """
         folder = Path(folder)
         manifest = verify_bundle(folder) if verify else None
         facts = read_facts(folder)  # read once: handed to the loader
-        lm = load_recommender(folder, llm=llm, device=default_device(device), dtype=dtype, facts=facts)
+        lm = load_recommender(folder, llm=llm, device=default_device(device), dtype=dtype, facts=facts,
+                              merge_adapters=merge_adapters)
         index = load_item_index(folder, lm.item_table.cpu(), manifest) if lm.encoder is not None else None
         catalog = Catalog.load(folder)  # for its raw ids; `load_recommender` checked the same fingerprint
         if catalog.fingerprint() != facts.catalog_fingerprint:
