@@ -159,11 +159,17 @@ def batching_table(batching: dict) -> list[str]:
         m = b.get("machine", {})
         lines.append(f"| {label} (`{Path(b.get('checkpoint', '?')).name}`) | {b['requests']} | {b['concurrency']} | "
                      f"{rate(b['rps_batched'])} ({b['threads_batched']}) | {rate(b['rps_batch1'])} ({b['threads_batch1']}) "
-                     f"| **{b['speedup']:.2f}x** | {rate(b['rps_lone_batched'])} / {rate(b['rps_lone_batch1'])} | "
-                     f"{b['lone_client_ratio']:.3f} | {b['errors']} / {b['mismatches']} | "
+                     f"| {ratio_cell(b, lambda e: e['speedup'])} | {rate(b['rps_lone_batched'])} / "
+                     f"{rate(b['rps_lone_batch1'])} | {lone_cell(b)} | {b['errors']} / {b['mismatches']} | "
                      f"{load_text(b.get('load_average'))} | {b.get('date', '?')}, {m.get('cpu', '?')} "
                      f"{m.get('cores', '?')} cores |")
     return lines
+
+
+def lone_cell(b: dict) -> str:
+    """A `batching` entry's lone-client ratio, then its earlier runs' (latest first)."""
+    earlier = [f"{run['lone_client_ratio']:.3f} on {run.get('date', '?')}" for run in b.get("earlier_runs", [])]
+    return f"{b['lone_client_ratio']:.3f}" + (f" (earlier: {'; '.join(earlier)})" if earlier else "")
 
 
 def models_table(models: dict) -> list[str]:
@@ -178,12 +184,23 @@ def models_table(models: dict) -> list[str]:
         lat, mem, disk, cold = s["latency"], s["memory"]["server"], s["memory"]["disk"], s["cold_start_s"]
         c1, cn = lat["c1"], lat[f"c{s['concurrency'][-1]}"]
         base = f" + base {disk['base_weights_mb']:.0f}" if "base_weights_mb" in disk else ""
-        lines.append(f"| {label} ({s['requests']} requests) | {cold['to_health']:.1f}, {cold['to_first_answer']:.1f} | "
+        note = f", {s['note']}" if s.get("note") else ""
+        lines.append(f"| {label} ({s['requests']} requests{note}) | {cold['to_health']:.1f}, {cold['to_first_answer']:.1f} | "
                      f"{c1['p50_ms']:.0f} / {c1['p99_ms']:.0f} | {rate(c1['rps'])} | {cn['p50_ms']:.0f} / "
                      f"{cn['p99_ms']:.0f} | {rate(cn['rps'])} | {mem['after_start_mb']:.0f} / "
                      f"{mem['after_first_answer_mb']:.0f} / {mem['peak_mb']:.0f} | {disk['folder_mb']:.1f} / "
                      f"{disk['weights_mb']:.1f}{base} | {s['errors']} / {s['mismatches']} | "
                      f"{load_text(s.get('load_average'))} |")
+    for label, s in models.items():
+        for run in s.get("earlier_runs", []):
+            lat = run["latency"]
+            c1, cn = lat["c1"], lat[f"c{run['concurrency'][-1]}"]
+            lines += ["", f"Earlier run of {label} ({run.get('date', '?')}"
+                          f"{', ' + run['note'] if run.get('note') else ''}): c1 p50 / p99 {c1['p50_ms']:.0f} / "
+                          f"{c1['p99_ms']:.0f} ms, {rate(c1['rps'])} req/s; c{run['concurrency'][-1]} "
+                          f"{rate(cn['rps'])} req/s; int8 x{run['int8']['rps_ratio']:.2f}; RSS peak "
+                          f"{run['memory']['server']['peak_mb']:.0f} MiB; {run['errors']} errors / "
+                          f"{run['mismatches']} mismatches."]
     lines += ["", "| model | int8 c1 req/s (x float32) | top-1 agreement lone / batched | top-10 overlap lone / batched "
                   "| max score difference | kept |", "| --- | --- | --- | --- | --- | --- |"]
     for label, s in models.items():
