@@ -96,7 +96,7 @@ def sft_lora(data, encoder, encoder_dir, llama_base, root):
 
 
 def policy(folder, data):
-    lm = load_recommender(folder, data)
+    lm = load_recommender(folder, data, merge_adapters=False)  # trained on, as train-sdpo loads it
     set_trainable(lm, read_facts(folder).finetune)
     disable_dropout(lm)
     return lm.train()
@@ -288,7 +288,10 @@ def test_a_loaded_sft_model_is_trainable_exactly_as_it_was_built(data, encoder, 
                             "lora-qwen2": {"finetune": "lora", "llm": str(qwen)}}.items():
         built, facts = build_recommender(tiny_config(root / f"built-{name}", **overrides), data, encoder)
         save_checkpoint(root / f"ckpt-{name}", built, facts, Catalog.from_dataset(data), encoder_dir)
-        loaded = load_recommender(root / f"ckpt-{name}", data)
+        if name != "full":  # merged for inference (the default), a LoRA model has no adapters left to train
+            with pytest.raises(ValueError, match=r"merge_adapters=False"):
+                set_trainable(load_recommender(root / f"ckpt-{name}", data), facts.finetune)
+        loaded = load_recommender(root / f"ckpt-{name}", data, merge_adapters=False)  # as train-sdpo loads it
         expected = {n for n, p in built.named_parameters() if p.requires_grad}
         assert {n for n, p in loaded.named_parameters() if p.requires_grad} != expected or name == "full"
         set_trainable(loaded, facts.finetune)
@@ -345,8 +348,8 @@ def test_reference_logprobs_are_stored_once_and_equal_the_sft_model(sdpo_run, da
 
 def test_preference_steps_move_adapters_and_projector_but_not_frozen_base_weights(sdpo_run, data, root):
     out, _ = sdpo_run
-    sft = dict(load_recommender(root / "sft-lora", data).named_parameters())
-    trained = dict(load_recommender(out, data).named_parameters())
+    sft = dict(load_recommender(root / "sft-lora", data, merge_adapters=False).named_parameters())
+    trained = dict(load_recommender(out, data, merge_adapters=False).named_parameters())
     assert sft.keys() == trained.keys()
     lora = [n for n in sft if "lora_" in n]
     slots = [n for n in sft if "trainable_tokens_delta" in n]

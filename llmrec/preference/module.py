@@ -39,7 +39,8 @@ __all__ = ["PreferenceModule", "PreferenceSettings", "disable_dropout", "set_tra
 
 
 def set_trainable(lm: HybridLM, finetune: str) -> HybridLM:
-    """Make a loaded recommender (`load_recommender` returns it frozen where peft froze it) trainable exactly as
+    """Make a loaded recommender (`load_recommender(..., merge_adapters=False)` returns it frozen where peft froze it;
+    merged adapters cannot be trained) trainable exactly as
     `llmrec.llm.train.build_recommender` made it: every LM weight (`full`), or the LoRA adapters and the slot
     tokens' trainable rows (`lora`; base weights frozen), plus the projector. The encoder stays frozen."""
     if finetune == "full":
@@ -48,7 +49,8 @@ def set_trainable(lm: HybridLM, finetune: str) -> HybridLM:
         lm.model.requires_grad_(False)
         adapters = list(getattr(lm.model, "peft_config", {}))
         if not adapters:
-            raise ValueError("a LoRA checkpoint's model has no peft adapter")
+            raise ValueError("a LoRA checkpoint's model has no peft adapter: its adapters were merged at load; load "
+                             "it with load_recommender(..., merge_adapters=False) to train them")
         if hasattr(lm.model, "set_requires_grad"):
             lm.model.set_requires_grad(adapters, requires_grad=True)
         else:  # peft releases before `set_requires_grad`: the names peft gives adapter and trainable-token tensors
