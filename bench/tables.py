@@ -122,14 +122,15 @@ def merge_table(merge: dict) -> list[str]:
              "| model | calls | requests | s a request, merged / unmerged | speedup | top-1 agreement | rankings changed "
              "| max score difference | threads | load | date |", "| --- | --- | --- | --- | --- | --- | --- | --- | "
              "--- | --- | --- |"]
-    for label, m in merge.items():
-        for part, calls in (("batched", f"batches of {m['batch_size']}"), ("lone", "one at a time")):
-            f, a = m[part], m[part]["agreement"]
-            lines.append(f"| {label} (`{Path(m.get('checkpoint', '?')).name}`) | {calls} | {f['requests']} | "
-                         f"{f['seconds_merged'] / f['requests']:.2f} / {f['seconds_unmerged'] / f['requests']:.2f} | "
-                         f"**{f['speedup']:.2f}x** | {a['top1_agreement']:.3f} | {a['rankings_changed']} | "
-                         f"{a['max_score_diff']:.1e} | {m['threads']} | {load_text(m.get('load_average'))} | "
-                         f"{m.get('date', '?')} |")
+    for label, latest in merge.items():
+        for m, run in ((latest, "latest"), *((e, "earlier") for e in latest.get("earlier_runs", []))):
+            for part, calls in (("batched", f"batches of {m['batch_size']}"), ("lone", "one at a time")):
+                f, a = m[part], m[part]["agreement"]
+                lines.append(f"| {label} (`{Path(m.get('checkpoint', '?')).name}`, {run} run) | {calls} | "
+                             f"{f['requests']} | {f['seconds_merged'] / f['requests']:.2f} / "
+                             f"{f['seconds_unmerged'] / f['requests']:.2f} | **{f['speedup']:.2f}x** | "
+                             f"{a['top1_agreement']:.3f} | {a['rankings_changed']} | {a['max_score_diff']:.1e} | "
+                             f"{m['threads']} | {load_text(m.get('load_average'))} | {m.get('date', '?')} |")
     return lines
 
 

@@ -256,9 +256,9 @@ def load_recommender(folder: Path, data: ProcessedDataset | None = None, encoder
     `merge_adapters` (for inference, the default) folds a LoRA checkpoint's adapters and trained slot-token rows
     into the base weights once (peft `merge_and_unload`), leaving a plain model: unmerged, every forward runs the
     adapters beside each projection and peft's trainable-token layer rebuilds the whole embedding matrix (and the
-    tied LM head) on every call, which cost SmolLM2-135M about a quarter of its ranking time here. Scores move by
-    float rounding only (tested). Pass False to train the loaded adapters further (`train-sdpo` does).
-    """
+    tied LM head) on every call: SmolLM2-135M ranked 1.19-1.35x faster merged here (`bench/serving.py merge`).
+    Scores move by float rounding only (tested). Pass False to train the loaded adapters further (`train-sdpo`
+    does)."""
     folder = Path(folder)
     facts = facts if facts is not None else read_facts(folder)
     if score_norm is not None and score_norm not in SCORE_NORMS:
