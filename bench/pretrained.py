@@ -13,7 +13,8 @@ table ranks. The baselines are the demo's own models (`checkpoints/demo`): MostP
 read from the demo's evaluation folders, not retrained.
 
 Rows (one seed, 42: three seeds do not fit this CPU; every row says its scale):
-- `zero_shot`: SmolLM2 untrained, text prompts (no behavioural tokens), score mode;
+- `zero_shot`, `zero_shot_chat`: SmolLM2 untrained, text prompts (no behavioural tokens), as plain text or as
+  the user turn of its chat template (`--prompt-format chat`), in score mode and in generate mode;
 - `sft_hybrid_<N>_<lora|full>`: `llmrec train-llm --llm smollm2-135m` with hybrid prompts (the demo's SASRec as
   encoder), the linear text -> hybrid curriculum, one epoch on a seeded subset (seed 42) of N training samples,
   batch 8, LoRA r 16 (alpha 32) lr 1e-3 or full fine-tuning lr 5e-5 (the issue's settings); checkpoint choice on 100 valid samples at the end of the epoch (one choice: the end).
@@ -21,7 +22,8 @@ Rows (one seed, 42: three seeds do not fit this CPU; every row says its scale):
   training run with ONE setting changed from `sft_hybrid_<N>_<finetune>` (which is itself the `curriculum` row:
   hybrid prompts, LLaRA's linear curriculum): `sft_text` (text-only prompts), `sft_hybrid_summary` (hybrid +
   RecInterpreter's whole-history token), `direct` (hybrid from the first step: LLaRA Table 3's "w/o curriculum"),
-  `two_stage` (text for the first half, hybrid for the second), `reweighted` (IFairLRS popularity weights), and
+  `two_stage` (text for the first half, hybrid for the second), `reweighted` (IFairLRS popularity weights),
+  `sft_chat` (the prompts as the user turn of SmolLM2's chat template, its answer the assistant turn), and
   `sdpo`: `train-sdpo` (S-DPO, 3 negatives, beta 1, LoRA lr 1e-4, one epoch on N/2 seeded samples) from that SFT run.
 Each LLM row is ranked ONCE in score mode with summed answer log-probs; the mean-per-token ranking of the same
 run is computed exactly from that table (each candidate's summed score divided by its answer's token count, the
@@ -75,12 +77,14 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "direct": {"curriculum": "constant", "curriculum_constant": 1.0},
     "two_stage": {"curriculum": "step"},
     "reweighted": {"fairness_weights": "popularity"},
+    "sft_chat": {"prompt_format": "chat"},
 }
+ZERO_SHOT = {"zero_shot": "plain", "zero_shot_chat": "chat"}  # row: prompt format
 # a resumable state every 10 steps (80 samples, ~4 min of SmolLM2 training here) instead of train-llm's 50, so a
 # session that ends mid-row loses little; it does not change what is trained (not part of the resume key)
 RESUME_EVERY = 10
 SDPO = {"negatives": 3, "loss": "sdpo", "beta": 1.0, "lr": 1e-4, "epochs": 1, "batch_size": 8}
-ORDER = ["mostpop", "sasrec", "tiny_sft", "zero_shot",
+ORDER = ["mostpop", "sasrec", "tiny_sft", *ZERO_SHOT,
          *[f"sft_hybrid_{n}_{ft}" for n in BUDGETS for ft in ("lora", "full")],
          "curriculum", *ABLATIONS, "sdpo"]
 log = logging.getLogger("bench.pretrained")
@@ -157,28 +161,39 @@ def answer_lengths(lm) -> Any:
     return lm.builder.answer_table()[1].numpy().astype("float64")
 
 
-def zero_shot(data, work: Path) -> dict[str, dict[str, Any]]:
-    """SmolLM2 as it comes, text prompts, score mode on the demo's test samples."""
+def zero_shot(name: str, data, work: Path, generate_samples: int) -> dict[str, dict[str, Any]]:
+    """SmolLM2 as it comes, text prompts (`zero_shot`: plain text; `zero_shot_chat`: the text as the user turn of
+    its chat template), score mode on the demo's test samples and generate mode on the seeded subset."""
     from llmrec.base.config import resolve_config
     from llmrec.evaluation.scores import read_scores, write_evaluation
     from llmrec.llm.ranker import evaluate_split
     from llmrec.llm.train import TrainLLMConfig, build_recommender
 
-    folder = work / "zero_shot"
+    folder, prompt_format = work / name, ZERO_SHOT[name]
     config = resolve_config(TrainLLMConfig, {"data": data.root, "llm": "smollm2-135m", "prompt": "text",
-                                             "seed": SEED, "score_norm": "sum", "finetune": "lora"})
-    lm, _ = build_recommender(config, data, None)
+                                             "seed": SEED, "score_norm": "sum", "finetune": "full",
+                                             "prompt_format": prompt_format})
+    lm, _ = build_recommender(config, data, None)  # the plain model (no adapters: nothing is trained)
     lm.eval()
-    if (folder / "scores.parquet").is_file():
-        ranked, seconds = read_scores(folder), json.loads((folder / "metrics.json").read_text()).get("seconds")
-    else:
+
+    def ranked_once(out: Path, mode: str, n: int):
+        if (out / "scores.parquet").is_file():
+            return read_scores(out), json.loads((out / "metrics.json").read_text())
         started = time.perf_counter()
-        metrics, ranked = evaluate_split(lm, data, "test", "score", 8, TEST_SAMPLES, SEED)
-        seconds = time.perf_counter() - started
-        write_evaluation(folder, {**metrics, "seconds": seconds}, ranked)
-    return score_rows("zero_shot", ranked, answer_lengths(lm), data,
-                      {"finetune": None, "prompt": "text", "sft_samples": 0, "train_seconds": 0.0,
-                       "rank_seconds": seconds})
+        metrics, ranked = evaluate_split(lm, data, "test", mode, 8, n, SEED)
+        metrics["seconds"] = time.perf_counter() - started
+        write_evaluation(out, metrics, ranked)
+        return ranked, metrics
+
+    ranked, scored = ranked_once(folder, "score", TEST_SAMPLES)
+    rows = score_rows(name, ranked, answer_lengths(lm), data,
+                      {"finetune": None, "prompt": "text", "prompt_format": prompt_format, "sft_samples": 0,
+                       "train_seconds": 0.0, "rank_seconds": scored.get("seconds")})
+    _, generated = ranked_once(folder / f"generate-{generate_samples}", "generate", generate_samples)
+    for row in rows.values():
+        row.update({"valid_ratio": generated["valid_ratio"], "generate_hr@1": generated["hr@1"],
+                    "n_generate_samples": generated["n_samples"], "generate_seconds": generated["seconds"]})
+    return rows
 
 
 def sft_values(data, demo: Path, out: Path, n: int, finetune: str, changed: dict[str, Any]) -> dict[str, Any]:
@@ -205,6 +220,7 @@ def sft(name: str, data, demo: Path, work: Path, n: int, finetune: str, generate
     values = sft_values(data, demo, out, n, finetune, changed)
     more = {"finetune": finetune, "prompt": values["prompt"], "sft_samples": n, "lr": FINETUNE[finetune]["lr"],
             "curriculum": values["curriculum"], "fairness_weights": values.get("fairness_weights", "none"),
+            "prompt_format": values.get("prompt_format", "plain"),
             "run": str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out)}
     return trained_rows(name, out, data, generate_samples, more)
 
@@ -700,8 +716,8 @@ def main(argv: list[str] | None = None) -> int:
         started, load_before = time.perf_counter(), os.getloadavg()[0]
         if name in ("mostpop", "sasrec", "tiny_sft"):
             new = {name: demo_rows(args.demo, data)[name]}
-        elif name == "zero_shot":
-            new = zero_shot(data, args.work)
+        elif name in ZERO_SHOT:
+            new = zero_shot(name, data, args.work, args.generate_samples)
         elif name == "curriculum":  # the hybrid linear-curriculum run at the budget: the same run, not retrained
             new = sft(name, data, args.demo, args.work, args.budget, args.finetune, args.generate_samples,
                       folder=f"sft_hybrid_{args.budget}_{args.finetune}")

@@ -292,13 +292,15 @@ def pretrained_section(r: dict) -> str:
              "`valid_ratio` (generate) | `hr@1` (generate) | train s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, row in (r.get("rows") or {}).items():
-        cells = [row.get("finetune") or "—", row.get("prompt") or "—",
+        prompt = row.get("prompt") or "—"
+        cells = [row.get("finetune") or "—", prompt + (" (chat)" if row.get("prompt_format") == "chat" else ""),
                  number(row.get("sft_samples"), ",d") if row.get("sft_samples") is not None else "—",
                  row.get("score_norm") or "—"]
         cells += [number(row.get(k), ".3f") for k in ("hr@1", "candidates/ndcg@5", "mgu@1", "valid_ratio",
                                                       "generate_hr@1")]
         cells.append(number(row.get("train_seconds"), ".0f"))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        note = f" ({row['note']})" if row.get("note") else ""
+        lines.append(f"| {name}{note} | " + " | ".join(cells) + " |")
     speed = r.get("speed")
     if speed:
         lines += ["", *speed_table(speed)]

@@ -216,7 +216,7 @@ def test_each_pretrained_ablation_is_a_valid_train_llm_run_changing_only_its_set
         changed_fields[name] = {k for k in vars(base) if getattr(config, k) != getattr(base, k)}
     assert changed_fields == {"sft_text": {"prompt", "encoder"}, "sft_hybrid_summary": {"prompt"},
                               "direct": {"curriculum"}, "two_stage": {"curriculum"},
-                              "reweighted": {"fairness_weights"}}
+                              "reweighted": {"fairness_weights"}, "sft_chat": {"prompt_format"}}
     sdpo = resolve_config(TrainSDPOConfig, {"sft": tmp_path / "sft", **bench.SDPO})
     assert (sdpo.negatives, sdpo.loss, sdpo.epochs) == (3, "sdpo", 1)
     assert bench.ORDER.index("curriculum") > bench.ORDER.index("sft_hybrid_1000_lora")  # it reuses that run

@@ -142,6 +142,42 @@ def test_save_then_load_gives_identical_scores(finetune, small_data, encoder, en
         torch.testing.assert_close(score_candidates(unmerged, batch), expected)
 
 
+@pytest.mark.parametrize("arch", ["tiny", "llama", "gpt2"])  # gpt2: a tied LM head, as SmolLM2's
+def test_adapters_merged_ranks_as_the_merged_load_and_changes_no_saved_file(arch, small_data, encoder, encoder_dir,
+                                                                            tmp_path):
+    """train-llm / train-sdpo rank their test split inside `adapters_merged`, then save: the ranking is the one
+    the merged load gives, and the saved adapter, token rows and projector are those of the unmerged model."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from llmrec.llm.lora import adapters_merged
+
+    llm = "tiny" if arch == "tiny" else str(save_hf_folder(tmp_path / "base", arch, small_data))
+    lm, facts = build_recommender(tiny_config(tmp_path, llm=llm, finetune="lora"), small_data, encoder)
+    train_steps(lm, small_data)
+    lm.eval()
+    batch = next(iter(prompt_loader(small_data.split("test"), lm.builder, 3, False)))
+    unmerged = score_candidates(lm, batch)
+    with lm.model.disable_adapter():
+        untrained = score_candidates(lm, batch)
+    assert (untrained - unmerged).abs().max() > 1e-3  # the adapters matter: merging them is not a no-op
+    save(tmp_path / "before", lm, facts, small_data, encoder_dir)
+    tuner_layers = [m for m in lm.model.modules() if isinstance(m, BaseTunerLayer)]
+    with adapters_merged(lm.model):
+        assert tuner_layers and all(m.merged for m in tuner_layers)  # plain projections inside the block
+        merged = score_candidates(lm, batch)
+    assert not any(m.merged for m in tuner_layers)
+    loaded = load_recommender(tmp_path / "before", small_data)  # merged at load (merge_and_unload)
+    torch.testing.assert_close(merged, score_candidates(loaded, batch), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=1e-4)  # float rounding only
+    assert torch.equal(merged.argsort(dim=1), unmerged.argsort(dim=1))
+    torch.testing.assert_close(score_candidates(lm, batch), unmerged, rtol=1e-5, atol=1e-5)  # unmerged again
+    save(tmp_path / "after", lm, facts, small_data, encoder_dir)
+    saved = sorted(p.relative_to(tmp_path / "before") for p in (tmp_path / "before").rglob("*.safetensors"))
+    assert {p.name for p in saved} >= {"adapter_model.safetensors", "projector.safetensors"}
+    for name in saved:
+        assert (tmp_path / "before" / name).read_bytes() == (tmp_path / "after" / name).read_bytes(), name
+
+
 def test_the_score_rule_is_saved_restored_and_old_checkpoints_rank_by_the_sum(tmp_path):
     from llmrec.llm.checkpoint import FACTS, read_facts
     from llmrec.llm.logprobs import sequence_logprobs

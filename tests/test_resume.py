@@ -142,6 +142,47 @@ def test_a_fit_stopped_anywhere_resumes_to_the_same_weights_and_history(stop, to
     assert torch.equal(resumed_weights, weights)
 
 
+class _SleepPerBatch(pl.Callback):
+    """Each training batch takes at least `seconds` of wall time."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        time.sleep(self.seconds)
+
+
+def test_a_resumed_fit_counts_the_training_seconds_before_the_stop(tmp_path):
+    out, per_batch = tmp_path / "run", 0.05
+
+    def fit(stop: int | None = None, resume: bool = False) -> tuple[ResumeCheckpoint, KeepBest]:
+        pl.seed_everything(0, verbose=False)
+        keep_best = KeepBest("valid/score")
+        checkpoint = ResumeCheckpoint(resume_folder(out), "toy", {"seed": 0}, 3,
+                                      prepare_resume(out, "toy", {"seed": 0}, resume))
+        trainer = pl.Trainer(max_epochs=3, val_check_interval=0.5, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                             callbacks=[keep_best, checkpoint, _SleepPerBatch(per_batch)]
+                             + ([_StopAt(stop)] if stop else []))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                trainer.fit(_Toy(), datamodule=_ToyData())
+            except _Stop:
+                pass
+        return checkpoint, keep_best
+
+    fit(stop=9)
+    state = resume_folder(out) / json.loads((resume_folder(out) / LATEST).read_text())["state"]
+    saved = json.loads((state / "state.json").read_text())
+    assert saved["global_step"] == 9 and saved["train_seconds"] >= 9 * per_batch
+    checkpoint, keep_best = fit(resume=True)
+    assert checkpoint.seconds_before == saved["train_seconds"]
+    # 24 batches in all; the resumed process alone trained 15 (0.75 s of sleep), less than the whole run's 1.2 s
+    assert checkpoint.train_seconds() >= 24 * per_batch
+    assert keep_best.best_step > 9 and keep_best.seconds_to_best >= keep_best.best_step * per_batch
+
+
 def test_a_naive_restart_would_not_match(toy_reference, tmp_path):
     """The comparison above can fail: the same run without its optimiser, RNG and data-order state differs."""
     out = tmp_path / "run"
@@ -271,7 +312,16 @@ def _kill_resume_compare(command: list[str], root: Path, name: str, keys: list[s
     assert main([*command, "--out", str(full)]) == 0
     assert not resume_folder(full).exists()  # a finished run removes its state
     _kill_after_first_state([*command, "--out", str(resumed)], resumed)
+    # the training seconds before the stop are kept in the state; as if the killed process had trained 1,000 s,
+    # the resumed run must report those plus its own
+    state = resume_folder(resumed) / json.loads((resume_folder(resumed) / LATEST).read_text())["state"]
+    facts = json.loads((state / "state.json").read_text())
+    assert facts["train_seconds"] > 0
+    (state / "state.json").write_text(json.dumps({**facts, "train_seconds": 1000.0}))
+    started = time.monotonic()
     assert main([*command, "--out", str(resumed), "--resume"]) == 0
+    assert 1000.0 < json.loads((resumed / "metrics.json").read_text())["train_seconds"] < \
+        1000.0 + time.monotonic() - started
     assert not resume_folder(resumed).exists()
     _same_metrics(full, resumed, keys)
 

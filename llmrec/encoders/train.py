@@ -176,7 +176,8 @@ def fit_encoder(encoder: SequentialEncoder, data: ProcessedDataset, config: Trai
     keep_best, trainer = fit_keeping_best(module, dm, config.trainer_options(n_batches), f"valid/{monitor}",
                                           [early_stopping], log_dir=log_dir, resume=resume, what="train-encoder",
                                           divergence_hint=f"lower --lr (it is {config.lr:g})")
-    seconds = time.perf_counter() - start
+    # a resumed run reports its whole training time, the processes before the resume included
+    seconds = time.perf_counter() - start + (resume.seconds_before if resume is not None else 0.0)
     encoder.cpu()
     history = [{"epoch": h["epoch"], **{k.removeprefix("valid/"): v for k, v in h.items() if k.startswith("valid/")}}
                for h in keep_best.history]

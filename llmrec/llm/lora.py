@@ -9,7 +9,8 @@ rest of the embedding matrix.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from torch import nn
 
@@ -46,3 +47,24 @@ def load_lora(model: nn.Module, adapter_dir) -> nn.Module:
     from peft import PeftModel
 
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+
+
+@contextmanager
+def adapters_merged(model: nn.Module) -> Iterator[None]:
+    """Within the block, a LoRA model's adapters and trainable token rows are merged into its base weights in place
+    (peft `merge_adapter`), so inference runs plain projections instead of the adapters beside each one and peft's
+    trainable-token layer rebuilding the whole embedding matrix (and a tied LM head) on every call; on leaving,
+    they are unmerged again (`unmerge_adapter`), so the model trains and saves as before. A model without
+    adapters is left alone.
+
+    Unlike `merge_and_unload` (what `load_recommender` does) this needs no copy of the weights, at the price of a
+    float32 rounding drift in the base projections after the unmerge (W + BA - BA); the adapters themselves, the
+    token rows (restored from peft's copy of the originals) and so every saved LoRA file are untouched."""
+    if not hasattr(model, "merge_adapter"):
+        yield
+        return
+    model.merge_adapter()
+    try:
+        yield
+    finally:
+        model.unmerge_adapter()

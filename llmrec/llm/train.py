@@ -52,7 +52,7 @@ from llmrec.llm.curriculum import CurriculumCallback
 from llmrec.llm.datamodule import LLMDataModule
 from llmrec.llm.facts import BaseModelFacts, LLMFacts
 from llmrec.llm.hybrid import HybridLM
-from llmrec.llm.lora import DEFAULT_TARGETS, apply_lora
+from llmrec.llm.lora import DEFAULT_TARGETS, adapters_merged, apply_lora
 from llmrec.llm.model_card import write_model_card
 from llmrec.llm.ranker import evaluate_split
 from llmrec.llm.module import LLMRecModule
@@ -266,16 +266,18 @@ def close_llm_run(tmp: Path, lm: HybridLM, data: ProcessedDataset, config: LLMSt
                   encoder_dir: Path | None, keep_best: KeepBest, stage_metrics: dict[str, Any]
                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The end of every LLM training stage (SFT and S-DPO), in the output's temporary folder `tmp`: rank the test
-    split with the chosen weights (score mode), then save the checkpoint (`facts` as given, the encoder copied from
-    `encoder_dir`), `config.yaml`, `metrics.json`, the model card and `eval-test-score/`.
+    split with the chosen weights (score mode; LoRA adapters merged for it, as inference loads them), then save
+    the checkpoint (`facts` as given, the encoder copied from `encoder_dir`), `config.yaml`, `metrics.json`, the
+    model card and `eval-test-score/`.
 
     `metrics.json` holds the best valid round (`valid/hr@1`, `best_step`, `valid/history`), then `stage_metrics`
     (times and the stage's own facts), the device and the test metrics (`test/...`). Returns (metrics, test
     metrics). The caller removes the resume state once the output folder is in place.
     """
     lm.eval()
-    test, ranked = evaluate_split(lm, data, "test", "score", config.eval_batch_size, config.max_test_samples,
-                                  config.seed)
+    with adapters_merged(lm.model):  # as the saved checkpoint is loaded for inference (`load_recommender`)
+        test, ranked = evaluate_split(lm, data, "test", "score", config.eval_batch_size, config.max_test_samples,
+                                      config.seed)
     test["score_norm"] = lm.score_norm  # which rule ranked (validation used the same)
     metrics = {"valid/hr@1": keep_best.best_score, "best_step": keep_best.best_step,
                "valid/history": keep_best.history, **stage_metrics,
@@ -314,7 +316,7 @@ def run_train_llm(config: TrainLLMConfig) -> int:
         started = time.time()
         resume = ResumeCheckpoint(resume_folder(out), "train-llm", resume_config(config), config.resume_every, state)
         _, keep_best = fit(lm, data, config, log_dir=tmp, resume=resume)
-        train_seconds = time.time() - started
+        train_seconds = time.time() - started + resume.seconds_before  # a resumed run: its whole training
         if tmp is None:
             return 0  # not rank 0: rank 0 alone ranks the test split and writes the output folder
         metrics, test = close_llm_run(tmp, lm, data, config, facts, config.encoder, keep_best,

@@ -340,7 +340,7 @@ def run_train_sdpo(config: TrainSDPOConfig) -> int:
         started = time.time()
         resume = ResumeCheckpoint(resume_folder(out), "train-sdpo", resume_config(config), config.resume_every, state)
         _, keep_best = fit_preference(lm, data, train_set, config, log_dir=tmp, resume=resume, callbacks=[start])
-        train_seconds = time.time() - started - start.seconds
+        train_seconds = time.time() - started - start.seconds + resume.seconds_before  # resumed: the whole
         if tmp is None:
             return 0  # not rank 0: rank 0 alone ranks the test split and writes the output folder
         save_reference(tmp / REFERENCE_FILE, train[INDEX_COLUMN].to_numpy(), items, train_set.reference,

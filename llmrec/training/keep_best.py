@@ -56,6 +56,7 @@ class KeepBest(pl.Callback):
         self.best_metrics: dict[str, float] = {}
         self.best_state: dict[str, torch.Tensor] | None = None
         self.seconds_to_best = 0.0
+        self.seconds_before = 0.0  # training seconds of the processes before a resume (set by ResumeCheckpoint)
         self.history: list[dict[str, Any]] = []
         self.batches_since_validation = 0
         self._started = time.perf_counter()
@@ -80,7 +81,7 @@ class KeepBest(pl.Callback):
             self.best_score, self.best_metrics = score, metrics
             self.best_step, self.best_epoch = int(trainer.global_step), int(trainer.current_epoch)
             self.best_state = trainable_state(pl_module)
-            self.seconds_to_best = time.perf_counter() - self._started
+            self.seconds_to_best = self.seconds_before + time.perf_counter() - self._started
         record("valid", step=int(trainer.global_step), score=score, best_step=self.best_step,
                best_score=self.best_score)
         if getattr(trainer, "is_global_zero", True):  # every rank decided the same: say it once

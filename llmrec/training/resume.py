@@ -41,6 +41,7 @@ import logging
 import os
 import random
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -318,6 +319,11 @@ class ResumeCheckpoint(pl.Callback):
         self._resume_data: tuple[dict[str, Any], int] | None = None
         self._batch_idx = -1
         self._state_json: dict[str, Any] | None = None
+        # training seconds before this process: those recorded in the state resumed from (0 for a fresh run, or a
+        # state written before they were recorded), so that a run stopped and resumed reports its whole training
+        # time, not its last process's; the work redone after a stop is not counted twice
+        self.seconds_before = 0.0
+        self._train_started: float | None = None
 
     # ---------------------------------------------------------------- wiring the train loader
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -375,6 +381,10 @@ class ResumeCheckpoint(pl.Callback):
             pl_module.load_resume_state(*module)
         self._pending_rng = rng
         self._best_file, self._best_step = facts["keep_best"].get("best_file"), facts["keep_best"]["best_step"]
+        self.seconds_before = float(facts.get("train_seconds", 0.0))
+        for callback in trainer.callbacks:
+            if isinstance(callback, KeepBest):  # a best round found after the resume counts from the run's start
+                callback.seconds_before = self.seconds_before
         trainer.should_stop = bool(facts["should_stop"])  # e.g. early stopping decided at the saved validation
         log.info("resuming from %s: epoch %d, step %d", state, facts["epoch"], facts["global_step"])
 
@@ -385,6 +395,15 @@ class ResumeCheckpoint(pl.Callback):
             self._state_json = read_marker(self.resume_from / STATE, STATE_SPEC, error=CheckpointError,
                                            advice=_START_OVER)
         return self._state_json
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # from the first training batch on, as KeepBest: a stage's work at the fit's start is not training time
+        self._train_started = time.perf_counter()
+
+    def train_seconds(self) -> float:
+        """Seconds of training so far, the processes before a resume included (`seconds_before`)."""
+        now = time.perf_counter()
+        return self.seconds_before + (now - self._train_started if self._train_started is not None else 0.0)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -414,8 +433,6 @@ class ResumeCheckpoint(pl.Callback):
 
     def save(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Write the state as of the end of the last training batch (and its validation, if one ran)."""
-        import time
-
         started = time.perf_counter()
         assert self._loop_after_batch is not None and self._loader is not None
         rng_values, rng_tensors = rng_states()
@@ -446,6 +463,7 @@ class ResumeCheckpoint(pl.Callback):
         last_of_epoch = self._batch_idx + 1 >= trainer.num_training_batches
         facts = {
             "global_step": step, "epoch": int(trainer.current_epoch), "batch_idx": int(self._batch_idx),
+            "train_seconds": self.train_seconds(),
             "should_stop": bool(trainer.should_stop),
             "fit_loop": self._loop_after_batch,
             # the epoch after the last batch starts from the loader's current state; a mid-epoch resume replays
