@@ -291,6 +291,7 @@ def pretrained_section(r: dict) -> str:
              "| row | fine-tuning | prompt | SFT samples | score | `hr@1` | `candidates/ndcg@5` | `mgu@1` | "
              "`valid_ratio` (generate) | `hr@1` (generate) | train s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    notes: dict[str, int] = {}
     for name, row in (r.get("rows") or {}).items():
         prompt = row.get("prompt") or "—"
         cells = [row.get("finetune") or "—", prompt + (" (chat)" if row.get("prompt_format") == "chat" else ""),
@@ -299,8 +300,13 @@ def pretrained_section(r: dict) -> str:
         cells += [number(row.get(k), ".3f") for k in ("hr@1", "candidates/ndcg@5", "mgu@1", "valid_ratio",
                                                       "generate_hr@1")]
         cells.append(number(row.get("train_seconds"), ".0f"))
-        note = f" ({row['note']})" if row.get("note") else ""
-        lines.append(f"| {name}{note} | " + " | ".join(cells) + " |")
+        mark = ""
+        if row.get("note"):  # a footnote under the table, one per distinct note
+            notes.setdefault(row["note"], len(notes) + 1)
+            mark = f" [{notes[row['note']]}]"
+        lines.append(f"| {name}{mark} | " + " | ".join(cells) + " |")
+    if notes:
+        lines += [""] + [f"[{i}] {note}." for note, i in notes.items()]
     speed = r.get("speed")
     if speed:
         lines += ["", *speed_table(speed)]
