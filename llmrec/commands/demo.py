@@ -156,7 +156,8 @@ class DemoPreset:
 # The pretrained preset's whole run (data and encoders reused from the main demo), timed on the reference machine.
 # the shipped preset's wall time from a timed run on the reference machine (quiet 2-core CPU), e.g. "24m10s (2-core
 # AMD EPYC, 2026-12-07, commit abc1234)"; until one is recorded the line says so and the estimate stands alone
-PRETRAINED_MEASURED = "not recorded yet (the estimate above is per-sample costs x this run's counts)"
+PRETRAINED_MEASURED = ("27m11s (2-core AMD EPYC, 2026-12-08, commit e5e98c4; the main demo's data, MostPop and "
+                       "SASRec reused, SmolLM2 already dequantised in data/cache/llm; peak RSS 16 GB)")
 
 DEMO_PRESETS: dict[str, DemoPreset] = {
     "main": DemoPreset("main", "the tiny Llama demo", {}, STAGES, "", share_encoders=False, examples=0, costs=None,
@@ -168,14 +169,14 @@ DEMO_PRESETS: dict[str, DemoPreset] = {
         ("prepare", "encoder", "llm", "evaluate", "predict", "report"),
         skipped=("S-DPO and IFairLRS re-ranking: a few hundred SFT samples teach SmolLM2 the answer format, not yet "
                  "the preference (issue 19), so S-DPO from it would add about 10 minutes to show little, and the "
-                 "re-ranking's alpha is chosen on 1,000 valid samples ranked in score mode (about 20 minutes at "
-                 "1.25 s a sample); the main demo runs both"),
+                 "re-ranking's alpha is chosen on 1,000 valid samples ranked in score mode (about 25 minutes at "
+                 "1.5 s a sample); the main demo runs both"),
         share_encoders=True, examples=5,
-        # measured on the reference machine (issue 19): SFT 2.5-3 s a sample (LoRA r 16, batch 8), score mode 0.8
-        # samples/s; prepare + encoder: bench/results/demo.json (5 s + 66-82 s); dequantising: 50-70 s
-        # (tests/test_smollm2.py). Not measured alone yet: generate mode (a ~480-token prompt, then up to 64 greedy
-        # steps a batch) and loading the cached backbone; the timed run of the preset checks the whole.
-        costs=SampleCosts("smollm2-135m", train=2.75, score=1.25, generate=1.5, load=10.0, data=90.0,
+        # measured on the reference machine in the preset's timed run (2026-12-08, 27m11s in all): SFT about 4.0 s a
+        # sample (LoRA r 16, batch 8, hybrid prompts: 38 steps of ~31 s), score mode 1.5 s a sample (200 in 302 s,
+        # LoRA merged for the test), generate mode 1.25 s (20 in 25 s); prepare + encoder: bench/results/demo.json
+        # (5 s + 66-82 s); dequantising: 50-70 s (tests/test_smollm2.py)
+        costs=SampleCosts("smollm2-135m", train=4.0, score=1.5, generate=1.25, load=10.0, data=90.0,
                           dequantise=60.0),
         measured=PRETRAINED_MEASURED),
 }
